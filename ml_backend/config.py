@@ -1,0 +1,121 @@
+"""The one place for configuration: environment variables with documented defaults,
+mirrored as CLI flags (``--folds`` for ``DECONFUSION_FOLDS`` and so on).
+
+Standard library only. Read once at start-up with :func:`Settings.from_env`, then
+passed down as an argument; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+def _setting(env: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Label Studio connection
+    label_studio_url: str = _setting(
+        "LABEL_STUDIO_URL", "http://localhost:8080", "Label Studio base URL the backend reads from and writes to.")
+    label_studio_api_key: str = _setting(
+        "LABEL_STUDIO_API_KEY", "", "Personal access token or legacy token of a Label Studio user.")
+    # Storage and jobs
+    model_dir: str = _setting(
+        "MODEL_DIR", "./model_dir", "Folder for analyses, models, image cache and job state.")
+    redis_url: str = _setting(
+        "REDIS_URL", "", "Redis URL; when set, analyses run as RQ jobs (rq worker), else in-process.")
+    queue_name: str = _setting("RQ_QUEUE", "deconfusion", "RQ queue name used with REDIS_URL.")
+    # HTTP service
+    host: str = _setting("HOST", "0.0.0.0", "Address the backend listens on.")
+    port: int = _setting("PORT", 9090, "Port the backend listens on.")
+    public_url: str = _setting(
+        "BACKEND_PUBLIC_URL", "", "URL at which Label Studio users' browsers reach this backend "
+        "(evidence images, report); default http://localhost:PORT.")
+    basic_auth_user: str = _setting("BASIC_AUTH_USER", "", "Optional basic-auth user required on every route.")
+    basic_auth_pass: str = _setting("BASIC_AUTH_PASS", "", "Password for BASIC_AUTH_USER.")
+    log_level: str = _setting("LOG_LEVEL", "INFO", "Python logging level.")
+    # Training
+    folds: int = _setting("DECONFUSION_FOLDS", 4, "Cross-validation folds for out-of-sample probabilities (>= 2).")
+    epochs: int = _setting("DECONFUSION_EPOCHS", 0, "Training epochs per fold; 0 picks by backbone and data size.")
+    seed: int = _setting("DECONFUSION_SEED", 0, "Random seed: same seed, same data, same results.")
+    backbone: str = _setting(
+        "DECONFUSION_BACKBONE", "auto", "auto | small_cnn | efficientnet_lite0 (see README for the auto rule).")
+    device: str = _setting("DECONFUSION_DEVICE", "cpu", "cpu | cuda.")
+    batch_size: int = _setting("DECONFUSION_BATCH_SIZE", 128, "Training and inference batch size.")
+    # Detectors
+    ssim_threshold: float = _setting(
+        "DECONFUSION_SSIM", 0.95, "SSIM at or above which a nearest-neighbour pair is a near duplicate.")
+    knn_k: int = _setting("DECONFUSION_KNN_K", 10, "Neighbours used for the embedding label-disagreement score.")
+    # Review loop
+    retrain_after_verdicts: int = _setting(
+        "DECONFUSION_RETRAIN_AFTER", 0, "Start a new analysis after this many new verdicts; 0 = only on request.")
+    confirmed_weight: float = _setting(
+        "DECONFUSION_CONFIRMED_WEIGHT", 2.0, "Training weight of images whose label a reviewer confirmed.")
+    max_cell_tabs: int = _setting("DECONFUSION_CELL_TABS", 5, "Data Manager tabs made for the leading cells.")
+    # Downloads
+    download_timeout: float = _setting("DOWNLOAD_TIMEOUT", 30.0, "Seconds per image download.")
+    max_image_bytes: int = _setting("MAX_IMAGE_BYTES", 50_000_000, "Largest image download accepted.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win over both."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2 for out-of-sample probabilities, got {self.folds}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0 (0 = automatic), got {self.epochs}")
+        if not 0.0 < self.ssim_threshold <= 1.0:
+            raise ValueError(f"ssim_threshold must be in (0, 1], got {self.ssim_threshold}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.backbone not in ("auto", "small_cnn", "efficientnet_lite0"):
+            raise ValueError(
+                f"backbone must be one of auto, small_cnn, efficientnet_lite0; got {self.backbone!r}")
+
+    @property
+    def backend_url(self) -> str:
+        return (self.public_url or f"http://localhost:{self.port}").rstrip("/")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def add_cli_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """Add ``--flag`` options for the named settings; defaults stay None so env values win."""
+    by_name = {f.name: f for f in dataclasses.fields(Settings)}
+    for name in names:
+        f = by_name[name]
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+            help=f"{f.metadata['help']} Env {f.metadata['env']}, default {f.default!r}.")
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    return Settings.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})

@@ -1,0 +1,256 @@
+"""Labeled images in memory: the one dataset type every source fills.
+
+Symbols: N images, K classes, H x W x C working shape (C is 1 or 3).
+
+Sources: :func:`load_folder` (the paper's storage format) and :func:`build_dataset`
+(records from a Label Studio project, filled by the service). Unreadable images are
+skipped and listed in ``ImageDataset.skipped``; they never abort a load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import DatasetError, UnreadableImage
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+MIN_SIDE = 8  # smaller images carry no usable content (1x1 tracking pixels, icons)
+MAX_WORKING_SIDE = 160  # cap for the working copy; photos are resized, small images kept
+THUMB_SIDE = 64
+
+
+@dataclass
+class SkippedItem:
+    item: str
+    reason: str
+
+
+@dataclass
+class Record:
+    """One labeled image before decoding. ``source`` is a file path or raw bytes."""
+
+    item: str
+    source: str | os.PathLike | bytes
+    label: str
+    split: str = "train"
+    task_id: int = -1
+
+
+@dataclass
+class ImageDataset:
+    """N labeled, decoded images.
+
+    items : list of str, (N,) stable ids: path relative to ROOT, or ``task-<id>``.
+    images : ndarray (N, H, W, C) uint8, every image resized to one working shape.
+    labels : ndarray (N,) int64, index into ``class_names``.
+    class_names : list of str, (K,) sorted, so class indices are stable.
+    splits : ndarray (N,) str, ``"train"`` or ``"val"``.
+    pixel_hashes : list of str, (N,) SHA-1 of the decoded original pixels (exact-duplicate key).
+    task_ids : ndarray (N,) int64, Label Studio task id, -1 for folder datasets.
+    weights : ndarray (N,) float32, training weight per image (1.0 unless a reviewer confirmed it).
+    skipped : list of SkippedItem, images that could not be used, with the reason.
+    """
+
+    items: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    splits: np.ndarray
+    pixel_hashes: list[str]
+    task_ids: np.ndarray
+    weights: np.ndarray
+    skipped: list[SkippedItem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def thumbnails(self, side: int = THUMB_SIDE) -> np.ndarray:
+        """(N, h, w, C) uint8 copies no larger than ``side`` pixels, for views."""
+        h, w = self.images.shape[1:3]
+        if max(h, w) <= side:
+            return self.images
+        return np.stack([_resize(img, (side, side)) for img in self.images])
+
+
+def decode_image(data: bytes, *, name: str = "image") -> tuple[np.ndarray, str]:
+    """Decode bytes to (H, W, C) uint8 with C in {1, 3}, plus the SHA-1 of those pixels.
+
+    Handles grayscale, palette, alpha, CMYK, 16-bit and float images and EXIF rotation.
+    Raises UnreadableImage naming ``name`` for empty, corrupt, tiny or oversized images.
+    """
+    if not data:
+        raise UnreadableImage(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(f"{name}: image too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)")
+    except Exception as exc:  # Pillow raises many types for corrupt files
+        raise UnreadableImage(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if min(img.size) < MIN_SIDE:
+        raise UnreadableImage(f"{name}: {img.size[0]}x{img.size[1]} pixels is too small (minimum side {MIN_SIDE})")
+    pixels = _to_uint8(img)
+    return pixels, hashlib.sha1(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
+
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return arr.astype(np.uint8)[:, :, None]
+    if img.mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
+    if img.mode in ("LA", "PA", "RGBA", "P"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if pixels.shape[:2] == (h, w):
+        return pixels
+    mode = "L" if pixels.shape[2] == 1 else "RGB"
+    img = Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode)
+    out = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    return out[:, :, None] if mode == "L" else out
+
+
+def working_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """One (H, W, C) for all images: the median size capped at MAX_WORKING_SIDE; C=3 if any is colour."""
+    sides = np.array([s[:2] for s in shapes])
+    h, w = (int(v) for v in np.median(sides, axis=0))
+    scale = min(1.0, MAX_WORKING_SIDE / max(h, w))
+    channels = 3 if any(s[2] == 3 for s in shapes) else 1
+    return max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)), channels
+
+
+def _read_source(source: str | os.PathLike | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    with open(source, "rb") as fh:
+        return fh.read()
+
+
+def build_dataset(
+    records: Iterable[Record],
+    *,
+    class_names: Sequence[str] | None = None,
+    weights: dict[str, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = 4,
+) -> ImageDataset:
+    """Decode records into an ImageDataset; unreadable ones go to ``skipped``.
+
+    class_names : the classes to index labels by (e.g. from a labeling config); default
+        the sorted set of labels seen. A label outside it is skipped with a reason.
+    weights : optional training weight per item id (confirmed images weigh more).
+    """
+    records = list(records)
+    known = sorted(set(class_names) if class_names is not None else {r.label for r in records})
+    index = {name: k for k, name in enumerate(known)}
+    skipped: list[SkippedItem] = []
+    decoded: list[tuple[Record, np.ndarray, str]] = []
+
+    def decode(rec: Record) -> tuple[Record, np.ndarray, str] | SkippedItem:
+        if rec.label not in index:
+            return SkippedItem(rec.item, f"label {rec.label!r} is not one of the classes {known}")
+        if rec.split not in SPLITS:
+            return SkippedItem(rec.item, f"split {rec.split!r} is not 'train' or 'val'")
+        try:
+            pixels, digest = decode_image(_read_source(rec.source), name=rec.item)
+        except (UnreadableImage, OSError) as exc:
+            return SkippedItem(rec.item, str(exc))
+        return rec, pixels, digest
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, result in enumerate(pool.map(decode, records), 1):
+            if isinstance(result, SkippedItem):
+                skipped.append(result)
+            else:
+                decoded.append(result)
+            if progress:
+                progress(done, len(records))
+    for item in skipped:
+        log.warning("skipped %s: %s", item.item, item.reason)
+    _check_usable(decoded)
+
+    shape = working_shape([pixels.shape for _, pixels, _ in decoded])
+    images = np.empty((len(decoded), *shape), dtype=np.uint8)
+    for i, (_, pixels, _) in enumerate(decoded):
+        if pixels.shape[2] != shape[2]:
+            pixels = np.repeat(pixels, 3, axis=2)
+        images[i] = _resize(pixels, shape[:2])
+    weights = weights or {}
+    return ImageDataset(
+        items=[rec.item for rec, _, _ in decoded],
+        images=images,
+        labels=np.array([index[rec.label] for rec, _, _ in decoded], dtype=np.int64),
+        class_names=list(known),
+        splits=np.array([rec.split for rec, _, _ in decoded], dtype="<U5"),
+        pixel_hashes=[digest for _, _, digest in decoded],
+        task_ids=np.array([rec.task_id for rec, _, _ in decoded], dtype=np.int64),
+        weights=np.array([weights.get(rec.item, 1.0) for rec, _, _ in decoded], dtype=np.float32),
+        skipped=skipped,
+    )
+
+
+def _check_usable(decoded: list) -> None:
+    if not decoded:
+        raise DatasetError("no readable labeled images: label some images (or check the skipped list) and retry")
+    present = sorted({rec.label for rec, _, _ in decoded})
+    if len(present) < 2:
+        raise DatasetError(
+            f"only one class ({present[0]!r}) has labeled images; label images of at least two classes "
+            "so the model can disagree with a label")
+
+
+def folder_records(root: str | os.PathLike) -> list[Record]:
+    """Records for ``ROOT/{train,val}/<label>/<file>`` or ``ROOT/<label>/<file>``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder; expected ROOT/<label>/<image> or ROOT/train/<label>/<image>")
+    subdirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if subdirs and subdirs <= set(SPLITS):
+        layout = [(split, root / split) for split in SPLITS if split in subdirs]
+    else:
+        layout = [("train", root)]
+    records = []
+    for split, base in layout:
+        for label_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for path in sorted(label_dir.rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    rel = path.relative_to(root).as_posix()
+                    records.append(Record(item=rel, source=path, label=label_dir.name, split=split))
+    if not records:
+        raise DatasetError(
+            f"{root}: no images found; expected ROOT/<label>/<image> or ROOT/train/<label>/<image> "
+            "(and optionally ROOT/val/<label>/<image>)")
+    return records
+
+
+def load_folder(root: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> ImageDataset:
+    """Load the paper's storage format; see :func:`folder_records`."""
+    return build_dataset(folder_records(root), progress=progress)
