@@ -89,7 +89,10 @@ class Analysis:
     def cell_name(self, i: int) -> str:
         """``"a → b"`` for off-diagonal images, ``""`` where label and model agree."""
         a, b = int(self.labels[i]), int(self.predicted[i])
-        return "" if a == b else f"{self.class_names[a]} → {self.class_names[b]}"
+        return "" if a == b else self.cell_name_of(a, b)
+
+    def cell_name_of(self, label: int, predicted: int) -> str:
+        return f"{self.class_names[label]} → {self.class_names[predicted]}"
 
     def cell_members(self, label: int, predicted: int) -> np.ndarray:
         """Indices of images labeled ``label`` and predicted ``predicted``, most likely errors first."""

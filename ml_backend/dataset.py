@@ -138,6 +138,13 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[:, :, None] if mode == "L" else out
 
 
+def fit_to_shape(pixels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(h, w, c) uint8 -> ``shape`` (H, W, C): resized, grey repeated to RGB or RGB averaged to grey."""
+    if pixels.shape[2] != shape[2]:
+        pixels = np.repeat(pixels, 3, axis=2) if shape[2] == 3 else pixels.mean(axis=2, keepdims=True).astype(np.uint8)
+    return _resize(pixels, shape[:2])
+
+
 def working_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
     """One (H, W, C) for all images: the median size capped at MAX_WORKING_SIDE; C=3 if any is colour."""
     sides = np.array([s[:2] for s in shapes])
@@ -200,9 +207,7 @@ def build_dataset(
     shape = working_shape([pixels.shape for _, pixels, _ in decoded])
     images = np.empty((len(decoded), *shape), dtype=np.uint8)
     for i, (_, pixels, _) in enumerate(decoded):
-        if pixels.shape[2] != shape[2]:
-            pixels = np.repeat(pixels, 3, axis=2)
-        images[i] = _resize(pixels, shape[:2])
+        images[i] = fit_to_shape(pixels, shape)
     weights = weights or {}
     return ImageDataset(
         items=[rec.item for rec, _, _ in decoded],

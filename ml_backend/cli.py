@@ -1,0 +1,116 @@
+"""Command line: ``python -m ml_backend analyze|serve|worker``.
+
+Every option mirrors a setting in :mod:`ml_backend.config` (flag ``--folds`` = env
+``DECONFUSION_FOLDS``); flags win over environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import add_cli_flags, settings_from_args
+from .errors import DeConfusionError
+
+TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "device", "batch_size", "ssim_threshold", "knn_k"]
+SERVICE_FLAGS = ["host", "port", "model_dir", "label_studio_url", "label_studio_api_key", "redis_url",
+                 "public_url", "log_level"]
+
+
+class StageBar:
+    """One tqdm bar per pipeline stage, fed by ``progress(stage, done, total)``."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: tqdm | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=f"{stage:<12}", unit="it", dynamic_ncols=True, leave=True)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import save, write_exports
+    from .dataset import load_folder
+    from .pipeline import run_analysis
+    from .views.overview import overview_html
+
+    settings = settings_from_args(args)
+    out = Path(args.out)
+    bar = StageBar()
+    try:
+        dataset = load_folder(args.root, progress=lambda done, total: bar("load", done, total))
+        analysis, ensemble = run_analysis(dataset, settings, progress=bar)
+    finally:
+        bar.close()
+    save(analysis, out)
+    write_exports(analysis, out)
+    ensemble.save(out / "model.pt")
+    (out / "overview.html").write_text(overview_html(analysis), encoding="utf-8")
+    s = analysis.summary
+    print(json.dumps({
+        "out": str(out), "images": s["images"], "skipped": len(s["skipped"]), "candidates": s["candidates"],
+        "estimated_error_rate": s["estimated_error_rate"], "duplicate_pairs": s["duplicate_pairs"],
+        "leakage_pairs": s["leakage_pairs"], "model_version": analysis.model_version,
+    }, indent=1))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .service import serve
+
+    serve(settings_from_args(args))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .service import run_worker
+
+    run_worker(settings_from_args(args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    analyze = sub.add_parser("analyze", help="Find label errors and duplicates in an image folder.")
+    analyze.add_argument("root", help="ROOT/<label>/<image> or ROOT/{train,val}/<label>/<image>")
+    analyze.add_argument("--out", required=True, help="Output folder (created).")
+    add_cli_flags(analyze, TRAINING_FLAGS)
+    analyze.set_defaults(func=cmd_analyze)
+
+    serve = sub.add_parser("serve", help="Run the Label Studio ML backend (development server).")
+    add_cli_flags(serve, SERVICE_FLAGS + TRAINING_FLAGS)
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="Run an RQ worker for analyses (needs REDIS_URL).")
+    add_cli_flags(worker, SERVICE_FLAGS)
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", None) or "INFO",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (DeConfusionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

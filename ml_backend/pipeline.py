@@ -1,0 +1,159 @@
+"""One analysis run: dataset -> out-of-sample model outputs -> detectors -> Analysis.
+
+Every stage reports ``progress(stage, done, total)``; the CLI turns that into a progress
+bar, the service into job status. Stage timings go into ``Analysis.summary``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Callable
+
+import cleanlab
+import numpy as np
+import torch
+
+from . import __version__
+from .analysis import Analysis
+from .config import Settings
+from .dataset import ImageDataset
+from .detectors.duplicates import find_duplicates, similar_images
+from .detectors.label_errors import consensus, error_scores, find_candidates, knn_disagreement
+from .detectors.maps import cell_map, saliency_features
+from .detectors.overview import mismatch_score, overview_cells, representatives
+from .model.fit import Ensemble, cross_fit
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+SIMILAR_PER_IMAGE = 5
+SALIENCY_BATCH = 256
+ANALYSIS_PARAMS = ("folds", "epochs", "seed", "backbone", "device", "batch_size", "ssim_threshold", "knn_k",
+                   "confirmed_weight")
+
+
+def new_model_version(prefix: str = "deconfusion") -> str:
+    """A sortable, unique-enough version tag: every published object carries it."""
+    return f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def run_analysis(
+    dataset: ImageDataset,
+    settings: Settings,
+    *,
+    model_version: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[Analysis, Ensemble]:
+    """Analyse ``dataset`` end to end; returns the artefact and the fitted fold models."""
+    progress = progress or _quiet
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
+    n = len(dataset)
+    fit, ensemble = cross_fit(
+        dataset.images, dataset.labels, dataset.num_classes, folds=settings.folds, epochs=settings.epochs,
+        seed=settings.seed, backbone=settings.backbone, device=settings.device, batch_size=settings.batch_size,
+        weights=dataset.weights, progress=progress)
+    lap("train")
+
+    probs, labels = fit.pred_probs, dataset.labels
+    predicted = probs.argmax(axis=1).astype(np.int64)
+    mismatch = mismatch_score(probs, labels)
+    knn = knn_disagreement(fit.embeddings, labels, fit.fold_of, k=settings.knn_k)
+    agreement = consensus(fit.fold_probs, labels)
+    scores = error_scores(probs, labels, knn_disagreement=knn, consensus=agreement)
+    is_candidate, n_estimated = find_candidates(probs, labels, scores)
+    lap("label_errors")
+
+    # Duplicates need one embedding space for the whole set: fold 0's model serves.
+    shared_space = fit.embeddings[0]
+    progress("duplicates", 0, 1)
+    pairs, duplicate_group = find_duplicates(
+        dataset.images, dataset.pixel_hashes, shared_space, dataset.splits, ssim_threshold=settings.ssim_threshold)
+    neighbors = similar_images(shared_space, s=min(SIMILAR_PER_IMAGE, n - 1))
+    progress("duplicates", 1, 1)
+    lap("duplicates")
+
+    cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
+    map_xy = _inspection_maps(dataset, ensemble, predicted, fit.fold_of, cells, settings.seed, progress)
+    lap("maps")
+
+    summary = _summary(dataset, labels, predicted, is_candidate, n_estimated, pairs, cells, timings, fit)
+    analysis = Analysis(
+        model_version=model_version or new_model_version(),
+        items=list(dataset.items), class_names=list(dataset.class_names), task_ids=dataset.task_ids,
+        splits=dataset.splits, labels=labels, pred_probs=probs.astype(np.float32), predicted=predicted,
+        mismatch=mismatch.astype(np.float32), error_score=scores.astype(np.float32), is_candidate=is_candidate,
+        knn_disagreement=knn.astype(np.float32), consensus=agreement.astype(np.float32),
+        duplicate_group=duplicate_group, neighbors=neighbors, map_xy=map_xy,
+        representatives=representatives(probs, labels), thumbs=dataset.thumbnails(), cells=cells,
+        duplicates=pairs, summary=summary,
+        params={**{k: v for k, v in asdict(settings).items() if k in ANALYSIS_PARAMS},
+                "backbone_used": fit.backbone, "epochs_used": fit.epochs})
+    return analysis, ensemble
+
+
+def _inspection_maps(dataset, ensemble, predicted, fold_of, cells, seed, progress) -> np.ndarray:
+    """Per-cell 2-D maps of guided-backprop saliency (the paper's in-detail view); NaN off the cells."""
+    map_xy = np.full((len(dataset), 2), np.nan, dtype=np.float32)
+    off_diagonal = np.flatnonzero(dataset.labels != predicted)
+    if off_diagonal.size == 0:
+        return map_xy
+    features = np.empty((len(dataset),), dtype=object)
+    for start in range(0, off_diagonal.size, SALIENCY_BATCH):
+        batch = off_diagonal[start:start + SALIENCY_BATCH]
+        saliency = ensemble.saliency(dataset.images[batch], predicted[batch], folds=fold_of[batch])
+        for i, row in zip(batch, saliency_features(saliency)):
+            features[i] = row
+        progress("saliency", min(start + SALIENCY_BATCH, off_diagonal.size), off_diagonal.size)
+    for done, cell in enumerate(cells, 1):
+        members = np.flatnonzero((dataset.labels == cell["label"]) & (predicted == cell["predicted"]))
+        map_xy[members] = cell_map(np.stack(features[members]), seed=seed)
+        progress("maps", done, len(cells))
+    return map_xy
+
+
+def _summary(dataset, labels, predicted, is_candidate, n_estimated, pairs, cells, timings, fit) -> dict:
+    agrees = predicted == labels
+    trusted = ~is_candidate
+    return {
+        "images": len(dataset),
+        "classes": dataset.num_classes,
+        "train_images": int((dataset.splits == "train").sum()),
+        "val_images": int((dataset.splits == "val").sum()),
+        "candidates": int(is_candidate.sum()),
+        "estimated_label_errors": int(n_estimated),
+        "estimated_error_rate": round(n_estimated / len(dataset), 6),
+        # Out-of-sample agreement with the given labels, and on the images not flagged as likely errors.
+        "label_agreement": round(float(agrees.mean()), 6),
+        "model_accuracy_estimate": round(float(agrees[trusted].mean()) if trusted.any() else 0.0, 6),
+        "misclassified": int((~agrees).sum()),
+        "cells": len(cells),
+        "interpretation_error_cells": sum(1 for c in cells if c["interpretation_error"]),
+        "duplicate_pairs": len(pairs),
+        "exact_duplicates": sum(1 for p in pairs if p["kind"] == "exact"),
+        "near_duplicates": sum(1 for p in pairs if p["kind"] == "near"),
+        "leakage_pairs": sum(1 for p in pairs if p["cross_split"]),
+        "skipped": [{"item": s.item, "reason": s.reason} for s in dataset.skipped],
+        "timings_s": timings,
+        "versions": {
+            "deconfusion": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "cleanlab": cleanlab.__version__,
+        },
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": fit.backbone,
+    }

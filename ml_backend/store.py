@@ -1,0 +1,119 @@
+"""Per-project state under ``MODEL_DIR/projects/<id>/``: analysis versions, the current
+version, reviewers' verdicts and the iteration history. Standard library + our artefact.
+
+Layout::
+
+    current.json            {"model_version": ..., "iteration": n}
+    versions/<version>/     analysis.json, arrays.npz, model.pt (one folder per analysis)
+    verdicts.json           {task_id: {"verdict", "label", "annotation_id", "updated_at", "version"}}
+    history.json            one entry per iteration (see views.report)
+    job.json                job state (jobs module)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from .analysis import Analysis, load
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(str(path), threading.Lock())
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomic write: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1))
+    tmp.replace(path)
+
+
+def read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+
+
+class ProjectStore:
+    def __init__(self, model_dir: str | os.PathLike, project_id: int) -> None:
+        self.project_id = int(project_id)
+        self.root = Path(model_dir) / "projects" / str(self.project_id)
+
+    # versions -----------------------------------------------------------------
+    def version_dir(self, model_version: str) -> Path:
+        return self.root / "versions" / model_version
+
+    def current(self) -> dict:
+        return read_json(self.root / "current.json", {})
+
+    def current_version(self) -> str | None:
+        return self.current().get("model_version")
+
+    def next_iteration(self) -> int:
+        return int(self.current().get("iteration", 0)) + 1
+
+    def set_current(self, model_version: str, iteration: int) -> None:
+        write_json(self.root / "current.json", {"model_version": model_version, "iteration": iteration})
+
+    def load_analysis(self, model_version: str | None = None) -> Analysis | None:
+        version = model_version or self.current_version()
+        return load(self.version_dir(version)) if version else None
+
+    def versions(self) -> list[str]:
+        base = self.root / "versions"
+        return sorted(p.name for p in base.iterdir() if (p / "analysis.json").exists()) if base.exists() else []
+
+    # verdicts -----------------------------------------------------------------
+    def verdicts(self) -> dict[str, dict]:
+        return read_json(self.root / "verdicts.json", {})
+
+    def record_verdict(self, task_id: int, verdict: dict) -> bool:
+        """Store a task's verdict; returns False when nothing changed (idempotent webhooks)."""
+        path = self.root / "verdicts.json"
+        with _lock_for(path):
+            verdicts = read_json(path, {})
+            key = str(int(task_id))
+            if verdicts.get(key) == verdict:
+                return False
+            verdicts[key] = verdict
+            write_json(path, verdicts)
+            return True
+
+    def forget_verdict(self, task_id: int) -> bool:
+        path = self.root / "verdicts.json"
+        with _lock_for(path):
+            verdicts = read_json(path, {})
+            if verdicts.pop(str(int(task_id)), None) is None:
+                return False
+            write_json(path, verdicts)
+            return True
+
+    # history ------------------------------------------------------------------
+    def history(self) -> list[dict]:
+        return read_json(self.root / "history.json", [])
+
+    def append_history(self, entry: dict) -> None:
+        path = self.root / "history.json"
+        with _lock_for(path):
+            history = [h for h in read_json(path, []) if h.get("model_version") != entry.get("model_version")]
+            write_json(path, history + [entry])
+
+    def settings_file(self) -> Path:
+        return self.root / "project.json"
+
+    def project_info(self) -> dict:
+        return read_json(self.settings_file(), {})
+
+    def update_project_info(self, **values: Any) -> None:
+        with _lock_for(self.settings_file()):
+            write_json(self.settings_file(), {**self.project_info(), **values})

@@ -1,0 +1,103 @@
+"""Loading the paper's folder format and surviving odd files."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_backend.dataset import Record, build_dataset, decode_image, load_folder
+from ml_backend.errors import DatasetError, UnreadableImage
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_image(path, value: int, size=(12, 12)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size, value, dtype=np.uint8)).save(path)
+
+
+def test_train_val_layout_gives_sorted_classes_and_splits(tmp_path):
+    write_image(tmp_path / "train" / "zebra" / "a.png", 10)
+    write_image(tmp_path / "train" / "ant" / "b.png", 20)
+    write_image(tmp_path / "val" / "zebra" / "c.png", 30)
+    ds = load_folder(tmp_path)
+    assert ds.class_names == ["ant", "zebra"]
+    by_item = dict(zip(ds.items, zip(ds.labels.tolist(), ds.splits.tolist())))
+    assert by_item == {"train/ant/b.png": (0, "train"), "train/zebra/a.png": (1, "train"),
+                       "val/zebra/c.png": (1, "val")}
+    assert ds.images.shape == (3, 12, 12, 1) and ds.images.dtype == np.uint8
+
+
+def test_flat_layout_with_spaces_and_non_ascii_labels(tmp_path):
+    write_image(tmp_path / "grüne Äpfel" / "1.png", 10)
+    write_image(tmp_path / "鸭子 duck" / "2.png", 200)
+    ds = load_folder(tmp_path)
+    assert ds.class_names == ["grüne Äpfel", "鸭子 duck"]
+    assert set(ds.splits) == {"train"}
+
+
+def test_odd_files_are_skipped_and_reported_never_fatal(tmp_path):
+    write_image(tmp_path / "a" / "ok1.png", 10)
+    write_image(tmp_path / "b" / "ok2.png", 99)
+    (tmp_path / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "a" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "b" / "pixel.png").write_bytes(png_bytes(np.zeros((1, 1), np.uint8)))
+    (tmp_path / "b" / "notes.txt").write_text("hello")
+    ds = load_folder(tmp_path)
+    assert sorted(ds.items) == ["a/ok1.png", "b/ok2.png"]
+    reasons = {s.item: s.reason for s in ds.skipped}
+    assert set(reasons) == {"a/corrupt.png", "a/empty.jpg", "b/pixel.png", "b/notes.txt"}
+    assert "empty" in reasons["a/empty.jpg"] and "too small" in reasons["b/pixel.png"]
+
+
+def test_huge_image_is_refused_with_a_reason(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(UnreadableImage, match="too large"):
+        decode_image(png_bytes(np.zeros((40, 40), np.uint8)), name="big.png")
+
+
+def test_16_bit_cmyk_palette_and_alpha_images_decode():
+    sixteen = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    pixels, _ = decode_image(png_bytes(sixteen), name="16bit.png")
+    assert pixels.shape == (16, 16, 1) and pixels.min() == 0 and pixels.max() == 255
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
+    buf = io.BytesIO()
+    cmyk.save(buf, format="JPEG")
+    pixels, _ = decode_image(buf.getvalue(), name="cmyk.jpg")
+    assert pixels.shape == (16, 16, 3) and pixels[..., 0].mean() > 200 and pixels[..., 1].mean() < 60
+    rgba = np.zeros((16, 16, 4), np.uint8)  # fully transparent -> white background
+    pixels, _ = decode_image(png_bytes(rgba, "RGBA"), name="alpha.png")
+    assert pixels.shape == (16, 16, 3) and pixels.min() == 255
+
+
+def test_mixed_grey_and_colour_become_colour_and_equal_pixels_share_a_hash():
+    grey = png_bytes(np.full((10, 10), 128, np.uint8))
+    colour = png_bytes(np.full((10, 10, 3), (200, 0, 0), np.uint8))
+    records = [Record("g1", grey, "x"), Record("g2", grey, "x"), Record("c", colour, "y", split="val", task_id=7)]
+    ds = build_dataset(records)
+    assert ds.images.shape == (3, 10, 10, 3)
+    assert ds.pixel_hashes[0] == ds.pixel_hashes[1] != ds.pixel_hashes[2]
+    assert ds.task_ids.tolist() == [-1, -1, 7]
+
+
+def test_one_class_or_no_images_gets_a_clear_message(tmp_path):
+    write_image(tmp_path / "only" / "1.png", 1)
+    with pytest.raises(DatasetError, match="at least two classes"):
+        load_folder(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no images found"):
+        load_folder(empty)
+
+
+def test_unknown_label_and_split_are_skipped_with_reasons():
+    img = png_bytes(np.zeros((10, 10), np.uint8))
+    ds = build_dataset([Record("a", img, "x"), Record("b", img, "y"), Record("c", img, "z"),
+                        Record("d", img, "x", split="test")], class_names=["x", "y"])
+    assert ds.items == ["a", "b"]
+    assert {s.item for s in ds.skipped} == {"c", "d"}
