@@ -1,0 +1,143 @@
+"""Local demo: Label Studio + De-Confusion on an offline image set with planted label errors.
+
+Run through ``scripts/demo`` (which sets up the virtualenvs first). Starts Label Studio
+(from .venv-ls) and the backend on 127.0.0.1, creates a project from scikit-learn's bundled
+digits (or MNIST with ``--mnist PATH``), plants class-interpretation and instance errors and
+duplicates, connects the backend, presses "Start Training", waits for the analysis and
+prints where to look. Ctrl-C stops both servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from lsserver import LabelStudioServer, start_backend, wait_for_job  # noqa: E402
+
+from ml_backend.config import Settings  # noqa: E402
+from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+
+CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <Choices name="label" toName="image" choice="single" showInline="true">
+{choices}
+  </Choices>
+</View>"""
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images / 16.0 * 255).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(img).resize((32, 32), Image.BILINEAR)) for img in images])
+    return big, data.target.astype(np.int64)
+
+
+def mnist(folder: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    def idx(name):
+        raw = gzip.open(folder / name).read()
+        dims = raw[3]
+        shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+    return idx("train-images-idx3-ubyte.gz")[:limit], idx("train-labels-idx1-ubyte.gz")[:limit].astype(np.int64)
+
+
+def plant_errors(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A labeler reads 7 as 1 for a fifth of the sevens; five single slips elsewhere."""
+    noisy = labels.copy()
+    sevens = np.flatnonzero(labels == 7)
+    swapped = rng.choice(sevens, size=len(sevens) // 5, replace=False)
+    noisy[swapped] = 1
+    slips = [int(rng.choice(np.flatnonzero(labels == c))) for c in (0, 2, 4, 5, 8)]
+    for i in slips:
+        noisy[i] = (labels[i] + 3) % 10
+    return noisy, {"class_interpretation": swapped.tolist(), "instance": slips}
+
+
+def write_images(images: np.ndarray, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, img in enumerate(images):
+        name = f"{i:05d}.png"
+        Image.fromarray(img).save(folder / name)
+        names.append(name)
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", type=Path, help="MNIST idx folder (default: scikit-learn digits, offline)")
+    parser.add_argument("--limit", type=int, default=3000, help="images taken from MNIST")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "demo-data")
+    parser.add_argument("--ls-port", type=int, default=8080)
+    parser.add_argument("--backend-port", type=int, default=9090)
+    parser.add_argument("--exit", action="store_true", help="stop the servers after printing the results")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    images, truth = mnist(args.mnist, args.limit) if args.mnist else digits()
+    noisy, planted = plant_errors(truth, rng)
+    images = np.concatenate([images, images[:3]])  # three duplicates; the first crosses train/val
+    noisy = np.concatenate([noisy, noisy[:3]])
+    split = np.where(rng.random(len(noisy)) < 1 / 7, "val", "train")
+    split[-3], split[0] = ("val", "train")
+    image_dir = args.workdir / "images"
+    names = write_images(images, image_dir)
+
+    with LabelStudioServer(port=args.ls_port, data_dir=args.workdir / "label-studio",
+                           files_root=args.workdir) as ls:
+        settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
+                                     model_dir=str(args.workdir / "model_dir"), port=args.backend_port,
+                                     public_url=f"http://127.0.0.1:{args.backend_port}")
+        with start_backend(settings) as backend_url:
+            client = LabelStudioClient(settings)
+            choices = "\n".join(f'    <Choice value="{d}"/>' for d in range(10))
+            pid = client.create_project("Digits (demo)", CONFIG.format(choices=choices))
+            client.add_local_storage(pid, image_dir)
+            tasks = [{"data": {"image": f"/data/local-files/?d={image_dir.relative_to(args.workdir)}/{name}",
+                               "split": str(s)},
+                      "annotations": [{"result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                                                   "value": {"choices": [str(int(y))]}}]}]}
+                     for name, y, s in zip(names, noisy, split)]
+            client.import_tasks(pid, tasks)
+            backend_id = client.connect_ml_backend(pid, backend_url, "De-Confusion")
+            client.ensure_webhook(pid, f"{backend_url}/webhook")
+            started = time.perf_counter()
+            client.start_training(backend_id)
+            job = wait_for_job(backend_url, pid, timeout=1800)
+            views = {v["title"]: v["id"] for v in client.list_views(pid)}
+            queue = views.get("De-Confusion: review queue")
+            print(json.dumps({
+                "analysis": job.get("status"), "seconds": round(time.perf_counter() - started, 1),
+                "review_queue": f"{ls.url}/projects/{pid}/data?tab={queue}",
+                "overview_project": f"{ls.url}/projects/{json.loads((Path(settings.model_dir) / 'projects' / str(pid) / 'project.json').read_text()).get('overview_project')}",
+                "report": f"{backend_url}/report/{pid}",
+                "login": {"email": ls.username, "password": ls.password},
+                "planted": {"class_interpretation": len(planted["class_interpretation"]),
+                            "instance": len(planted["instance"]), "duplicates": 3},
+            }, indent=1), flush=True)
+            if args.exit:
+                return
+            print("Label Studio and the backend keep running; Ctrl-C stops them.", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+
+
+if __name__ == "__main__":
+    main()
