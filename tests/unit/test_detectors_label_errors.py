@@ -1,0 +1,60 @@
+"""Error scores rank planted label errors first; candidates follow the estimated noise."""
+
+import numpy as np
+import pytest
+
+from ml_backend.detectors.label_errors import consensus, error_scores, find_candidates, knn_disagreement
+
+
+def blobs(seed=0, n=600, k=3, flip=0.05):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    centers = rng.normal(0, 6, (k, 8))
+    x = centers[truth] + rng.normal(0, 1, (n, 8))
+    labels = truth.copy()
+    flipped = rng.choice(n, int(flip * n), replace=False)
+    labels[flipped] = (truth[flipped] + 1) % k
+    logits = -((x[:, None, :] - centers[None]) ** 2).sum(-1) / 8
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    return x, probs, labels, np.isin(np.arange(n), flipped)
+
+
+def average_precision(scores, truth):
+    hits = truth[np.argsort(-scores, kind="stable")]
+    return (np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean()
+
+
+def test_flipped_labels_rank_first_and_candidates_match_the_noise_rate():
+    x, probs, labels, flipped = blobs()
+    fold_of = np.arange(len(labels)) % 3
+    emb = np.broadcast_to(x.astype(np.float32), (3, *x.shape))
+    knn = knn_disagreement(emb, labels, fold_of, k=10)
+    agree = consensus(np.stack([probs] * 3), labels)
+    scores = error_scores(probs, labels, knn_disagreement=knn, consensus=agree)
+    assert scores.min() >= 0 and scores.max() <= 1
+    assert average_precision(scores, flipped) > 0.9
+    flagged, n = find_candidates(probs, labels, scores)
+    assert flagged.sum() == n and abs(n - flipped.sum()) <= 0.5 * flipped.sum()
+    assert (flagged & flipped).sum() >= 0.8 * flipped.sum()
+
+
+def test_knn_disagreement_is_high_for_a_planted_outlier():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, (50, 4)), rng.normal(10, 1, (50, 4))]).astype(np.float32)
+    labels = np.array([0] * 50 + [1] * 50)
+    labels[3] = 1  # sits among the zeros
+    values = knn_disagreement(np.stack([x, x]), labels, np.arange(100) % 2, k=5)
+    assert values[3] == 1.0 and np.median(values) == 0.0
+
+
+def test_consensus_counts_fold_models_against_the_label():
+    fold_probs = np.array([[[0.9, 0.1], [0.2, 0.8]], [[0.3, 0.7], [0.4, 0.6]]])
+    np.testing.assert_allclose(consensus(fold_probs, np.array([0, 0])), [0.5, 1.0])
+
+
+def test_single_class_yields_no_candidates_and_bad_weights_are_refused():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2]])
+    assert find_candidates(probs, np.array([0, 0]), np.array([0.1, 0.2]))[1] == 0
+    with pytest.raises(ValueError, match="weights"):
+        error_scores(probs, np.array([0, 0]), weights=(0, 1, 1))

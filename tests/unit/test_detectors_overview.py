@@ -1,0 +1,83 @@
+"""Eq. 1-4 and the overview list's reading order, on hand-computed examples."""
+
+import numpy as np
+import pytest
+
+from ml_backend.detectors.overview import histogram, mismatch_score, overview_cells, representatives, saturation
+
+
+def test_mismatch_score_is_eq_1():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
+    labels = np.array([0, 0, 1])
+    # (max + 1 - p_label) / 2
+    np.testing.assert_allclose(mismatch_score(probs, labels), [(0.7 + 0.3) / 2, (0.6 + 0.9) / 2, (0.6 + 0.8) / 2],
+                               rtol=1e-6)
+    assert mismatch_score(probs, labels)[0] == pytest.approx(0.5)  # correct images all score 0.5
+
+
+def test_histogram_buckets_start_at_one_over_k():
+    # K=4: domain [0.25, 1] in 0.1 steps -> 8 buckets; 1.0 falls in the last (closed) bucket
+    counts = histogram(np.array([0.25, 0.349, 0.35, 0.99, 1.0]), 4)
+    assert counts.tolist() == [2, 1, 0, 0, 0, 0, 0, 2]
+
+
+def test_saturation_is_log_scale_over_a_decade():
+    s = saturation(np.array([10.0, 1.0, 0.5, np.sqrt(10.0)]))
+    np.testing.assert_allclose(s, [1.0, 0.0, 0.0, 0.5], atol=1e-12)
+
+
+def test_representative_is_the_most_confident_image_of_each_label():
+    probs = np.array([[0.6, 0.4], [0.9, 0.1], [0.3, 0.7], [0.95, 0.05]])
+    assert representatives(probs, np.array([0, 0, 1, 1])).tolist() == [1, 2]
+    assert representatives(probs[:2], np.array([0, 0])).tolist() == [1, -1]
+
+
+def planted_swap(seed=0, n_per_class=400, k=5, swap=(3, 1), share=0.15, noise=0.01):
+    """Labels with scattered confusion everywhere and a systematic swap: images of class
+    swap[1] labeled swap[0]."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(k), n_per_class)
+    predicted = truth.copy()
+    labels = truth.copy()
+    scatter = rng.random(len(truth)) < noise
+    predicted[scatter] = (truth[scatter] + rng.integers(1, k, scatter.sum())) % k
+    swapped = rng.choice(np.flatnonzero(truth == swap[1]), int(share * n_per_class), replace=False)
+    labels[swapped] = swap[0]
+    probs = np.full((len(truth), k), 0.05 / (k - 1))
+    probs[np.arange(len(truth)), predicted] = 0.95
+    return probs, labels
+
+
+def test_planted_swap_leads_the_list_and_is_flagged_scattered_noise_is_not():
+    probs, labels = planted_swap()
+    cells = overview_cells(probs, labels)
+    first = cells[0]
+    assert (first["label"], first["predicted"]) == (3, 1) and first["row"] == 0 and first["column"] == 0
+    assert first["interpretation_error"] and first["saturation"] == 1.0
+    assert not any(c["interpretation_error"] for c in cells[1:])
+    # reading order: rows by misclassified count, cells in a row by count
+    for a, b in zip(cells, cells[1:]):
+        assert (a["row"], a["column"]) < (b["row"], b["column"])
+        if a["row"] == b["row"]:
+            assert a["count"] >= b["count"]
+    assert all(c["label"] != c["predicted"] for c in cells)
+    assert sum(first["histogram"]) == first["count"]
+
+
+def test_duplicate_marker_only_on_cells_holding_a_duplicate_pair():
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.9, 0.1], [0.3, 0.7]])
+    labels = np.array([0, 0, 1, 0])
+    # cells: (0 -> 1) holds images 0, 1, 3; (1 -> 0) holds image 2
+    cells = overview_cells(probs, labels, duplicate_group=np.array([0, 0, -1, -1]))
+    assert [(c["label"], c["has_duplicates"]) for c in cells] == [(0, True), (1, False)]
+    cells = overview_cells(probs, labels, duplicate_group=np.array([0, -1, 0, -1]))  # pair split over two cells
+    assert [c["has_duplicates"] for c in cells] == [False, False]
+
+
+def test_bad_probabilities_get_a_message_naming_the_parameter():
+    with pytest.raises(ValueError, match="pred_probs.*summing to 1"):
+        mismatch_score(np.array([[0.5, 0.7]]), np.array([0]))
+    with pytest.raises(ValueError, match="labels.*in \\[0, 2\\)"):
+        mismatch_score(np.array([[0.5, 0.5]]), np.array([2]))
+    with pytest.raises(TypeError, match="pred_probs"):
+        mismatch_score([[0.5, 0.5]], np.array([0]))
