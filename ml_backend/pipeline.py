@@ -75,8 +75,8 @@ def run_analysis(
     mismatch = mismatch_score(probs, labels)
     knn = knn_disagreement(fit.embeddings, labels, fit.fold_of, k=settings.knn_k)
     agreement = consensus(fit.fold_probs, labels)
-    scores = error_scores(probs, labels, knn_disagreement=knn, consensus=agreement)
-    is_candidate, n_estimated = find_candidates(probs, labels, scores)
+    scores = error_scores(probs, labels, fold_probs=fit.fold_probs, knn_disagreement=knn, consensus=agreement)
+    is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement)
     lap("label_errors")
 
     # Duplicates need one embedding space for the whole set: fold 0's model serves.

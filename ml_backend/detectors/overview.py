@@ -87,8 +87,8 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
     ``interpretation_error``, ``row`` and ``column`` (0-based reading-order position).
 
     ``interpretation_error`` marks a candidate class interpretation error: the cell's count
-    is improbably high under the model's usual confusion. The usual rate r0 is the median
-    share over all non-empty off-diagonal cells (robust to a few planted swaps); the cell is
+    is improbably high under the model's usual confusion. The usual rate r0 is the mean rate
+    over all other label -> class pairs (leave-one-out, so the cell cannot hide itself); it is
     flagged when a one-sided binomial test ``P(X >= count | n_a, r0) < alpha`` rejects, the
     count is at least 10 and its share of the row at least 1%.
     """
@@ -105,8 +105,7 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
     off = counts.copy()
     np.fill_diagonal(off, 0)
     rates = off / np.maximum(row_sizes, 1)[:, None]
-    nonzero = rates[off > 0]
-    baseline = max(float(np.median(nonzero)) if nonzero.size else 0.0, BASELINE_FLOOR)
+    total_off, pair_slots = off.sum(), row_sizes.sum() * (k - 1)
 
     cells = []
     row_order = sorted(range(k), key=lambda a: (-off[a].sum(), a))
@@ -115,6 +114,8 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
             members = np.flatnonzero((labels == a) & (predicted == b))
             member_groups = groups[members][groups[members] >= 0]
             count, share = int(off[a, b]), float(rates[a, b])
+            # Usual confusion: the mean rate over every *other* label -> class pair.
+            baseline = max((total_off - count) / max(pair_slots - row_sizes[a], 1), BASELINE_FLOOR)
             p_value = float(binom.sf(count - 1, int(row_sizes[a]), baseline))
             cells.append({
                 "label": int(a), "predicted": int(b), "count": count, "share_of_row": share,

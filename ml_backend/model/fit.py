@@ -131,6 +131,11 @@ def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
+def effective_batch(batch_size: int, n_train: int) -> int:
+    """Small sets train in smaller batches, so a few hundred images still get enough optimizer steps."""
+    return int(min(batch_size, max(16, n_train // 16)))
+
+
 def _train_small_cnn(images, labels, weights, num_classes, *, epochs, batch_size, seed, device, reporter) -> SmallCNN:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -266,6 +271,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
     n_train = int(len(images) * (folds - 1) / folds)
     epochs = epochs or auto_epochs(backbone, n_train)
     if backbone == "small_cnn":
+        batch_size = effective_batch(batch_size, n_train)
         reporter = _Reporter(progress, "train", folds * epochs * math.ceil(n_train / batch_size))
         models = [_train_small_cnn(images[fold_of != f], labels[fold_of != f], weights[fold_of != f], num_classes,
                                    epochs=epochs, batch_size=batch_size, seed=seed + f, device=dev,
@@ -313,6 +319,7 @@ def train_single(images: np.ndarray, labels: np.ndarray, num_classes: int, *, ep
     labels, weights, backbone, dev = _setup(images, labels, num_classes, 2, None, backbone, device)
     epochs = epochs or auto_epochs(backbone, len(images))
     if backbone == "small_cnn":
+        batch_size = effective_batch(batch_size, len(images))
         reporter = _Reporter(progress, "train", epochs * math.ceil(len(images) / batch_size))
         model = _train_small_cnn(images, labels, weights, num_classes, epochs=epochs, batch_size=batch_size,
                                  seed=seed, device=dev, reporter=reporter)

@@ -31,10 +31,10 @@ def test_flipped_labels_rank_first_and_candidates_match_the_noise_rate():
     emb = np.broadcast_to(x.astype(np.float32), (3, *x.shape))
     knn = knn_disagreement(emb, labels, fold_of, k=10)
     agree = consensus(np.stack([probs] * 3), labels)
-    scores = error_scores(probs, labels, knn_disagreement=knn, consensus=agree)
+    scores = error_scores(probs, labels, fold_probs=np.stack([probs] * 3), knn_disagreement=knn, consensus=agree)
     assert scores.min() >= 0 and scores.max() <= 1
     assert average_precision(scores, flipped) > 0.9
-    flagged, n = find_candidates(probs, labels, scores)
+    flagged, n = find_candidates(probs, labels, scores, consensus=agree)
     assert flagged.sum() == n and abs(n - flipped.sum()) <= 0.5 * flipped.sum()
     assert (flagged & flipped).sum() >= 0.8 * flipped.sum()
 
@@ -58,3 +58,12 @@ def test_single_class_yields_no_candidates_and_bad_weights_are_refused():
     assert find_candidates(probs, np.array([0, 0]), np.array([0.1, 0.2]))[1] == 0
     with pytest.raises(ValueError, match="weights"):
         error_scores(probs, np.array([0, 0]), weights=(0, 1, 1))
+
+
+def test_unanimous_fold_models_flag_what_confident_learning_undercounts():
+    probs = np.array([[0.9, 0.1]] * 8 + [[0.3, 0.7]] * 2 + [[0.2, 0.8]] * 8)
+    labels = np.array([0] * 10 + [1] * 8)
+    scores = error_scores(probs, labels)
+    unanimous = np.array([0.0] * 8 + [1.0, 1.0] + [0.0] * 8)
+    flagged, _ = find_candidates(probs, labels, scores, consensus=unanimous)
+    assert flagged[8] and flagged[9]

@@ -1,0 +1,110 @@
+"""`python -m ml_backend analyze` on generated images with planted errors and duplicates."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_backend.analysis import CELLS_COLUMNS, SCORES_COLUMNS, load
+from ml_backend.cli import main
+
+CLASSES = ("horizontal", "vertical", "diagonal", "ring")
+
+
+def pattern(kind: str, rng) -> np.ndarray:
+    img = rng.integers(0, 50, (24, 24)).astype(np.uint8)
+    o = int(rng.integers(-3, 4))
+    yy, xx = np.mgrid[:24, :24]
+    if kind == "horizontal":
+        img[10 + o:14 + o, 3:21] = 240
+    elif kind == "vertical":
+        img[3:21, 10 + o:14 + o] = 240
+    elif kind == "diagonal":
+        img[np.abs(yy - xx - o) < 2] = 240
+    else:
+        img[np.abs(np.hypot(yy - 12, xx - 12 - o) - 7) < 1.5] = 240
+    return img
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("data")
+    truth = {}
+    for cls in CLASSES:
+        for n in range(70):
+            split = "val" if n % 7 == 0 else "train"
+            label = cls
+            if cls == "ring" and n < 18:
+                label = "diagonal"  # systematic: a labeler reads rings as diagonals
+            if cls == "vertical" and n in (30, 40):
+                label = "horizontal"  # two single slips
+            path = root / split / label / f"{cls}-{n:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = pattern(cls, rng)
+            Image.fromarray(img).save(path)
+            truth[path.relative_to(root).as_posix()] = (cls, label, img)
+    exact = np.asarray(Image.open(root / "train/horizontal/horizontal-001.png"))
+    Image.fromarray(exact).save(root / "val/horizontal/copy-of-001.png")  # leakage
+    near = np.clip(exact.astype(int) + rng.integers(-2, 3, exact.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(near).save(root / "train/horizontal/near-001.png")
+    (root / "train/ring/broken.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path_factory.mktemp("out")
+    assert main(["analyze", str(root), "--out", str(out), "--folds", "3", "--seed", "0"]) == 0
+    return root, out, truth
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_outputs_follow_the_documented_schema(analysed):
+    _, out, truth = analysed
+    scores = read_csv(out / "scores.csv")
+    assert tuple(scores[0]) == SCORES_COLUMNS and len(scores) == len(truth) + 2
+    assert tuple(read_csv(out / "cells.csv")[0]) == CELLS_COLUMNS
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == len(truth) + 2 and "timings_s" in summary and summary["versions"]["torch"]
+    assert (out / "overview.html").read_text().count("<img") > 4
+    assert any((out / "embedding").iterdir())
+    assert load(out).model_version == summary["model_version"]
+
+
+def test_bad_file_is_skipped_and_reported(analysed):
+    _, out, _ = analysed
+    skipped = json.loads((out / "summary.json").read_text())["skipped"]
+    assert [s["item"] for s in skipped] == ["train/ring/broken.png"] and "not a readable image" in skipped[0]["reason"]
+
+
+def test_injected_swap_is_the_top_cell_and_flagged(analysed):
+    _, out, _ = analysed
+    first = read_csv(out / "cells.csv")[0]
+    assert (first["label"], first["predicted"]) == ("diagonal", "ring")
+    assert first["interpretation_error"] == "1" and int(first["count"]) >= 15
+
+
+def test_planted_errors_rank_at_the_top_and_are_candidates(analysed):
+    _, out, truth = analysed
+    scores = sorted(read_csv(out / "scores.csv"), key=lambda r: -float(r["error_score"]))
+    wrong = {item for item, (cls, label, _) in truth.items() if cls != label}
+    top = {r["item"] for r in scores[:len(wrong) + 4]}
+    assert len(wrong & top) >= len(wrong) - 1
+    flagged = {r["item"] for r in scores if r["is_candidate"] == "1"}
+    assert len(wrong & flagged) >= len(wrong) - 1 and len(flagged) <= 2 * len(wrong)
+
+
+def test_exact_and_near_duplicates_found_and_leakage_marked(analysed):
+    _, out, _ = analysed
+    pairs = {(r["item_a"], r["item_b"]): r for r in read_csv(out / "duplicates.csv")}
+    exact = pairs[("train/horizontal/horizontal-001.png", "val/horizontal/copy-of-001.png")]
+    assert exact["kind"] == "exact" and exact["cross_split"] == "1"
+    near = [p for k, p in pairs.items() if "train/horizontal/near-001.png" in k]
+    assert near and near[0]["kind"] == "near" and float(near[0]["ssim"]) >= 0.95
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a folder" in capsys.readouterr().err
