@@ -79,7 +79,8 @@ class LabelStudioServer:
             self.token, self.password = saved["token"], saved["password"]
         token_file.write_text(json.dumps({"token": self.token, "password": self.password}))
         env = {**os.environ, "LABEL_STUDIO_USERNAME": self.username, "LABEL_STUDIO_PASSWORD": self.password,
-               "LABEL_STUDIO_USER_TOKEN": self.token, "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+               "LABEL_STUDIO_USER_TOKEN": self.token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+               "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
                "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
                "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(self.files_root),
                "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",

@@ -1,0 +1,268 @@
+"""End to end against a real Label Studio: connect the backend, press Start Training through
+the API, then check what a reviewer sees; submit verdicts; analyse again."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lsserver import wait_for_job  # noqa: E402  (scripts/ is on the path via conftest)
+
+from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.ls.client import LabelStudioClient
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="label" toName="image" choice="single">
+    <Choice value="horizontal"/><Choice value="vertical"/><Choice value="diagonal"/><Choice value="ring"/>
+  </Choices>
+</View>"""
+CLASSES = ("horizontal", "vertical", "diagonal", "ring")
+PER_CLASS = 45
+SWAPPED = 12  # rings labeled "diagonal"
+
+
+def pattern(kind: str, rng) -> np.ndarray:
+    img = rng.integers(0, 50, (24, 24)).astype(np.uint8)
+    o = int(rng.integers(-3, 4))
+    yy, xx = np.mgrid[:24, :24]
+    mask = {"horizontal": (yy >= 10 + o) & (yy < 14 + o) & (xx > 2) & (xx < 21),
+            "vertical": (xx >= 10 + o) & (xx < 14 + o) & (yy > 2) & (yy < 21),
+            "diagonal": np.abs(yy - xx - o) < 2,
+            "ring": np.abs(np.hypot(yy - 12, xx - 12 - o) - 7) < 1.5}[kind]
+    img[mask] = 240
+    return img
+
+
+def png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ImageHost(http.server.BaseHTTPRequestHandler):
+    """Another host serving images by URL; records the headers it receives."""
+    images: dict[str, bytes] = {}
+    seen_headers: list[dict] = []
+
+    def do_GET(self):
+        ImageHost.seen_headers.append(dict(self.headers))
+        body = self.images.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def annotation(label: str) -> dict:
+    return {"result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]}
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.headers.get("content-type"), resp.read()
+
+
+@pytest.fixture(scope="module")
+def world(label_studio, backend):
+    backend_url, settings = backend
+    client = LabelStudioClient(settings)
+    rng = np.random.default_rng(0)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageHost)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    folder = label_studio.files / "shapes"
+    folder.mkdir(parents=True, exist_ok=True)
+    pid = client.create_project("Shapes", CONFIG)
+    client.add_local_storage(pid, folder)
+    tasks, truth = [], []
+    for cls in CLASSES:
+        for n in range(PER_CLASS):
+            img = pattern(cls, rng)
+            label = "diagonal" if cls == "ring" and n < SWAPPED else cls
+            if n % 9 == 0:  # some tasks load their image from another host by URL
+                ImageHost.images[f"/{cls}-{n}.png"] = png(img)
+                url = f"{host}/{cls}-{n}.png"
+            else:
+                (folder / f"{cls}-{n}.png").write_bytes(png(img))
+                url = f"/data/local-files/?d=shapes/{cls}-{n}.png"
+            tasks.append({"data": {"image": url, "note": f"user key {cls}-{n}", "split": "val" if n % 7 == 0 else "train"},
+                          "annotations": [annotation(label)]})
+            truth.append(cls)
+    (folder / "copy.png").write_bytes((folder / "horizontal-1.png").read_bytes())  # an exact duplicate, in val
+    tasks.append({"data": {"image": "/data/local-files/?d=shapes/copy.png", "note": "copy", "split": "val"},
+                  "annotations": [annotation("horizontal")]})
+    truth.append("horizontal")
+    tasks.append({"data": {"image": f"{host}/missing.png", "note": "broken"}, "annotations": [annotation("ring")]})
+    tasks.append({"data": {"image": f"/data/local-files/?d=shapes/horizontal-2.png", "note": "unlabeled"}})
+    client.import_tasks(pid, tasks)
+    before = {t["id"]: t for t in client.all_tasks(pid)}
+    backend_id = client.connect_ml_backend(pid, backend_url)
+    started = time.perf_counter()
+    client.start_training(backend_id)
+    job = wait_for_job(backend_url, pid, timeout=600)
+    yield {"client": client, "pid": pid, "backend_id": backend_id, "backend": backend_url, "settings": settings,
+           "job": job, "before": before, "truth": truth, "seconds": time.perf_counter() - started}
+    server.shutdown()
+
+
+def views_by_title(world) -> dict[str, int]:
+    return {v["title"]: v["id"] for v in world["client"].list_views(world["pid"])}
+
+
+def test_analysis_finishes_and_reports_the_unreachable_image(world):
+    job = world["job"]
+    assert job["status"] == "done", job
+    summary = json.loads((__import__("pathlib").Path(world["settings"].model_dir) / "projects" / str(world["pid"]) /
+                          "versions" / job["model_version"] / "analysis.json").read_text())["summary"]
+    assert summary["images"] == len(world["truth"])
+    assert len(summary["skipped"]) == 1 and "missing.png" in summary["skipped"][0]["reason"]
+
+
+def test_token_is_never_sent_to_another_host():
+    assert ImageHost.seen_headers and not any("Authorization" in h for h in ImageHost.seen_headers)
+
+
+def test_every_labeled_task_gets_one_prediction_with_the_setup_model_version(world):
+    client, pid = world["client"], world["pid"]
+    version = world["job"]["model_version"]
+    assert client.model_versions(pid) == {version: len(world["truth"])}
+    status, _, body = get_json(world["backend"] + "/health")
+    setup = urllib.request.Request(world["backend"] + "/setup", data=json.dumps({"project": f"{pid}.0"}).encode(),
+                                   headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(setup, timeout=3) as resp:
+        assert json.loads(resp.read())["model_version"] == version
+
+
+def test_review_queue_ranks_planted_errors_first_numerically(world):
+    client, pid = world["client"], world["pid"]
+    tabs = views_by_title(world)
+    assert "De-Confusion: review queue" in tabs and "De-Confusion: duplicates" in tabs
+    assert "De-Confusion: train/val leakage" in tabs
+    assert any(t.startswith("De-Confusion: diagonal → ring (") for t in tabs)
+    queue = client.view_task_ids(pid, tabs["De-Confusion: review queue"])
+    tasks = {t["id"]: t for t in client.all_tasks(pid)}
+    scores = [tasks[t]["data"]["dc_error_score"] for t in queue]
+    assert scores == sorted(scores, reverse=True)
+    order = sorted(tasks)  # imported in order: task index i <-> truth[i]
+    wrong = {order[i] for i, cls in enumerate(world["truth"]) if cls == "ring"} & {
+        t for t in tasks if tasks[t]["annotations"] and
+        tasks[t]["annotations"][0]["result"][0]["value"]["choices"][0] == "diagonal"}
+    assert len(wrong) == SWAPPED
+    assert len(wrong & set(queue[:SWAPPED + 3])) >= SWAPPED - 1
+    leakage = client.view_task_ids(pid, tabs["De-Confusion: train/val leakage"])
+    assert {tasks[t]["data"]["note"] for t in leakage} == {"user key horizontal-1", "copy"}
+
+
+def test_user_data_and_annotations_are_unchanged(world):
+    after = {t["id"]: t for t in world["client"].all_tasks(world["pid"])}
+    for task_id, before in world["before"].items():
+        user_keys = {k: v for k, v in after[task_id]["data"].items() if not k.startswith("dc_")}
+        assert user_keys == before["data"]
+        assert [a["result"] for a in after[task_id]["annotations"]] == [a["result"] for a in before["annotations"]]
+
+
+def test_evidence_images_and_report_are_served(world):
+    tasks = [t for t in world["client"].all_tasks(world["pid"]) if t["data"].get("dc_evidence")]
+    assert tasks
+    import re
+    for src in re.findall(r'src="([^"]+)"', tasks[0]["data"]["dc_evidence"])[:4]:
+        status, kind, body = get_json(src.replace("&amp;", "&"))
+        assert status == 200 and kind == "image/png" and body[:4] == b"\x89PNG"
+    status, kind, body = get_json(f"{world['backend']}/report/{world['pid']}")
+    assert status == 200 and b"De-Confusion progress" in body
+
+
+def test_overview_project_has_one_task_per_cell(world):
+    settings = world["settings"]
+    info = json.loads((__import__("pathlib").Path(settings.model_dir) / "projects" / str(world["pid"]) /
+                       "project.json").read_text())
+    overview = world["client"].all_tasks(info["overview_project"])
+    analysis = json.loads((__import__("pathlib").Path(settings.model_dir) / "projects" / str(world["pid"]) /
+                           "versions" / world["job"]["model_version"] / "analysis.json").read_text())
+    assert len(overview) == len(analysis["cells"]) > 0
+    first = min(overview, key=lambda t: t["data"]["dc_order"])
+    assert first["data"]["dc_cell"] == "diagonal → ring" and "data:" not in first["data"]["html"]
+
+
+def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
+    client, pid = world["client"], world["pid"]
+    queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
+    reviewed = queue[:3]
+    for task_id in reviewed:  # a reviewer takes the model's label
+        suggested = client.request("GET", f"/api/tasks/{task_id}/")["data"]["dc_suggested"]
+        client.create_annotation(task_id, annotation(suggested)["result"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        tasks = {t["id"]: t for t in client.all_tasks(pid)}
+        if all(tasks[t]["data"].get("dc_reviewed") for t in reviewed):
+            break
+        time.sleep(0.5)
+    assert all(tasks[t]["data"]["dc_reviewed"] == "relabeled_to_model" and tasks[t]["data"]["dc_candidate"] == 0
+               for t in reviewed)
+    first_version = world["job"]["model_version"]
+    titles_before = sorted(views_by_title(world))
+    client.start_training(world["backend_id"])
+    time.sleep(1)
+    job = wait_for_job(world["backend"], pid, timeout=600)
+    assert job["status"] == "done" and job["model_version"] != first_version
+    assert list(client.model_versions(pid)) == [job["model_version"]]  # old predictions replaced, not piled up
+    assert sorted(t.split(" (")[0] for t in views_by_title(world)) == sorted(t.split(" (")[0] for t in titles_before)
+    queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
+    assert not set(reviewed) & set(queue)
+    history = json.loads(get_json(f"{world['backend']}/report/{pid}.json")[2])["iterations"]
+    assert [h["iteration"] for h in history] == [1, 2] and history[1]["verdicts"]["relabeled_to_model"] == 3
+
+
+@pytest.mark.parametrize("case", ["two_images", "no_labels", "wrong_token", "ls_down"])
+def test_bad_projects_and_outages_give_a_clear_status_and_the_service_stays_up(case, world, label_studio, tmp_path):
+    from lsserver import free_port, start_backend
+
+    client = world["client"]
+    config = CONFIG if case != "two_images" else CONFIG.replace(
+        '<Image name="image" value="$image"/>', '<Image name="image" value="$image"/><Image name="b" value="$b"/>')
+    pid = client.create_project(f"bad {case}", config)
+    if case != "no_labels":
+        client.import_tasks(pid, [{"data": {"image": "/data/local-files/?d=shapes/ring-1.png", "b": "x"},
+                                   "annotations": [annotation("ring")]}])
+    overrides = {"wrong_token": {"label_studio_api_key": "0" * 40},
+                 "ls_down": {"label_studio_url": f"http://127.0.0.1:{free_port()}"}}.get(case, {})
+    port = free_port()
+    settings = Settings.from_env({}, label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,
+                                 model_dir=str(tmp_path), port=port, **overrides)
+    expected = {"two_images": "2 <Image> tags", "no_labels": "no readable labeled images",
+                "wrong_token": "rejected the token", "ls_down": "did not answer"}[case]
+    with start_backend(settings) as url:
+        request = urllib.request.Request(url + "/webhook", data=json.dumps(
+            {"action": "START_TRAINING", "project": {"id": pid}}).encode(), headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=5)
+        job = wait_for_job(url, pid, timeout=120)
+        assert job["status"] == "failed" and expected in job["message"] and "Traceback" not in job["message"]
+        assert get_json(url + "/health")[0] == 200
+
+
+def test_personal_access_tokens_work_and_bad_tokens_are_refused(world, label_studio):
+    client = world["client"]
+    pat = client.request("POST", "/api/token/")
+    token = pat.get("token") if isinstance(pat, dict) else None
+    if not token:
+        pytest.skip(f"this Label Studio did not issue a personal access token: {pat}")
+    settings = world["settings"].replace(label_studio_api_key=token)
+    assert LabelStudioClient(settings).get_project(world["pid"])["id"] == world["pid"]
+    with pytest.raises(LabelStudioUnavailable, match="rejected the token"):
+        LabelStudioClient(world["settings"].replace(label_studio_api_key="f" * 40)).check()
