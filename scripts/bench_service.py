@@ -1,0 +1,90 @@
+"""Service benchmark: time from "Start Training" to the review tab, and /predict latency,
+on a real Label Studio with a project of a few thousand images.
+
+    .venv/bin/python scripts/bench_service.py --mnist ../shared/datasets/mnist --images 3000
+
+Without --mnist it uses scikit-learn's digits (1,797 images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from demo import CONFIG, digits, mnist, plant_errors, write_images  # noqa: E402
+from lsserver import LabelStudioServer, free_port, start_backend, wait_for_job  # noqa: E402
+
+from ml_backend.config import Settings  # noqa: E402
+from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+
+
+def post(url: str, body: dict) -> tuple[float, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        data = json.loads(resp.read())
+    return time.perf_counter() - start, data
+
+
+def percentiles(seconds: list[float]) -> str:
+    ms = np.array(seconds) * 1000
+    return f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", type=Path)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    images, truth = mnist(args.mnist, args.images) if args.mnist else digits()
+    noisy, _ = plant_errors(truth, np.random.default_rng(0))
+    names = write_images(images, work / "images")
+    with LabelStudioServer(data_dir=work / "ls", files_root=work) as ls:
+        port = free_port()
+        settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
+                                     model_dir=str(work / "model_dir"), port=port, public_url=f"http://127.0.0.1:{port}")
+        with start_backend(settings) as backend:
+            client = LabelStudioClient(settings)
+            pid = client.create_project("bench", CONFIG.format(choices="\n".join(
+                f'<Choice value="{d}"/>' for d in range(10))))
+            client.add_local_storage(pid, work / "images")
+            client.import_tasks(pid, [{"data": {"image": f"/data/local-files/?d=images/{n}"},
+                                       "annotations": [{"result": [{"from_name": "label", "to_name": "image",
+                                                                    "type": "choices", "value": {"choices": [str(y)]}}]}]}
+                                      for n, y in zip(names, noisy)])
+            backend_id = client.connect_ml_backend(pid, backend)
+            start = time.perf_counter()
+            client.start_training(backend_id)
+            job = wait_for_job(backend, pid, timeout=3600)
+            while "De-Confusion: review queue" not in {v["title"] for v in client.list_views(pid)}:
+                time.sleep(0.5)
+            to_tab = time.perf_counter() - start
+            tasks = client.all_tasks(pid)
+            label_config = client.get_project(pid)["label_config"]
+            known = [post(f"{backend}/predict", {"tasks": [tasks[i % len(tasks)]], "project": f"{pid}.0",
+                                                 "label_config": label_config})[0] for i in range(args.requests)]
+            new_task = {"id": 10 ** 9, "data": {"image": f"/data/local-files/?d=images/{names[0]}"}}
+            new = [post(f"{backend}/predict", {"tasks": [new_task], "project": f"{pid}.0",
+                                               "label_config": label_config})[0] for _ in range(20)]
+    print(f"\n{len(names)} images, job {job['status']}\n")
+    print("| measure | value |\n|---|---|")
+    print(f"| Start Training → review tab published | {to_tab:.0f} s |")
+    print(f"| /predict, analysed task ({args.requests} requests) | {percentiles(known)} |")
+    print(f"| /predict, new task (download + classify, 20 requests) | {percentiles(new)} |")
+
+
+if __name__ == "__main__":
+    main()
