@@ -10,6 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     THREADS=8
 
 WORKDIR /app
+# DejaVu: evidence images draw class names in any script
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 

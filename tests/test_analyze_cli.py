@@ -7,25 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.shapes import CLASSES, pattern
 from ml_backend.analysis import CELLS_COLUMNS, SCORES_COLUMNS, load
 from ml_backend.cli import main
 
-CLASSES = ("horizontal", "vertical", "diagonal", "ring")
-
-
-def pattern(kind: str, rng) -> np.ndarray:
-    img = rng.integers(0, 50, (24, 24)).astype(np.uint8)
-    o = int(rng.integers(-3, 4))
-    yy, xx = np.mgrid[:24, :24]
-    if kind == "horizontal":
-        img[10 + o:14 + o, 3:21] = 240
-    elif kind == "vertical":
-        img[3:21, 10 + o:14 + o] = 240
-    elif kind == "diagonal":
-        img[np.abs(yy - xx - o) < 2] = 240
-    else:
-        img[np.abs(np.hypot(yy - 12, xx - 12 - o) - 7) < 1.5] = 240
-    return img
 
 
 @pytest.fixture(scope="module")

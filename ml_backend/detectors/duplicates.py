@@ -1,128 +1,236 @@
 """Similarity errors: exact and near duplicates, and train/val leakage.
 
-Symbols: N images of shape (H, W, C), D embedding width. Never compares all pairs:
-exact duplicates come from equal pixel hashes, near-duplicate candidates from each image's
-k nearest neighbours in embedding space (k-d tree on a PCA, ~N log N), confirmed by SSIM.
+Symbols: N images of shape (H, W, C), D embedding width, P pairs, S similar images kept
+per image. Never compares all pairs: exact duplicates come from equal pixel hashes, near
+duplicate candidates from each image's k nearest neighbours in embedding space (k-d tree
+on a PCA, ~N log N), confirmed by SSIM >= 0.95 (the paper's similarity marker).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
-from scipy.ndimage import uniform_filter
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-from ._checks import fail, length_checked, positive_int_checked
+from ._checks import array_checked, fail, float_checked, int_checked, length_checked
 from ._neighbors import neighbours, pca_reduce
 
-SSIM_WINDOW = 7
-SSIM_VALUES_PER_CHUNK = 8_000_000  # float64 values per filtered array: ~64 MB each
+SPLITS = ("train", "val")
+SSIM_WINDOW = 7  # scikit-image's default win_size
+SSIM_PIXELS_PER_CHUNK = 1_000_000  # pixel values per batch of pairs: ~4 MB per int32, ~8 MB per float64 array
 
 
 def ssim_pairs(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """SSIM of images[a[m]] vs images[b[m]], (M,) float64, vectorised over pairs.
+    """SSIM of ``images[a[m]]`` vs ``images[b[m]]`` for every pair m, vectorised over pairs.
 
-    Same definition as ``skimage.metrics.structural_similarity`` with its defaults
-    (7x7 uniform window, sample covariance, K1=0.01, K2=0.03, data_range=255), channels
-    averaged: the paper's similarity measure.
+    Same value as ``skimage.metrics.structural_similarity(x, y, data_range=255,
+    channel_axis=-1)`` with its defaults (uniform 7 x 7 window, sample covariance, K1 = 0.01,
+    K2 = 0.03, mean over the window positions that fit inside the image and over channels).
+    For images smaller than 7 pixels a side the window is the largest odd size that fits.
+    Window sums are exact integer sums, so nothing is lost to rounding.
+
+    Parameters
+    ----------
+    images : ndarray of shape (N, H, W, C), uint8, H and W >= 3
+    a, b : ndarray of shape (P,), int
+        Image indices of each pair.
+
+    Returns
+    -------
+    ndarray of shape (P,), float64, in [-1, 1]; 1 = identical.
     """
+    caller = "ssim_pairs"
+    _images_checked(images, caller)
+    a, b = np.asarray(a), np.asarray(b)
+    for name, idx in (("a", a), ("b", b)):
+        if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
+            fail(name, caller, "an int array of image indices", f"dtype {idx.dtype}", TypeError)
+        if idx.ndim != 1 or idx.shape != a.shape:
+            fail(name, caller, "1-D, with a and b of equal length", f"shapes {a.shape} and {b.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(images)):
+            fail(name, caller, f"image indices in [0, {len(images) - 1}]", f"values {idx.min()}..{idx.max()}")
+    return _compute_ssim_pairs(images, a.astype(np.int64), b.astype(np.int64))
+
+
+def _images_checked(images, caller: str) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        fail("images", caller, "a uint8 numpy array of shape (N, H, W, C)",
+             f"dtype {images.dtype}" if isinstance(images, np.ndarray) else type(images).__name__, TypeError)
+    if images.ndim != 4 or min(images.shape[1:3]) < 3:
+        fail("images", caller, "of shape (N, H, W, C) with H, W >= 3 (add a channel axis to grey images: "
+             "images[..., None])", f"shape {images.shape}")
+    return images
+
+
+def _compute_ssim_pairs(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(len(a), dtype=np.float64)
-    chunk = max(1, SSIM_VALUES_PER_CHUNK // int(np.prod(images.shape[1:])))
+    chunk = max(1, SSIM_PIXELS_PER_CHUNK // int(np.prod(images.shape[1:])))
     for start in range(0, len(a), chunk):
-        x = images[a[start:start + chunk]].astype(np.float64)
-        y = images[b[start:start + chunk]].astype(np.float64)
-        out[start:start + chunk] = _ssim(x, y)
+        out[start:start + chunk] = _ssim(images[a[start:start + chunk]], images[b[start:start + chunk]])
     return out
 
 
 def _ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(M, H, W, C) uint8 pairs -> (M,) mean SSIM.
+
+    With window sums S (w x w window, n = w^2 pixels) the SSIM of one window,
+    ``(2 ux uy + c1)(2 vxy + c2) / ((ux^2 + uy^2 + c1)(vx + vy + c2))`` with sample
+    (co)variances, equals ``(2 Sx Sy + c1 n^2)(2 (n Sxy - Sx Sy) + c2 n (n - 1)) /
+    ((Sx^2 + Sy^2 + c1 n^2)(n (Sxx + Syy) - Sx^2 - Sy^2 + c2 n (n - 1)))``: every bracket is an
+    exact integer (int32: at most 2 (49 * 255)^2 < 2^31 for a 7 x 7 window) plus a constant,
+    so nothing is lost to cancellation.
+    """
     win = min(SSIM_WINDOW, x.shape[1], x.shape[2])
     win -= 1 - win % 2  # odd
-    size = (1, win, win, 1)
-    filt = lambda v: uniform_filter(v, size=size, mode="reflect")  # noqa: E731
-    ux, uy = filt(x), filt(y)
-    cov = win * win / (win * win - 1)
-    vx, vy, vxy = cov * (filt(x * x) - ux * ux), cov * (filt(y * y) - uy * uy), cov * (filt(x * y) - ux * uy)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    pad = (win - 1) // 2  # skimage averages away from the borders
-    inner = s[:, pad:s.shape[1] - pad or None, pad:s.shape[2] - pad or None, :]
-    return inner.mean(axis=(1, 2, 3))
+    n = win * win
+    xi = x.transpose(0, 3, 1, 2).astype(np.int32)  # (M, C, H, W)
+    yi = y.transpose(0, 3, 1, 2).astype(np.int32)
+    sx, sy = _window_sums(xi, win), _window_sums(yi, win)
+    sxy = _window_sums(xi * yi, win)
+    sxx_syy = _window_sums(xi * xi + yi * yi, win)
+    prod, squares = sx * sy, sx * sx + sy * sy
+    c1, c2 = (0.01 * 255) ** 2 * n * n, (0.03 * 255) ** 2 * n * (n - 1)
+    num = (2.0 * prod + c1) * (2.0 * (n * sxy - prod) + c2)
+    den = (squares + c1) * ((n * sxx_syy - squares) + c2)
+    return (num / den).mean(axis=(1, 2, 3))
+
+
+def _window_sums(v: np.ndarray, win: int) -> np.ndarray:
+    """(M, C, H, W) int32 -> (M, C, H - win + 1, W - win + 1) exact sums over every win x win window."""
+    w = v.shape[3] - win + 1
+    rows = v[..., :w].copy()
+    for j in range(1, win):
+        rows += v[..., j:j + w]
+    h = v.shape[2] - win + 1
+    out = rows[:, :, :h].copy()
+    for i in range(1, win):
+        out += rows[:, :, i:i + h]
+    return out
 
 
 def find_duplicates(images: np.ndarray, pixel_hashes, embeddings: np.ndarray, splits, *,
                     ssim_threshold: float = 0.95, k: int = 5) -> tuple[list[dict], np.ndarray]:
-    """Exact and near-duplicate pairs and their groups.
+    """Exact and near-duplicate image pairs, their groups, and train/val leakage.
 
-    images : (N, H, W, C) uint8. pixel_hashes : (N,) str, equal hash = identical pixels.
-    embeddings : (N, D) float, one space for all images. splits : (N,) "train" | "val".
-    Returns pairs ``{a, b, kind: "exact"|"near", ssim, cross_split}`` (a < b, each once,
-    exact wins) and duplicate_group (N,) int64: the lowest index of each connected group,
-    -1 for images in no pair. ``cross_split`` pairs are train/val leakage.
+    Exact pairs: equal ``pixel_hashes``; each copy is paired with the first occurrence (a
+    star, so m copies give m - 1 pairs). Near pairs: each image's k nearest neighbours in
+    ``embeddings`` (PCA to 16 dims, then a k-d tree: ~N log N, never all pairs) are the
+    candidates, confirmed when their SSIM (:func:`ssim_pairs`, identical to scikit-image's)
+    is at least ``ssim_threshold``. Candidates with equal hashes are already exact.
+
+    Parameters
+    ----------
+    images : ndarray of shape (N, H, W, C), uint8
+    pixel_hashes : sequence of str, length N
+        Equal hash = identical pixels.
+    embeddings : ndarray of shape (N, D), float
+        One feature space for all images.
+    splits : sequence of str, length N, each "train" or "val"
+    ssim_threshold : float in (0, 1], default 0.95
+        The paper's duplicate marker threshold.
+    k : int >= 1, default 5
+        Candidate neighbours per image.
+
+    Returns
+    -------
+    pairs : list of dict
+        ``{"a": int, "b": int, "kind": "exact" | "near", "ssim": float, "cross_split": bool}``
+        with a < b, each unordered pair once (exact wins over near), sorted by (a, b).
+        ``cross_split`` = one image in train, one in val: leakage.
+    duplicate_group : ndarray of shape (N,), int64
+        Connected components of the pairs, each named by its lowest image index (so every
+        member of a group, the lowest included, holds that index); -1 for images in no pair.
     """
     caller = "find_duplicates"
-    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.uint8:
-        fail("images", caller, "a uint8 array (N, H, W, C)", f"{getattr(images, 'dtype', type(images))} "
-             f"{getattr(images, 'shape', '')}", TypeError)
+    images = _images_checked(images, caller)
     n = len(images)
     hashes = length_checked("pixel_hashes", pixel_hashes, n, caller)
+    if n and hashes.dtype.kind not in "US":
+        fail("pixel_hashes", caller, "strings (one pixel hash per image)", f"dtype {hashes.dtype}", TypeError)
     splits = length_checked("splits", splits, n, caller)
-    embeddings = length_checked("embeddings", embeddings, n, caller)
-    k = positive_int_checked("k", k, caller)
-    if not 0 < ssim_threshold <= 1:
-        fail("ssim_threshold", caller, "in (0, 1]", ssim_threshold)
+    unknown = sorted(set(np.unique(splits).tolist()) - set(SPLITS)) if n else []
+    if unknown:
+        fail("splits", caller, f"one of {SPLITS} per image", f"{unknown[:5]}")
+    embeddings = array_checked(embeddings, "embeddings", caller, ndim=2, shape="(N, D)")
+    if len(embeddings) != n:
+        fail("embeddings", caller, f"of shape ({n}, D), one row per image", f"shape {embeddings.shape}")
+    threshold = float_checked("ssim_threshold", ssim_threshold, caller, low=0.0, high=1.0, low_open=True)
+    k = int_checked("k", k, caller)
+    return _compute_duplicates(images, hashes, embeddings, splits, threshold, k)
 
-    pairs: dict[tuple[int, int], dict] = {}
-    by_hash: dict[str, list[int]] = defaultdict(list)
-    for i, h in enumerate(hashes):
-        by_hash[h].append(i)
-    for members in by_hash.values():
-        for j in members[1:]:  # the first occurrence is the group's key
-            pairs[(members[0], j)] = {"a": members[0], "b": j, "kind": "exact", "ssim": 1.0}
+
+def _compute_duplicates(images, hashes, embeddings, splits, threshold: float, k: int):
+    n = len(images)
+    if n == 0:
+        return [], np.full(0, -1, dtype=np.int64)
+    _, code = np.unique(hashes, return_inverse=True)
+    code = code.ravel()
+
+    # Exact: every later copy pairs with the first occurrence of its hash.
+    first_of_code = np.full(code.max() + 1, n)
+    np.minimum.at(first_of_code, code, np.arange(n))
+    copies = np.flatnonzero(first_of_code[code] != np.arange(n))
+    exact = np.stack([first_of_code[code[copies]], copies], axis=1)
+
+    # Near: k nearest neighbours in embedding space, confirmed by SSIM.
+    near, near_ssim = np.zeros((0, 2), dtype=np.int64), np.zeros(0)
     if n > 1:
         _, idx = neighbours(pca_reduce(embeddings), np.arange(n), min(k, n - 1))
-        a = np.repeat(np.arange(n), idx.shape[1])
-        b = idx.ravel()
-        keep = (b >= 0) & (a != b)
-        lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-        candidates = np.unique(np.stack([lo, hi], axis=1), axis=0)
-        fresh = np.array([(int(x), int(y)) not in pairs for x, y in candidates], dtype=bool)
-        candidates = candidates[fresh] if candidates.size else candidates
+        a, b = np.repeat(np.arange(n), idx.shape[1]), idx.ravel()
+        keep = b >= 0
+        a, b = a[keep], b[keep]
+        candidates = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+        candidates = candidates[code[candidates[:, 0]] != code[candidates[:, 1]]]
         if len(candidates):
-            scores = ssim_pairs(images, candidates[:, 0], candidates[:, 1])
-            for (x, y), s in zip(candidates[scores >= ssim_threshold], scores[scores >= ssim_threshold]):
-                pairs[(int(x), int(y))] = {"a": int(x), "b": int(y), "kind": "near", "ssim": float(s)}
-    ordered = [pairs[key] for key in sorted(pairs)]
-    for pair in ordered:
-        pair["cross_split"] = bool(splits[pair["a"]] != splits[pair["b"]])
-    return ordered, _groups(n, ordered)
+            values = _compute_ssim_pairs(images, candidates[:, 0], candidates[:, 1])
+            confirmed = values >= threshold
+            near, near_ssim = candidates[confirmed], values[confirmed]
+
+    kinds = ["exact"] * len(exact) + ["near"] * len(near)
+    ssim = np.concatenate([np.ones(len(exact)), near_ssim])
+    both = np.concatenate([exact, near]).astype(np.int64)
+    order = np.lexsort((both[:, 1], both[:, 0]))
+    pairs = [{"a": int(both[i, 0]), "b": int(both[i, 1]), "kind": kinds[i], "ssim": float(ssim[i]),
+              "cross_split": bool(splits[both[i, 0]] != splits[both[i, 1]])} for i in order]
+    return pairs, _groups(n, both)
 
 
-def _groups(n: int, pairs: list[dict]) -> np.ndarray:
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for pair in pairs:
-        ra, rb = root(pair["a"]), root(pair["b"])
-        parent[max(ra, rb)] = min(ra, rb)  # the lowest index names the group
+def _groups(n: int, pairs: np.ndarray) -> np.ndarray:
+    """(N,) int64: lowest member index of each image's connected component, -1 if in no pair."""
     group = np.full(n, -1, dtype=np.int64)
-    members = {p[key] for p in pairs for key in ("a", "b")}
-    for i in members:
-        group[i] = root(i)
+    if len(pairs) == 0:
+        return group
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    lowest = np.full(component.max() + 1, n)
+    np.minimum.at(lowest, component, np.arange(n))
+    in_pair = np.zeros(n, dtype=bool)
+    in_pair[pairs.ravel()] = True
+    group[in_pair] = lowest[component[in_pair]]
     return group
 
 
 def similar_images(embeddings: np.ndarray, *, s: int = 5) -> np.ndarray:
-    """The s most similar other images per image, (N, s) int64, -1 padded."""
-    embeddings = np.asarray(embeddings)
-    if embeddings.ndim != 2:
-        fail("embeddings", "similar_images", "2-D (N, D)", f"shape {embeddings.shape}")
-    s = positive_int_checked("s", s, "similar_images", minimum=0)
-    if s == 0 or len(embeddings) < 2:
-        return np.full((len(embeddings), s), -1, dtype=np.int64)
-    return neighbours(pca_reduce(embeddings), np.arange(len(embeddings)), s)[1]
+    """The s most similar other images of every image, nearest first.
+
+    Nearest neighbours in ``embeddings`` (PCA to 16 dims, k-d tree, (1 + eps)-approximate
+    with eps = 2: ~N log N). Used for the paper's "most similar images" strip.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (N, D), float
+        One feature space for all images.
+    s : int >= 0, default 5
+
+    Returns
+    -------
+    ndarray of shape (N, S), int64
+        Image indices, never the image itself; -1 where fewer than s other images exist.
+    """
+    caller = "similar_images"
+    embeddings = array_checked(embeddings, "embeddings", caller, ndim=2, shape="(N, D)")
+    s = int_checked("s", s, caller, minimum=0)
+    n = len(embeddings)
+    if s == 0 or n < 2:
+        return np.full((n, s), -1, dtype=np.int64)
+    return neighbours(pca_reduce(embeddings), np.arange(n), s)[1]

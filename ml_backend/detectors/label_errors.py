@@ -1,7 +1,17 @@
 """Per-image label-error evidence and the review candidates.
 
 Symbols: N images, K classes, F fold models, D embedding width. Every score here is in
-[0, 1] and higher means the given label is more likely wrong.
+[0, 1] and higher means the given label is more likely wrong (the opposite direction of
+cleanlab's label-quality scores).
+
+Evidence, each out of sample:
+- confident learning (cleanlab): the normalized margin of the model probabilities;
+- latent-space outliers (the AQUAVS noise-score idea): :func:`knn_disagreement`, how many
+  of an image's neighbours in embedding space carry another label;
+- model consensus (the ImageNet clean-up paper): :func:`consensus`, how many independent
+  fold models vote against the label.
+:func:`error_scores` combines them into one ranking of every image, and
+:func:`find_candidates` cuts it at confident learning's estimate of the number of errors.
 """
 
 from __future__ import annotations
@@ -10,51 +20,92 @@ import numpy as np
 from cleanlab.count import num_label_issues
 from cleanlab.rank import get_label_quality_scores
 
-from ._checks import fail, labels_checked, length_checked, positive_int_checked, pred_probs_checked
+from ._checks import (array_checked, fail, fold_probs_checked, int_checked, labels_checked, length_checked,
+                      pred_probs_checked, scores_checked)
 from ._neighbors import neighbours, pca_reduce
 
-DEFAULT_WEIGHTS = (0.8, 0.1, 0.1)
+DEFAULT_WEIGHTS = (0.8, 0.1, 0.1)  # (confident learning, kNN disagreement, consensus)
 
 
 def consensus(fold_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Share of the F fold models whose predicted class differs from the label, (N,) float32.
+    """Share of the F fold models whose predicted class differs from the label.
 
-    fold_probs : (F, N, K) float. Model consensus (the ImageNet clean-up paper): errors are
-    where independent models agree with each other against the label.
+    Model consensus: a label is suspicious when independent models agree with each other
+    against it.
+
+    Parameters
+    ----------
+    fold_probs : ndarray of shape (F, N, K), float
+        Every fold model's softmax outputs for every image.
+    labels : ndarray of shape (N,), int in [0, K)
+
+    Returns
+    -------
+    ndarray of shape (N,), float32, in [0, 1] (steps of 1/F)
+        Higher = more models vote against the label; 1 = all of them.
     """
-    fold_probs = np.asarray(fold_probs)
-    if fold_probs.ndim != 3:
-        fail("fold_probs", "consensus", "3-D (F, N, K)", f"shape {fold_probs.shape}")
-    labels = labels_checked(labels, fold_probs.shape[1], fold_probs.shape[2], "consensus")
+    probs = fold_probs_checked(fold_probs, "consensus")
+    labels = labels_checked(labels, probs.shape[1], probs.shape[2], "consensus")
+    return _compute_consensus(probs, labels)
+
+
+def _compute_consensus(fold_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (fold_probs.argmax(axis=2) != labels[None, :]).mean(axis=0).astype(np.float32)
 
 
 def knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, *, k: int = 10) -> np.ndarray:
-    """Share of an image's k nearest neighbours whose label differs from its own, (N,) float32.
+    """Share of an image's k nearest neighbours in embedding space whose label differs from its own.
 
-    embeddings : (F, N, D) float, every fold model's features of every image.
-    fold_of : (N,) int, the fold that held each image out.
-    Image i is placed by its own held-out model ``fold_of[i]`` among all other images
-    embedded by that same model (the latent-space outlier idea, out of sample). Neighbours
-    come from a k-d tree on a 16-dim PCA, so cost grows ~N log N.
+    The latent-space outlier idea, kept out of sample: image i is placed by the fold model
+    that never trained on it (``fold_of[i]``), among *all* other images embedded by that
+    same model. Each fold's embeddings are reduced to 16 dimensions by PCA (numpy SVD on a
+    5,000-row sample) and searched with a k-d tree (scipy ``cKDTree``, (1 + eps)-approximate
+    with eps = 2), so the cost grows ~N log N and no N x N matrix is built. Neighbours count
+    equally.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (F, N, D), float
+        Every fold model's features of every image (a read-only broadcast of one (N, D) space
+        is fine and is reduced once).
+    labels : ndarray of shape (N,), int >= 0
+    fold_of : ndarray of shape (N,), int in [0, F)
+        The fold whose model held each image out.
+    k : int >= 1, default 10
+        Neighbours per image (fewer when N <= k).
+
+    Returns
+    -------
+    ndarray of shape (N,), float32, in [0, 1]
+        Higher = more of the image's neighbours carry another label. Images of a class with
+        fewer than k other members score above 0 even when they sit among their own class.
     """
-    embeddings = np.asarray(embeddings)
-    if embeddings.ndim != 3:
-        fail("embeddings", "knn_disagreement", "3-D (F, N, D)", f"shape {embeddings.shape}")
+    caller = "knn_disagreement"
+    embeddings = array_checked(embeddings, "embeddings", caller, ndim=3, shape="(F, N, D)")
+    f_count, n = embeddings.shape[:2]
+    if min(embeddings.shape) < 1:
+        fail("embeddings", caller, "of shape (F, N, D) with F, N, D >= 1", f"shape {embeddings.shape}")
+    labels = labels_checked(labels, n, None, caller)
+    fold_of = length_checked("fold_of", fold_of, n, caller)
+    if fold_of.dtype == bool or not np.issubdtype(fold_of.dtype, np.integer):
+        fail("fold_of", caller, "integer fold indices", f"dtype {fold_of.dtype}", TypeError)
+    if fold_of.min() < 0 or fold_of.max() >= f_count:
+        fail("fold_of", caller, f"fold indices in [0, {f_count - 1}] (embeddings has F = {f_count} folds)",
+             f"values {fold_of.min()}..{fold_of.max()}")
+    k = int_checked("k", k, caller)
+    return _compute_knn_disagreement(embeddings, labels, fold_of.astype(np.int64), k)
+
+
+def _compute_knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, k: int) -> np.ndarray:
     n = embeddings.shape[1]
-    labels = labels_checked(labels, n, max(int(np.max(labels, initial=0)) + 1, 1), "knn_disagreement")
-    fold_of = length_checked("fold_of", fold_of, n, "knn_disagreement").astype(np.int64)
-    k = positive_int_checked("k", k, "knn_disagreement")
     out = np.zeros(n, dtype=np.float32)
-    spaces: dict[int, np.ndarray] = {}
+    if n < 2:
+        return out
+    shared = embeddings.strides[0] == 0  # one space broadcast over the folds (frozen backbone)
+    space = pca_reduce(embeddings[0]) if shared else None
     for f in np.unique(fold_of):
         queries = np.flatnonzero(fold_of == f)
-        # A frozen backbone gives every fold the same (broadcast) space: reduce it once.
-        key = 0 if embeddings.strides[0] == 0 else int(f)
-        if key not in spaces:
-            spaces[key] = pca_reduce(embeddings[f])
-        space = spaces[key]
-        _, idx = neighbours(space, queries, k)
+        _, idx = neighbours(space if shared else pca_reduce(embeddings[f]), queries, min(k, n - 1))
         valid = idx >= 0
         differs = (labels[np.where(valid, idx, 0)] != labels[queries][:, None]) & valid
         out[queries] = differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
@@ -64,56 +115,124 @@ def knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_of: np.nda
 def error_scores(pred_probs: np.ndarray, labels: np.ndarray, *, fold_probs: np.ndarray | None = None,
                  knn_disagreement: np.ndarray | None = None, consensus: np.ndarray | None = None,
                  weights: tuple[float, float, float] = DEFAULT_WEIGHTS) -> np.ndarray:
-    """How likely each label is wrong, (N,) float32 in [0, 1]; ranks every image.
+    """How likely each given label is wrong: one score that ranks every image.
 
-    ``score = (w1 * (1 - margin) + w2 * knn_disagreement + w3 * consensus) / (w1 + w2 + w3)``
-    with ``margin`` cleanlab's normalized margin (confident learning's label-quality score)
-    of the fold models' mean probabilities ``fold_probs.mean(0)`` when given, else of
-    ``pred_probs``. Averaging the F fold models (one held out, F-1 trained briefly with weight
-    decay) is a soft model consensus; on a 7,000-image MNIST corruption it ranked injected
-    errors with average precision 0.97 against 0.69 for the single out-of-fold self-confidence.
-    The kNN and hard-consensus terms break ties. Missing terms drop out with their weight.
+    ``score = (w1 * (1 - q) + w2 * knn_disagreement + w3 * consensus) / (w1 + w2 + w3)``
+
+    where ``q`` is cleanlab's normalized margin (``cleanlab.rank.get_label_quality_scores``,
+    ``method="normalized_margin"``: ``(p_label - max_{j != label} p_j + 1) / 2``, confident
+    learning's label-quality score) of the fold models' mean probabilities
+    ``fold_probs.mean(0)`` when given, else of ``pred_probs``. Averaging the F fold models is a
+    soft model consensus; on a 7,000-image MNIST corruption it ranked injected errors with
+    average precision 0.97 against 0.69 for the single out-of-fold self-confidence. The kNN
+    and hard-consensus terms add latent-space and vote evidence and break ties. A term that
+    is not given drops out together with its weight. Unlike eq. 1 (``mismatch_score``), the
+    margin is continuous for correctly classified images too.
+
+    Parameters
+    ----------
+    pred_probs : ndarray of shape (N, K), float
+        Out-of-sample softmax outputs.
+    labels : ndarray of shape (N,), int in [0, K)
+    fold_probs : ndarray of shape (F, N, K), float, optional
+        Every fold model's softmax outputs; replaces ``pred_probs`` in the margin when given.
+    knn_disagreement : ndarray of shape (N,), float in [0, 1], optional
+        From :func:`knn_disagreement`.
+    consensus : ndarray of shape (N,), float in [0, 1], optional
+        From :func:`consensus`.
+    weights : tuple of three floats >= 0, first > 0, default (0.8, 0.1, 0.1)
+        (w1, w2, w3) above.
+
+    Returns
+    -------
+    ndarray of shape (N,), float32, in [0, 1]
+        Higher = the label is more likely wrong.
     """
-    probs = pred_probs_checked(pred_probs, "error_scores")
-    labels = labels_checked(labels, len(probs), probs.shape[1], "error_scores")
-    if len(weights) != 3 or min(weights) < 0 or weights[0] <= 0:
-        fail("weights", "error_scores", "three non-negative numbers with the first > 0", weights)
+    caller = "error_scores"
+    probs = pred_probs_checked(pred_probs, caller)
+    n, k = probs.shape
+    labels = labels_checked(labels, n, k, caller)
+    w = _weights_checked(weights, caller)
     if fold_probs is not None:
-        fold_probs = np.asarray(fold_probs, dtype=np.float64)
-        if fold_probs.ndim != 3 or fold_probs.shape[1:] != probs.shape:
-            fail("fold_probs", "error_scores", f"shape (F, {probs.shape[0]}, {probs.shape[1]})", fold_probs.shape)
-        probs = fold_probs.mean(axis=0)
-    terms = [(weights[0], 1.0 - get_label_quality_scores(labels, probs, method="normalized_margin"))]
-    for name, values, weight in (("knn_disagreement", knn_disagreement, weights[1]), ("consensus", consensus, weights[2])):
+        fold_probs = fold_probs_checked(fold_probs, caller)
+        if fold_probs.shape[1:] != probs.shape:
+            fail("fold_probs", caller, f"of shape (F, {n}, {k}) to match pred_probs", f"shape {fold_probs.shape}")
+    terms = [(w[0], None)]
+    for name, values, weight in (("knn_disagreement", knn_disagreement, w[1]), ("consensus", consensus, w[2])):
         if values is not None:
-            terms.append((weight, length_checked(name, values, len(probs), "error_scores").astype(np.float64)))
-    total = sum(w for w, _ in terms)
-    return np.clip(sum(w * v for w, v in terms) / total, 0.0, 1.0).astype(np.float32)
+            terms.append((weight, scores_checked(name, values, n, caller, low=0.0, high=1.0)))
+    margin_probs = probs if fold_probs is None else fold_probs.mean(axis=0)
+    return _compute_error_scores(margin_probs, labels, terms)
+
+
+def _weights_checked(weights, caller: str) -> tuple[float, float, float]:
+    try:
+        w = tuple(float(v) for v in weights)
+    except (TypeError, ValueError):
+        fail("weights", caller, "three numbers (margin, kNN, consensus)", repr(weights), TypeError)
+    if len(w) != 3 or not all(np.isfinite(w)) or min(w) < 0 or w[0] <= 0:
+        fail("weights", caller, "three finite numbers >= 0 with the first (margin) > 0, e.g. (0.8, 0.1, 0.1)",
+             repr(weights))
+    return w
+
+
+def _compute_error_scores(probs: np.ndarray, labels: np.ndarray, terms: list) -> np.ndarray:
+    margin = get_label_quality_scores(labels, probs, method="normalized_margin")
+    total = sum(weight for weight, _ in terms)
+    score = sum(weight * (1.0 - margin if values is None else values) for weight, values in terms) / total
+    return np.clip(score, 0.0, 1.0).astype(np.float32)
 
 
 def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.ndarray, *,
                     consensus: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Flag the images to review; returns ((N,) bool, n_estimated).
+    """The images to review: the n highest error scores, n estimated by confident learning.
 
-    n_estimated is confident learning's estimate of the number of label errors (cleanlab
-    ``num_label_issues``, calibrated off-diagonals of the confident joint, on the out-of-sample
-    ``pred_probs``); the n highest error scores are flagged. Confident learning undercounts
-    systematic swaps (a model that saw 20% of a class mislabeled is never *confident* about
-    them), so images where every fold model votes against the label (``consensus == 1``)
-    are flagged too. Not a fixed top-k.
+    n is confident learning's estimate of how many labels are wrong: cleanlab
+    ``num_label_issues`` (``estimation_method="off_diagonal_calibrated"``: off-diagonal sum
+    of the confident joint calibrated to the label counts) on the out-of-sample
+    ``pred_probs``, over the classes that have labeled images. Not a fixed top-k: the cut
+    follows the data's noise. Confident learning undercounts large systematic swaps (a
+    model that saw 20% of a class mislabeled is rarely *confident* about them), so when
+    ``consensus`` is given, images that every fold model votes against (consensus == 1)
+    are flagged too.
+
+    Parameters
+    ----------
+    pred_probs : ndarray of shape (N, K), float
+        Out-of-sample softmax outputs.
+    labels : ndarray of shape (N,), int in [0, K)
+    error_score : ndarray of shape (N,), float
+        From :func:`error_scores`; higher = more likely wrong.
+    consensus : ndarray of shape (N,), float in [0, 1], optional
+        From :func:`consensus`.
+
+    Returns
+    -------
+    is_candidate : ndarray of shape (N,), bool
+    n_estimated : int
+        Estimated number of label errors (0 when fewer than two classes have images).
     """
-    probs = pred_probs_checked(pred_probs, "find_candidates")
-    labels = labels_checked(labels, len(probs), probs.shape[1], "find_candidates")
-    scores = length_checked("error_score", error_score, len(probs), "find_candidates")
+    caller = "find_candidates"
+    probs = pred_probs_checked(pred_probs, caller)
+    labels = labels_checked(labels, len(probs), probs.shape[1], caller)
+    scores = scores_checked("error_score", error_score, len(probs), caller)
+    votes = None if consensus is None else scores_checked("consensus", consensus, len(probs), caller, low=0.0,
+                                                          high=1.0)
+    return _compute_candidates(probs, labels, scores, votes)
+
+
+def _compute_candidates(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                        votes: np.ndarray | None) -> tuple[np.ndarray, int]:
+    flagged = np.zeros(len(probs), dtype=bool)
     present = np.unique(labels)
     if present.size < 2:
-        return np.zeros(len(probs), dtype=bool), 0
-    # cleanlab needs every class present; restrict to the classes that have labels.
+        return flagged, 0
+    # cleanlab needs every class present: restrict to the labeled classes and renormalise.
     sub = probs[:, present]
-    sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1e-12)
+    mass = sub.sum(axis=1, keepdims=True)
+    sub = np.where(mass > 1e-12, sub / np.maximum(mass, 1e-12), 1.0 / present.size)
     n = int(num_label_issues(np.searchsorted(present, labels), sub, estimation_method="off_diagonal_calibrated"))
-    flagged = np.zeros(len(probs), dtype=bool)
     flagged[np.argsort(-scores, kind="stable")[:n]] = True
-    if consensus is not None:
-        flagged |= length_checked("consensus", consensus, len(probs), "find_candidates") >= 1.0
+    if votes is not None:
+        flagged |= votes >= 1.0
     return flagged, n

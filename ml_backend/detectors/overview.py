@@ -1,7 +1,16 @@
 """The paper's overview list (Bäuerle et al. 2018, Sect. 5.1-5.2) as numbers.
 
-Symbols: N images, K classes, C off-diagonal cells. A *cell* is a (label a, model class b)
-pair with a != b; the model class is the argmax of the out-of-sample probabilities.
+Symbols: N images, K classes, C off-diagonal cells, B histogram buckets. A *cell* is a
+(label a, model class b) pair with a != b; the model class is the argmax of the
+out-of-sample probabilities ``pred_probs``.
+
+Functions:
+- :func:`mismatch_score`: eq. 1, per image;
+- :func:`histogram`: eq. 4, the red bars of one cell;
+- :func:`saturation`: eq. 2-3, the blue background of every cell;
+- :func:`representatives`: the image shown for each class;
+- :func:`overview_cells`: all of the above per cell, in the list's reading order, with the
+  duplicate marker and the class-interpretation-error test.
 """
 
 from __future__ import annotations
@@ -11,121 +20,300 @@ import math
 import numpy as np
 from scipy.stats import binom
 
-from ._checks import labels_checked, length_checked, pred_probs_checked
+from ._checks import (fail, float_checked, int_checked, labels_checked, length_checked, pred_probs_checked,
+                      scores_checked)
 
-BUCKET_WIDTH = 0.1
-# Class interpretation test (see ``overview_cells``).
-INTERPRETATION_ALPHA = 1e-6
-INTERPRETATION_MIN_COUNT = 10
-INTERPRETATION_MIN_SHARE = 0.01
-BASELINE_FLOOR = 1e-4
+BUCKET_WIDTH = 0.1  # eq. 4: one histogram bar per 0.1 of mismatch score
+SATURATION_DECADE = 0.1  # eq. 3: the log scale spans [0.1 * max, max]
+_EDGE_TOLERANCE = 1e-6  # float32 scores on a bucket edge (e.g. 0.35) belong to the upper bucket
 
 
 def mismatch_score(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Eq. 1: ``(max_k p_ik + (1 - p_i,label)) / 2``, (N,) float32 in [1/K, 1].
+    """The paper's mismatch score (eq. 1) of every image.
 
-    Higher = the model more confidently disagrees with the label. For an image the model
-    classifies as its label the score is exactly 0.5, so eq. 1 does not rank correctly
-    classified images at all; ``label_errors.error_scores`` ranks every image.
+    ``score_i = (max_k p_ik + (1 - p_i,labels[i])) / 2``
+
+    Parameters
+    ----------
+    pred_probs : ndarray of shape (N, K), float
+        Out-of-sample softmax outputs; rows sum to 1.
+    labels : ndarray of shape (N,), int
+        The given label of each image, in [0, K).
+
+    Returns
+    -------
+    ndarray of shape (N,), float32, in [1/K, 1]
+        Higher = the model more confidently disagrees with the label. An image the model
+        classifies as its label scores exactly 0.5 (``p_max == p_label``), so eq. 1 does not
+        rank correctly classified images at all: use ``label_errors.error_scores`` to rank
+        every image.
     """
     probs = pred_probs_checked(pred_probs, "mismatch_score")
     labels = labels_checked(labels, len(probs), probs.shape[1], "mismatch_score")
-    return _mismatch(probs, labels)
+    return _compute_mismatch(probs, labels)
 
 
-def _mismatch(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return ((probs.max(axis=1) + 1.0 - probs[np.arange(len(labels)), labels]) / 2.0).astype(np.float32)
+def _compute_mismatch(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    p_label = probs[np.arange(len(labels)), labels]
+    return ((probs.max(axis=1) + 1.0 - p_label) / 2.0).astype(np.float32)
 
 
 def histogram(scores: np.ndarray, num_classes: int) -> np.ndarray:
-    """Eq. 4: counts of mismatch scores in 0.1-wide buckets from 1/K up to 1, (B,) int64.
+    """The eq. 4 histogram of one cell's mismatch scores.
 
-    B = ceil((1 - 1/K) / 0.1); bucket 0 holds the lowest scores, the last bucket is closed at 1.
+    The domain ``[1/K, 1]`` is cut into buckets of width 0.1 starting at 1/K; the last
+    bucket may be narrower and is closed at 1. Bucket j holds scores in
+    ``[1/K + 0.1 j, 1/K + 0.1 (j + 1))``; a score within 1e-6 below an edge counts as on it
+    (float32 scores). Scores outside the domain are clipped into the first or last bucket.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (M,), float
+        Mismatch scores (eq. 1) of the cell's M images.
+    num_classes : int
+        K >= 2.
+
+    Returns
+    -------
+    ndarray of shape (B,), int64
+        Counts per bucket, lowest scores first; ``B = ceil((1 - 1/K) / 0.1)``.
     """
-    low = 1.0 / num_classes
-    buckets = max(1, math.ceil((1.0 - low) / BUCKET_WIDTH - 1e-9))
-    index = np.floor((np.asarray(scores, dtype=np.float64) - low) / BUCKET_WIDTH + 1e-9).astype(np.int64)
+    k = int_checked("num_classes", num_classes, "histogram", minimum=2)
+    values = scores_checked("scores", scores, len(np.atleast_1d(np.asarray(scores))), "histogram")
+    return _compute_histogram(values, k)
+
+
+def num_buckets(num_classes: int) -> int:
+    """B = ceil((1 - 1/K) / 0.1), the number of eq. 4 buckets."""
+    return max(1, math.ceil((1.0 - 1.0 / num_classes) / BUCKET_WIDTH - 1e-9))
+
+
+def _compute_histogram(scores: np.ndarray, k: int) -> np.ndarray:
+    buckets = num_buckets(k)
+    index = np.floor((scores - 1.0 / k + _EDGE_TOLERANCE) / BUCKET_WIDTH).astype(np.int64)
     return np.bincount(np.clip(index, 0, buckets - 1), minlength=buckets).astype(np.int64)
 
 
 def saturation(score_wrong: np.ndarray) -> np.ndarray:
-    """Eq. 3: saturation in [0, 1] on a log scale over [0.1 * max, max], (C,) float64.
+    """The blue saturation of every off-diagonal cell (eq. 3) on the paper's log scale.
 
-    The largest cell is fully saturated; a cell at a tenth of it or less is white.
+    ``s_m = log10(score_wrong_m / (0.1 * max))`` clipped to [0, 1]: the cell with the largest
+    ``score_wrong`` is fully saturated (1), a cell at a tenth of it or less is white (0), and
+    cells in between are placed on a log scale (``sqrt(10) * 0.1 * max`` gives 0.5).
+
+    Parameters
+    ----------
+    score_wrong : ndarray of shape (C,), float >= 0
+        Eq. 2 of every off-diagonal cell (see :func:`overview_cells`).
+
+    Returns
+    -------
+    ndarray of shape (C,), float64, in [0, 1]
+        All zeros when every value is 0.
     """
-    values = np.asarray(score_wrong, dtype=np.float64)
+    values = scores_checked("score_wrong", score_wrong, len(np.atleast_1d(np.asarray(score_wrong))),
+                            "saturation", low=0.0)
+    return _compute_saturation(values)
+
+
+def _compute_saturation(values: np.ndarray) -> np.ndarray:
     top = values.max(initial=0.0)
     if top <= 0:
         return np.zeros_like(values)
     with np.errstate(divide="ignore"):
-        return np.clip(np.log10(values / (0.1 * top)), 0.0, 1.0)
+        return np.clip(np.log10(values / (SATURATION_DECADE * top)), 0.0, 1.0)
 
 
 def representatives(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per class k, the image labeled k with the highest softmax for k (the paper's
-    "maximally activated" image), (K,) int64; -1 for a class without images."""
+    """The image shown for each class: labeled k with the highest softmax output p_k.
+
+    This is the paper's "image that maximally activated the neuron of the label in the
+    softmax layer". Ties go to the lowest index.
+
+    Parameters
+    ----------
+    pred_probs : ndarray of shape (N, K), float
+    labels : ndarray of shape (N,), int in [0, K)
+
+    Returns
+    -------
+    ndarray of shape (K,), int64
+        Image index per class; -1 for a class no image is labeled with.
+    """
     probs = pred_probs_checked(pred_probs, "representatives")
     labels = labels_checked(labels, len(probs), probs.shape[1], "representatives")
-    out = np.full(probs.shape[1], -1, dtype=np.int64)
-    for k in range(probs.shape[1]):
-        members = np.flatnonzero(labels == k)
-        if members.size:
-            out[k] = members[np.argmax(probs[members, k])]
+    return _compute_representatives(probs, labels)
+
+
+def _compute_representatives(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    n, k = probs.shape
+    own = probs[np.arange(n), labels]
+    # Sort by (label, -p_label, index); the first image of each label wins.
+    order = np.lexsort((np.arange(n), -own, labels))
+    first = np.ones(n, dtype=bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    out = np.full(k, -1, dtype=np.int64)
+    out[labels[order][first]] = order[first]
     return out
 
 
 def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.ndarray | None = None,
-                   duplicate_group: np.ndarray | None = None, alpha: float = INTERPRETATION_ALPHA) -> list[dict]:
-    """The off-diagonal cells of the overview list in the paper's reading order.
+                   duplicate_group: np.ndarray | None = None, alpha: float = 0.01,
+                   min_interpretation_count: int = 10, min_interpretation_share: float = 0.01,
+                   min_interpretation_ratio: float = 2.0) -> list[dict]:
+    """The off-diagonal cells of the overview list, in the paper's reading order.
 
-    Rows (labels) are sorted by how many of their images the model misclassifies, most
-    first; cells within a row by count, most first. Each dict has: ``label``, ``predicted``,
-    ``count``, ``share_of_row`` (count / images labeled a), ``mean_mismatch``,
-    ``score_wrong`` (eq. 2, read as the *sum* of the cell's mismatch scores: the extracted
-    formula is garbled, and the paper's text says blue marks cells with *many* confident
-    misclassifications), ``saturation`` (eq. 3), ``histogram`` (eq. 4), ``has_duplicates``,
-    ``interpretation_error``, ``row`` and ``column`` (0-based reading-order position).
+    Rows (labels a) are sorted by how many of their images the model puts in another class,
+    most first (ties: lower label index first); rows without such images have no cells. The
+    cells of a row are sorted by count, most first (ties: higher ``score_wrong``, then lower
+    class index). Only cells with count > 0 are listed.
 
-    ``interpretation_error`` marks a candidate class interpretation error: the cell's count
-    is improbably high under the model's usual confusion. The usual rate r0 is the mean rate
-    over all other label -> class pairs (leave-one-out, so the cell cannot hide itself); it is
-    flagged when a one-sided binomial test ``P(X >= count | n_a, r0) < alpha`` rejects, the
-    count is at least 10 and its share of the row at least 1%.
+    Parameters
+    ----------
+    pred_probs : ndarray of shape (N, K), float
+        Out-of-sample softmax outputs; the model class is their argmax.
+    labels : ndarray of shape (N,), int in [0, K)
+    mismatch : ndarray of shape (N,), float in [0, 1], optional
+        Precomputed :func:`mismatch_score`; computed here when None.
+    duplicate_group : ndarray of shape (N,), int, optional
+        ``duplicates.find_duplicates``'s group per image, -1 for none.
+    alpha : float in (0, 1), default 0.01
+        Family-wise error rate of the class-interpretation test over all K (K - 1) cells.
+    min_interpretation_count : int, default 10
+        Fewest images a flagged cell holds.
+    min_interpretation_share : float in [0, 1], default 0.01
+        Smallest share of its row a flagged cell holds.
+    min_interpretation_ratio : float >= 1, default 2.0
+        How many times the usual confusion rate a flagged cell's rate must significantly exceed.
+
+    Returns
+    -------
+    list of dict, one per cell, with keys
+        ``label`` (a), ``predicted`` (b), ``count`` (images labeled a that the model puts in b),
+        ``share_of_row`` (count / images labeled a), ``mean_mismatch`` (mean eq. 1 score),
+        ``score_wrong`` (eq. 2), ``saturation`` (eq. 3, in [0, 1]), ``histogram`` (eq. 4,
+        list of B ints), ``interpretation_error`` (bool), ``has_duplicates`` (bool),
+        ``row`` and ``column`` (0-based reading-order position; column 0 is a row's first
+        off-diagonal cell).
+
+    Notes
+    -----
+    ``score_wrong`` (eq. 2) is the *sum* of the cell's mismatch scores: the count weighted by
+    how confident each misclassification is. The extracted formula is garbled
+    (``numImages / sum``); the text says blue marks cells with *many* (confident)
+    misclassifications, which only the sum gives.
+
+    ``has_duplicates`` is true when two of the cell's images share a duplicate group (the
+    paper's SSIM >= 0.95 marker, restricted to pairs inside the cell).
+
+    ``interpretation_error`` marks a candidate class interpretation error (a labeler taking
+    images of b for a): a share of row a lands in b that is systematically beyond the
+    model's usual confusion. The usual rate ``r0`` of cell (a, b) is the largest of three
+    leave-one-out rates, so that ordinary confusion of any shape does not trigger it:
+
+    - pooled: all other off-diagonal images over all other (image, wrong class) slots,
+      with one pseudo-count so that r0 > 0;
+    - row: label a's other off-diagonal cells (a label the model finds hard overall);
+    - column: other labels' rate into b (a class that attracts everything).
+    The reverse rate b -> a is not used: a swap a -> b teaches the model that some images of
+    b are a, so that cell grows with the very error it would be compared against.
+
+    The cell is flagged when its count is at least ``min_interpretation_count``, its share
+    at least ``min_interpretation_share``, and a one-sided binomial test rejects
+    ``rate_ab <= min(1, ratio * r0)``: ``P(X >= count | n_a, ratio * r0) < alpha / (K (K - 1))``
+    (Bonferroni over all cells). Requiring the rate to beat *ratio* times the usual rate,
+    not just the rate itself, keeps the natural cell-to-cell variation of a large data set
+    from becoming significant.
     """
-    probs = pred_probs_checked(pred_probs, "overview_cells")
+    caller = "overview_cells"
+    probs = pred_probs_checked(pred_probs, caller)
     n, k = probs.shape
-    labels = labels_checked(labels, n, k, "overview_cells")
-    scores = _mismatch(probs, labels) if mismatch is None else length_checked("mismatch", mismatch, n, "overview_cells")
-    groups = (np.full(n, -1) if duplicate_group is None
-              else length_checked("duplicate_group", duplicate_group, n, "overview_cells"))
+    labels = labels_checked(labels, n, k, caller)
+    scores = (_compute_mismatch(probs, labels) if mismatch is None
+              else scores_checked("mismatch", mismatch, n, caller, low=0.0, high=1.0))
+    if duplicate_group is None:
+        groups = np.full(n, -1, dtype=np.int64)
+    else:
+        groups = length_checked("duplicate_group", duplicate_group, n, caller)
+        if groups.ndim != 1 or not np.issubdtype(groups.dtype, np.integer):
+            fail("duplicate_group", caller, "an (N,) int array (find_duplicates' groups, -1 for none)",
+                 f"dtype {groups.dtype}, shape {groups.shape}", TypeError)
+    test = {
+        "alpha": float_checked("alpha", alpha, caller, low=0.0, high=1.0, low_open=True, high_open=True),
+        "min_count": int_checked("min_interpretation_count", min_interpretation_count, caller, minimum=0),
+        "min_share": float_checked("min_interpretation_share", min_interpretation_share, caller, low=0.0, high=1.0),
+        "ratio": float_checked("min_interpretation_ratio", min_interpretation_ratio, caller, low=1.0,
+                               high=float("inf")),
+    }
+    return _compute_cells(probs, labels, scores.astype(np.float64), groups.astype(np.int64), **test)
+
+
+def _confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+
+
+def _interpretation_p_values(counts: np.ndarray, ratio: float) -> np.ndarray:
+    """(K, K) one-sided binomial p-values of each cell against ``ratio`` x its usual rate."""
+    k = len(counts)
+    rows = counts.sum(axis=1).astype(np.float64)  # n_a, images labeled a
+    off = counts.astype(np.float64)
+    np.fill_diagonal(off, 0.0)
+    row_off, col_off = off.sum(axis=1), off.sum(axis=0)
+
+    # pooled: every other (image, wrong class) slot; one pseudo-count keeps r0 > 0.
+    slots = rows.sum() * (k - 1)
+    pooled = (off.sum() - off + 1.0) / (slots - rows[:, None] + 1.0)
+    # row: label a's other K-2 wrong classes.
+    row_rate = np.zeros_like(off) if k < 3 else (row_off[:, None] - off) / np.maximum(rows[:, None] * (k - 2), 1.0)
+    # column: other labels a' (not a, not b) into b.
+    col_images = rows.sum() - rows[:, None] - rows[None, :]  # images labeled neither a nor b
+    col_rate = np.where(col_images > 0, (col_off[None, :] - off) / np.maximum(col_images, 1.0), 0.0)
+    # No reverse (b -> a) rate: a swap teaches the model some b-images are a, so the reverse
+    # cell grows with the very error it would be compared against.
+    usual = np.maximum.reduce([pooled, row_rate, col_rate])
+    null = np.minimum(ratio * usual, 1.0)
+    p = binom.sf(off - 1, rows[:, None], null)
+    p[off == 0] = 1.0
+    np.fill_diagonal(p, 1.0)
+    return p
+
+
+def _compute_cells(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, *,
+                   alpha: float, min_count: int, min_share: float, ratio: float) -> list[dict]:
+    n, k = probs.shape
     predicted = probs.argmax(axis=1)
-    counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, (labels, predicted), 1)
-    row_sizes = counts.sum(axis=1)
+    counts = _confusion(labels, predicted, k)
+    rows = counts.sum(axis=1)
     off = counts.copy()
     np.fill_diagonal(off, 0)
-    rates = off / np.maximum(row_sizes, 1)[:, None]
-    total_off, pair_slots = off.sum(), row_sizes.sum() * (k - 1)
+    score_wrong = np.zeros((k, k))
+    np.add.at(score_wrong, (labels, predicted), scores)
+    p_values = _interpretation_p_values(counts, ratio)
+    flagged = ((p_values < alpha / (k * (k - 1))) & (off >= max(min_count, 1))
+               & (off >= min_share * rows[:, None]))
+
+    wrong = np.flatnonzero(labels != predicted)
+    cell_of = labels[wrong] * k + predicted[wrong]
+    members_sorted = wrong[np.argsort(cell_of, kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(cell_of, minlength=k * k))])
 
     cells = []
-    row_order = sorted(range(k), key=lambda a: (-off[a].sum(), a))
-    for row, a in enumerate(r for r in row_order if off[r].sum() > 0):
-        for column, b in enumerate(sorted(np.flatnonzero(off[a]), key=lambda b: (-off[a, b], b))):
-            members = np.flatnonzero((labels == a) & (predicted == b))
+    row_order = sorted((a for a in range(k) if off[a].sum() > 0), key=lambda a: (-off[a].sum(), a))
+    for row, a in enumerate(row_order):
+        columns = sorted(np.flatnonzero(off[a]), key=lambda b: (-off[a, b], -score_wrong[a, b], b))
+        for column, b in enumerate(columns):
+            members = members_sorted[starts[a * k + b]:starts[a * k + b + 1]]
             member_groups = groups[members][groups[members] >= 0]
-            count, share = int(off[a, b]), float(rates[a, b])
-            # Usual confusion: the mean rate over every *other* label -> class pair.
-            baseline = max((total_off - count) / max(pair_slots - row_sizes[a], 1), BASELINE_FLOOR)
-            p_value = float(binom.sf(count - 1, int(row_sizes[a]), baseline))
             cells.append({
-                "label": int(a), "predicted": int(b), "count": count, "share_of_row": share,
-                "mean_mismatch": float(scores[members].mean()), "score_wrong": float(scores[members].sum()),
-                "histogram": histogram(scores[members], k).tolist(),
+                "label": int(a), "predicted": int(b), "count": int(off[a, b]),
+                "share_of_row": float(off[a, b] / rows[a]),
+                "mean_mismatch": float(scores[members].mean()), "score_wrong": float(score_wrong[a, b]),
+                "saturation": 0.0,  # set below, once every cell's score_wrong is known
+                "histogram": _compute_histogram(scores[members], k).tolist(),
+                "interpretation_error": bool(flagged[a, b]),
                 "has_duplicates": bool(len(member_groups) != len(np.unique(member_groups))),
-                "interpretation_error": bool(p_value < alpha and count >= INTERPRETATION_MIN_COUNT
-                                             and share >= INTERPRETATION_MIN_SHARE),
                 "row": row, "column": column,
             })
-    for cell, value in zip(cells, saturation(np.array([c["score_wrong"] for c in cells]))):
+    for cell, value in zip(cells, _compute_saturation(np.array([c["score_wrong"] for c in cells]))):
         cell["saturation"] = float(value)
     return cells

@@ -1,8 +1,20 @@
 """Everything De-Confusion asks of Label Studio. The only module that speaks to it.
 
-Authentication comes from label-studio-sdk 2.x (legacy tokens and personal access tokens,
-whose JWT it refreshes); calls go to Label Studio's REST API with retries. The token is only
-ever sent to Label Studio's own origin, never to another host named in task data.
+Transport and authentication come from label-studio-sdk 2.x's ``LabelStudio`` client: it tells
+a legacy token (``Authorization: Token ...``) from a personal access token (a JWT refresh token,
+exchanged at /api/token/refresh/ for short-lived ``Bearer`` access tokens and refreshed when they
+expire). Every REST call goes through that client with our own retries: connection errors and
+5xx are retried with backoff (RETRY_DELAYS), then LabelStudioUnavailable says Label Studio did not
+answer; 401/403 raise at once, naming LABEL_STUDIO_API_KEY.
+
+Images are downloaded from wherever task data points: Label Studio's own media (/data/upload/,
+/data/local-files/), cloud URIs (s3://, gs://, azure-blob://; presigned or proxied by Label Studio
+at /tasks/<id>/resolve/?fileuri=<base64>) and plain http(s) URLs. The token is only ever sent to
+Label Studio's own origin (scheme, host and port of LABEL_STUDIO_URL), never to another host named
+in task data or in a redirect. Redirects are followed by hand, one hop at a time, for that reason.
+
+Our task fields all start with ``dc_``; Label Studio replaces ``data`` wholesale on PATCH, so
+every write sends the user's keys back untouched.
 """
 
 from __future__ import annotations
@@ -10,92 +22,214 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from json import JSONDecodeError
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urljoin, urlsplit
 
-import requests
+import httpx
 from label_studio_sdk.client import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
 from ..config import Settings
 from ..dataset import Record, SkippedItem
-from ..errors import LabelStudioUnavailable
+from ..errors import DeConfusionError, LabelStudioUnavailable
 from .schema import ClassSpec, parse_label_config
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS = (0.5, 1.5, 4.0, 8.0)  # ~14 s of retries before Label Studio counts as down
-WORKERS = 8
-OWN_PREFIX = "dc_"
-OUR_VERSIONS = "deconfusion"
-CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
-IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # 5 tries over ~15 s before Label Studio counts as down
+REQUEST_TIMEOUT = 120.0  # seconds per REST call (imports and big pages are slow on SQLite)
+PAGE_SIZE = 1000  # tasks per /api/tasks page: ~3 ms per task on Label Studio's side
+IMPORT_BATCH = 1000  # tasks or predictions per import request
+IMPORT_PARAMS = {"commit_to_project": "true", "return_task_ids": "true"}
+WORKERS = 8  # concurrent downloads and task PATCHes
+MAX_REDIRECTS = 5
+OWN_PREFIX = "dc_"  # our task-data keys
+OUR_VERSIONS = "deconfusion"  # our predictions' model_version prefix
+SPLITS = ("train", "val")
+# Annotation events the verdict loop listens to (Label Studio 1.23 names).
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+_SAFE_METHODS = ("GET", "HEAD", "PUT", "PATCH", "DELETE")  # retried on any transport error or 5xx
+_UNPROCESSED = (502, 503, 504)  # gateway errors: a POST did not run, so it is retried too
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                b"\x00\x00\x01\x00")
+
+
+class LabelStudioRequestFailed(LabelStudioUnavailable):
+    """Label Studio answered a request with a 4xx other than 401/403 (bad id, invalid payload)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ImageFetchError(DeConfusionError):
+    """One image could not be fetched; the message names the cause (becomes a SkippedItem reason)."""
 
 
 class LabelStudioClient:
-    def __init__(self, settings: Settings) -> None:
+    """Label Studio's REST API as De-Confusion uses it. Thread-safe; build one per job or request.
+
+    settings : Settings, reads label_studio_url, label_studio_api_key, download_timeout and
+        max_image_bytes.
+    retry_delays : seconds slept between tries of a failing call (connection error or 5xx).
+    """
+
+    def __init__(self, settings: Settings, *, retry_delays: Sequence[float] = RETRY_DELAYS) -> None:
         self.settings = settings
         self.base = settings.label_studio_url.rstrip("/")
         self.origin = _origin(self.base)
-        self._sdk = LabelStudio(base_url=self.base, api_key=settings.label_studio_api_key)
-        self._session = requests.Session()
+        self.retry_delays = tuple(retry_delays)
+        self._prefix = urlsplit(self.base).path.rstrip("/")  # Label Studio served under a sub-path
+        self._sdk_lock = threading.Lock()
+        self._sdk_client: LabelStudio | None = None
+        self._media = httpx.Client(follow_redirects=False)
 
     # --- transport ----------------------------------------------------------------------
-    def _auth(self) -> dict[str, str]:
-        try:
-            return {"Authorization": self._sdk._client_wrapper.get_headers()["Authorization"]}
-        except Exception as exc:  # the SDK refreshes a PAT here; a refused or unreachable refresh lands here
-            raise LabelStudioUnavailable(
-                f"could not authenticate at {self.base} ({type(exc).__name__}: {exc}); check LABEL_STUDIO_URL "
-                "and LABEL_STUDIO_API_KEY") from None
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """JSON of a Label Studio API call; retried on connection errors and 5xx."""
-        url = urljoin(self.base + "/", path.lstrip("/"))
-        kwargs.setdefault("timeout", 60)
-        last = ""
-        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
-            try:
-                resp = self._session.request(method, url, headers=self._auth(), allow_redirects=False, **kwargs)
-            except requests.RequestException as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code in (401, 403):
+    @property
+    def _sdk(self) -> LabelStudio:
+        """The SDK client, made on first use (it checks a JWT's expiry when built)."""
+        with self._sdk_lock:
+            if self._sdk_client is None:
+                if not self.settings.label_studio_api_key.strip():
                     raise LabelStudioUnavailable(
-                        f"Label Studio at {self.base} rejected the token ({resp.status_code} on {path}): check "
-                        "LABEL_STUDIO_API_KEY (a personal access token or a legacy token of a project member)")
-                if resp.status_code < 500:
-                    if resp.status_code >= 400:
-                        raise LabelStudioUnavailable(f"{method} {path} failed ({resp.status_code}): {resp.text[:300]}")
-                    return resp.json() if resp.content and "json" in resp.headers.get("content-type", "") else None
-                last = f"HTTP {resp.status_code}"
-            if delay is None:
+                        "LABEL_STUDIO_API_KEY is empty: set it to a personal access token or legacy token of a "
+                        "Label Studio user (Label Studio → Account & Settings)")
+                try:
+                    # The trailing slash keeps a sub-path when the SDK urljoins /api/token/refresh/.
+                    self._sdk_client = LabelStudio(
+                        base_url=self.base + "/", api_key=self.settings.label_studio_api_key.strip(),
+                        timeout=REQUEST_TIMEOUT, max_retries=0, follow_redirects=False)
+                except ApiError as exc:  # an expired or malformed JWT
+                    raise LabelStudioUnavailable(
+                        f"Label Studio at {self.base} rejected the token ({_detail(exc.body)}): check "
+                        "LABEL_STUDIO_API_KEY (create a new personal access token in Account & Settings)") from None
+            return self._sdk_client
+
+    def _auth_headers(self) -> dict[str, str]:
+        """Authorization for Label Studio's own origin; refreshes a PAT's access token when due."""
+        wrapper = self._sdk._client_wrapper  # the SDK's token handling; private, kept inside ls/
+        try:
+            return {"Authorization": wrapper.get_headers()["Authorization"]}
+        except ApiError as exc:
+            if exc.status_code in (401, 403):
+                raise self._rejected(exc.status_code, "POST /api/token/refresh/", _detail(exc.body)) from None
+            raise ImageFetchError(f"could not refresh the access token (HTTP {exc.status_code})") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ImageFetchError(f"could not refresh the access token ({type(exc).__name__}: {exc})") from None
+
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
+                files: Mapping[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+        """JSON of one Label Studio API call (None for an empty answer).
+
+        Retried on connection errors and 5xx (a POST only when it cannot have run); then
+        LabelStudioUnavailable. 401/403 raise LabelStudioUnavailable naming the token; other
+        4xx raise LabelStudioRequestFailed with Label Studio's message.
+        """
+        method = method.upper()
+        what = f"{method} {path}"
+        last = ""
+        for attempt in range(len(self.retry_delays) + 1):
+            try:
+                resp = self._sdk._client_wrapper.httpx_client.request(
+                    path, method=method, params=dict(params) if params else None, json=json,
+                    files=dict(files) if files else None,
+                    request_options={"max_retries": 0, "timeout_in_seconds": int(timeout)})
+            except ApiError as exc:  # raised while refreshing a PAT's access token
+                if exc.status_code in (401, 403):
+                    raise self._rejected(exc.status_code, what, _detail(exc.body)) from None
+                last = f"token refresh answered HTTP {exc.status_code}"
+                retry = exc.status_code is None or exc.status_code >= 500
+            except JSONDecodeError as exc:  # a token refresh answered with something other than JSON
+                last = f"token refresh failed ({exc})"
+                retry = True
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                retry = method in _SAFE_METHODS or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+            else:
+                status = resp.status_code
+                if status in (401, 403):
+                    raise self._rejected(status, what, _detail(_json_or_text(resp)))
+                if 300 <= status < 400:
+                    raise LabelStudioRequestFailed(
+                        f"Label Studio at {self.base} redirected {what} to {resp.headers.get('location')!r}: set "
+                        "LABEL_STUDIO_URL to the address Label Studio is served at (http or https, sub-path)", status)
+                if status < 300:
+                    return self._json(resp, what)
+                if status < 500:
+                    raise LabelStudioRequestFailed(
+                        f"Label Studio refused {what} (HTTP {status}): {_detail(_json_or_text(resp))}", status)
+                last = f"HTTP {status}: {_detail(_json_or_text(resp))}"
+                retry = method in _SAFE_METHODS or status in _UNPROCESSED
+            if not retry or attempt == len(self.retry_delays):
                 break
-            log.warning("Label Studio %s %s: %s; retrying in %.1f s", method, path, last, delay)
+            delay = self.retry_delays[attempt]
+            log.warning("Label Studio %s: %s; retrying in %.1f s", what, last, delay)
             time.sleep(delay)
-        raise LabelStudioUnavailable(f"Label Studio at {self.base} did not answer {method} {path} after "
-                                     f"{len(RETRY_DELAYS) + 1} tries ({last}); is it running?")
+        raise LabelStudioUnavailable(
+            f"Label Studio at {self.base} did not answer {what} after {attempt + 1} tries ({last}); is it running "
+            "and is LABEL_STUDIO_URL right?")
+
+    def _json(self, resp: httpx.Response, what: str) -> Any:
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            kind = resp.headers.get("content-type", "no Content-Type")
+            raise LabelStudioUnavailable(
+                f"{self.base} answered {what} with {kind}, not JSON: is LABEL_STUDIO_URL the address of Label "
+                "Studio?") from None
+
+    def close(self) -> None:
+        """Close the HTTP connections; a `with LabelStudioClient(...)` block does it on exit."""
+        self._media.close()
+        with self._sdk_lock:
+            if self._sdk_client is not None:
+                self._sdk_client._client_wrapper.httpx_client.httpx_client.close()
+
+    def __enter__(self) -> "LabelStudioClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _rejected(self, status: int, what: str, detail: str) -> LabelStudioUnavailable:
+        if status == 401:
+            return LabelStudioUnavailable(
+                f"Label Studio at {self.base} rejected the token (HTTP 401 on {what}: {detail}): check "
+                "LABEL_STUDIO_API_KEY (a personal access token or, if the organization allows them, a legacy token)")
+        return LabelStudioUnavailable(
+            f"Label Studio at {self.base} rejected the token for {what} (HTTP 403: {detail}): check that "
+            "LABEL_STUDIO_API_KEY belongs to a user who may read and change this project")
 
     def check(self) -> dict:
+        """The token's user (id, email, ...): validates LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY."""
         return self.request("GET", "/api/current-user/whoami")
 
-    # --- projects and tasks -----------------------------------------------------------------
+    # --- projects ---------------------------------------------------------------------------
     def get_project(self, project_id: int) -> dict:
         return self.request("GET", f"/api/projects/{int(project_id)}/")
 
     def project_exists(self, project_id: int) -> bool:
         try:
             self.get_project(project_id)
-            return True
-        except LabelStudioUnavailable as exc:
-            if "(404" in str(exc):
+        except LabelStudioRequestFailed as exc:
+            if exc.status == 404:
                 return False
             raise
+        return True
 
     def class_spec(self, project_id: int) -> ClassSpec:
-        return parse_label_config(self.get_project(project_id)["label_config"])
+        """The project's Image + Choices pair; LabelConfigError says what to change."""
+        return parse_label_config(self.get_project(project_id).get("label_config", ""))
 
     def create_project(self, title: str, label_config: str) -> int:
         return int(self.request("POST", "/api/projects/", json={"title": title, "label_config": label_config})["id"])
@@ -103,15 +237,65 @@ class LabelStudioClient:
     def update_label_config(self, project_id: int, label_config: str) -> None:
         self.request("PATCH", f"/api/projects/{int(project_id)}/", json={"label_config": label_config})
 
-    def all_tasks(self, project_id: int) -> list[dict]:
-        """Every task with data, annotations and predictions, in one export call."""
-        return self.request("GET", f"/api/projects/{int(project_id)}/export",
-                            params={"exportType": "JSON", "download_all_tasks": "true"}, timeout=600) or []
+    # --- tasks --------------------------------------------------------------------------------
+    def iter_tasks(self, project_id: int, *, page_size: int = PAGE_SIZE) -> Iterator[dict]:
+        """Every task of the project as Label Studio lists it (id, data, meta, annotations,
+        predictions, ...), in id order, page by page. ``data`` is raw: storage URIs unresolved."""
+        yield from self._paged_tasks({"project": int(project_id), "fields": "all"}, page_size)
 
-    def import_tasks(self, project_id: int, tasks: list[dict]) -> None:
-        for start in range(0, len(tasks), 1000):
-            self.request("POST", f"/api/projects/{int(project_id)}/import", json=tasks[start:start + 1000],
-                         params={"commit_to_project": "true"}, timeout=600)
+    def all_tasks(self, project_id: int) -> list[dict]:
+        return list(self.iter_tasks(project_id))
+
+    def get_task(self, task_id: int) -> dict:
+        """One task with raw data (storage URIs unresolved) and its annotations."""
+        return self.request("GET", f"/api/tasks/{int(task_id)}/", params={"resolve_uri": "false"})
+
+    def _paged_tasks(self, params: dict, page_size: int) -> Iterator[dict]:
+        seen, page = 0, 1
+        while True:
+            resp = self.request("GET", "/api/tasks/", params={
+                **params, "page": page, "page_size": page_size, "resolve_uri": "false"})
+            tasks = resp.get("tasks", []) if isinstance(resp, dict) else []
+            yield from tasks
+            seen += len(tasks)
+            if not tasks or len(tasks) < page_size or seen >= int(resp.get("total", 0)):
+                return
+            page += 1
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        """Create tasks (``{"data": {...}, "annotations": [...], ...}`` each); returns their ids."""
+        ids: list[int] = []
+        for start in range(0, len(tasks), IMPORT_BATCH):
+            resp = self.request("POST", f"/api/projects/{int(project_id)}/import",
+                                json=tasks[start:start + IMPORT_BATCH], params=IMPORT_PARAMS, timeout=600)
+            ids += self._imported_ids(project_id, resp)
+        return ids
+
+    def upload_images(self, project_id: int, files: Iterable[str | os.PathLike | tuple[str, bytes]]) -> list[int]:
+        """Upload image files (paths or ``(name, bytes)``); Label Studio makes one task per file
+        with data ``{<image key>: "/data/upload/<project>/<name>"}``. Returns the task ids."""
+        parts = {}
+        for n, item in enumerate(files):
+            name, body = (item[0], item[1]) if isinstance(item, tuple) else (Path(item).name, Path(item).read_bytes())
+            parts[f"file{n}"] = (name, body, _guess_image_type(name))
+        if not parts:
+            return []
+        resp = self.request("POST", f"/api/projects/{int(project_id)}/import", files=parts, params=IMPORT_PARAMS,
+                            timeout=600)
+        return self._imported_ids(project_id, resp)
+
+    def _imported_ids(self, project_id: int, resp: Any, timeout: float = 600) -> list[int]:
+        """Task ids from an import answer; waits for Label Studio Enterprise's background imports."""
+        if isinstance(resp, dict) and "import" in resp and "task_count" not in resp:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                resp = self.request("GET", f"/api/projects/{int(project_id)}/imports/{int(resp['import'])}/")
+                if resp.get("status") in ("completed", "failed"):
+                    break
+                time.sleep(1)
+            if resp.get("status") != "completed":
+                raise LabelStudioRequestFailed(f"import into project {project_id} did not complete: {resp}", 400)
+        return [int(t) for t in (resp or {}).get("task_ids") or []]
 
     def replace_tasks(self, project_id: int, tasks_data: list[dict]) -> None:
         """For backend-owned projects only (the overview): drop all tasks, import new ones."""
@@ -119,215 +303,467 @@ class LabelStudioClient:
         if tasks_data:
             self.import_tasks(project_id, [{"data": data} for data in tasks_data])
 
-    def create_annotation(self, task_id: int, result: list[dict]) -> int:
-        return int(self.request("POST", f"/api/tasks/{int(task_id)}/annotations/", json={"result": result})["id"])
+    def create_annotation(self, task_id: int, result: list[dict], *, was_cancelled: bool = False) -> int:
+        body = {"result": result, "was_cancelled": bool(was_cancelled)}
+        return int(self.request("POST", f"/api/tasks/{int(task_id)}/annotations/", json=body)["id"])
 
-    def add_local_storage(self, project_id: int, path: str | Path) -> int:
-        """Serve files under ``path`` as /data/local-files/ (needs LOCAL_FILES_SERVING_ENABLED)."""
+    def add_local_storage(self, project_id: int, path: str | os.PathLike) -> int:
+        """Serve files under ``path`` as /data/local-files/?d=<path relative to
+        LOCAL_FILES_DOCUMENT_ROOT> (needs LOCAL_FILES_SERVING_ENABLED=true on the server)."""
         body = {"project": int(project_id), "path": str(Path(path).resolve()), "title": "images",
                 "use_blob_urls": True, "regex_filter": ".*"}
         return int(self.request("POST", "/api/storages/localfiles", json=body)["id"])
 
     # --- labeled images -------------------------------------------------------------------
-    def labeled_records(self, project_id: int, spec: ClassSpec, cache_dir: str | Path,
+    def labeled_records(self, project_id: int, spec: ClassSpec, cache_dir: str | os.PathLike,
                         progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[SkippedItem]]:
-        """One Record per task whose newest non-cancelled annotation picks a class; images
-        downloaded into ``cache_dir``. Failures become SkippedItems, never exceptions."""
-        labeled: list[tuple[dict, str]] = []
-        for task in self.all_tasks(project_id):
+        """One Record per labeled task, image downloaded into ``cache_dir``.
+
+        A task is labeled when it has a non-cancelled annotation whose result picks a class in
+        ``spec.choices_name``; the newest such annotation (updated_at, then id) gives the label.
+        ``split`` comes from task data ('train' or 'val', anything else counts as 'train').
+        Records keep task order; ``source`` is the cached file. Images that cannot be fetched
+        become SkippedItems naming the task, the URL and the cause; nothing raises for them.
+        progress : called as progress(done, total) after each download.
+        """
+        wanted: list[tuple[int, Any, str, str]] = []
+        for task in self.iter_tasks(project_id):
             label = newest_label(task.get("annotations") or [], spec)
             if label is not None:
-                labeled.append((task, label))
+                data = task.get("data") or {}
+                split = str(data.get("split", "train")).strip().lower()
+                wanted.append((int(task["id"]), data.get(spec.image_key), label, split if split in SPLITS else "train"))
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        records, skipped = [], []
 
-        def fetch(item: tuple[dict, str]) -> Record | SkippedItem:
-            task, label = item
-            name = f"task-{task['id']}"
+        def fetch(item: tuple[int, Any, str, str]) -> Record | SkippedItem:
+            task_id, url, label, split = item
+            name = f"task-{task_id}"
+            if not isinstance(url, str) or not url.strip():
+                return SkippedItem(name, f"task {task_id}: no image URL in task data field {spec.image_key!r}")
             try:
-                path = self._cached_image(task, spec, cache)
-            except (ValueError, OSError, requests.RequestException, LabelStudioUnavailable) as exc:
-                url = (task.get("data") or {}).get(spec.image_key)
-                return SkippedItem(name, f"task {task['id']}: image {url!r} could not be downloaded: {exc}")
-            split = str((task.get("data") or {}).get("split", "train")).lower()
-            return Record(item=name, source=path, label=label, split=split if split in ("train", "val") else "train",
-                          task_id=int(task["id"]))
+                path = self.cached_image(url, task_id=task_id, cache_dir=cache)
+            except (ImageFetchError, LabelStudioUnavailable, OSError) as exc:
+                return SkippedItem(name, f"task {task_id}: image {url!r} could not be downloaded: {exc}")
+            return Record(item=name, source=str(path), label=label, split=split, task_id=task_id)
 
+        records: list[Record] = []
+        skipped: list[SkippedItem] = []
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            for done, result in enumerate(pool.map(fetch, labeled), 1):
+            for done, result in enumerate(pool.map(fetch, wanted), 1):
                 (skipped if isinstance(result, SkippedItem) else records).append(result)
                 if progress:
-                    progress(done, len(labeled))
+                    progress(done, len(wanted))
         return records, skipped
 
-    def _cached_image(self, task: dict, spec: ClassSpec, cache: Path) -> Path:
-        url = (task.get("data") or {}).get(spec.image_key)
-        if not isinstance(url, str) or not url:
-            raise ValueError(f"task data has no {spec.image_key!r} field")
-        path = cache / hashlib.sha1(url.encode()).hexdigest()
-        if not path.exists():
-            data = self.download(url, task_id=int(task["id"]))
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+    def cached_image(self, url: str, *, task_id: int, cache_dir: str | os.PathLike) -> Path:
+        """The image at ``url`` as a file under ``cache_dir`` (named by the SHA-1 of the URL);
+        downloaded once. Raises ImageFetchError."""
+        cache = Path(cache_dir)
+        path = cache / hashlib.sha1(self._cache_key(url).encode()).hexdigest()
+        if path.exists():
+            return path
+        data = self.download(url, task_id=task_id)
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=path.name, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
+    def _cache_key(self, url: str) -> str:
+        return url if _is_storage_uri(url) else self._absolute(url)
+
     def fetch_image(self, task: dict, spec: ClassSpec) -> bytes:
-        return self.download((task.get("data") or {}).get(spec.image_key) or "", task_id=int(task.get("id", 0)))
+        """Bytes of a task's image (for /predict on tasks no analysis has seen); raises ImageFetchError."""
+        url = (task.get("data") or {}).get(spec.image_key)
+        if not isinstance(url, str) or not url:
+            raise ImageFetchError(f"task {task.get('id')}: no image URL in task data field {spec.image_key!r}")
+        return self.download(url, task_id=int(task.get("id", 0)))
 
     def download(self, url: str, *, task_id: int) -> bytes:
-        """Image bytes from Label Studio (uploads, local files, cloud storage) or any http(s) URL."""
-        scheme = urlsplit(url).scheme
-        if scheme in CLOUD_SCHEMES:  # presigned through Label Studio's storage proxy
-            token = base64.urlsafe_b64encode(url.encode()).decode()
-            url = f"/tasks/{task_id}/resolve/?fileuri={token}"
-        absolute = urljoin(self.base + "/", url)
-        if urlsplit(absolute).scheme not in ("http", "https"):
-            raise ValueError(f"unsupported image URL scheme in {url!r}")
-        for _ in range(5):  # follow redirects by hand: the token never leaves Label Studio's origin
-            headers = self._auth() if _origin(absolute) == self.origin else {}
-            with self._session.get(absolute, headers=headers, stream=True, allow_redirects=False,
-                                   timeout=self.settings.download_timeout) as resp:
-                if resp.is_redirect:
-                    absolute = urljoin(absolute, resp.headers["location"])
-                    continue
-                resp.raise_for_status()
-                kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-                if kind and not kind.startswith(IMAGE_TYPES):
-                    raise ValueError(f"not an image (Content-Type {kind})")
-                return _read_limited(resp, self.settings.max_image_bytes)
-        raise ValueError("too many redirects")
+        """Image bytes from Label Studio's media, a cloud URI (through Label Studio) or any
+        http(s) URL. At most settings.max_image_bytes, within settings.download_timeout seconds,
+        image content only. Raises ImageFetchError (or LabelStudioUnavailable for a token
+        Label Studio refuses to refresh)."""
+        url = url.strip()
+        if url.startswith("data:"):
+            return _data_uri(url, self.settings.max_image_bytes)
+        if _is_storage_uri(url):  # presigned or proxied by Label Studio, as its own frontend does
+            fileuri = base64.urlsafe_b64encode(url.encode()).decode()
+            url = f"/tasks/{int(task_id)}/resolve/?fileuri={fileuri}"
+        current = self._absolute(url)
+        deadline = time.monotonic() + self.settings.download_timeout
+        for _ in range(MAX_REDIRECTS + 1):
+            if urlsplit(current).scheme not in ("http", "https"):
+                raise ImageFetchError(f"unsupported URL scheme in {current!r}")
+            own = _origin(current) == self.origin
+            headers = self._auth_headers() if own else {}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ImageFetchError(self._timed_out())
+            try:
+                with self._media.stream("GET", current, headers=headers, timeout=remaining) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        current = urljoin(current, resp.headers["location"])
+                        continue
+                    if resp.status_code >= 400:
+                        raise ImageFetchError(self._http_failure(resp.status_code, current, own))
+                    return self._read_image(resp, deadline)
+            except httpx.TimeoutException:
+                raise ImageFetchError(self._timed_out()) from None
+            except httpx.HTTPError as exc:
+                raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+        raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _absolute(self, url: str) -> str:
+        """Absolute URL; a relative one is Label Studio media (under its sub-path, if any)."""
+        if urlsplit(url).scheme:
+            return url
+        path = url if url.startswith("/") else "/" + url
+        if self._prefix and not path.startswith(self._prefix + "/"):
+            path = self._prefix + path
+        base = urlsplit(self.base)
+        return f"{base.scheme}://{base.netloc}{path}"
+
+    def _timed_out(self) -> str:
+        return f"timed out after {self.settings.download_timeout:g} s (DOWNLOAD_TIMEOUT)"
+
+    def _http_failure(self, status: int, url: str, own: bool) -> str:
+        if status in (401, 403) and own:
+            return f"HTTP {status}: Label Studio refused the token for this file; check LABEL_STUDIO_API_KEY"
+        if status in (401, 403):
+            return (f"HTTP {status} from {_origin_text(url)}, which gets no Label Studio token; if that is Label "
+                    "Studio under another address, set LABEL_STUDIO_URL to it")
+        if status == 404 and own and "/resolve/" in url:
+            return ("HTTP 404: Label Studio could not resolve this storage URI; connect the cloud storage holding it "
+                    "to the project (Project Settings → Cloud Storage)")
+        return f"HTTP {status}"
+
+    def _read_image(self, resp: httpx.Response, deadline: float) -> bytes:
+        limit = self.settings.max_image_bytes
+        kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        declared = resp.headers.get("content-length", "")
+        if kind and not kind.startswith("image/") and kind not in ("application/octet-stream", "binary/octet-stream"):
+            raise ImageFetchError(f"not an image (Content-Type {kind})")
+        if declared.isdigit() and int(declared) > limit:
+            raise ImageFetchError(f"{int(declared)} bytes is larger than MAX_IMAGE_BYTES={limit}")
+        chunks, size = [], 0
+        for chunk in resp.iter_bytes(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise ImageFetchError(f"larger than MAX_IMAGE_BYTES={limit}")
+            if time.monotonic() > deadline:
+                raise ImageFetchError(self._timed_out())
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if not data:
+            raise ImageFetchError("empty response")
+        if not kind.startswith("image/") and not _looks_like_image(data):
+            raise ImageFetchError(f"not an image (Content-Type {kind or 'missing'}, unknown file signature)")
+        return data
 
     # --- predictions ------------------------------------------------------------------------
-    def create_predictions(self, project_id: int, predictions: list[dict]) -> None:
-        for start in range(0, len(predictions), 1000):
-            self.request("POST", f"/api/projects/{int(project_id)}/import/predictions",
-                         json=predictions[start:start + 1000], timeout=600)
+    def create_predictions(self, project_id: int, predictions: list[dict]) -> int:
+        """Bulk-create predictions ``{"task", "result", "score", "model_version"}`` (``task_id``
+        is accepted for ``task``) through /api/projects/<id>/import/predictions. Returns the count."""
+        items = [{**{k: v for k, v in p.items() if k != "task_id"}, "task": int(p.get("task", p.get("task_id")))}
+                 for p in predictions]
+        created = 0
+        for start in range(0, len(items), IMPORT_BATCH):
+            resp = self.request("POST", f"/api/projects/{int(project_id)}/import/predictions",
+                                json=items[start:start + IMPORT_BATCH], timeout=600)
+            created += int((resp or {}).get("created", 0))
+        return created
 
     def model_versions(self, project_id: int) -> dict[str, int]:
+        """Prediction counts by model_version (Label Studio also lists connected backends, at 0)."""
         return self.request("GET", f"/api/projects/{int(project_id)}/model-versions/") or {}
 
-    def delete_predictions(self, project_id: int, *, keep_version: str | None = None) -> list[str]:
-        """Remove our predictions (model versions starting 'deconfusion') except ``keep_version``."""
+    def delete_predictions(self, project_id: int, model_version_prefix: str = OUR_VERSIONS, *,
+                           keep_version: str | None = None) -> list[str]:
+        """Delete the predictions whose model_version starts with ``model_version_prefix`` (ours),
+        except ``keep_version``; others' predictions stay. Returns the versions removed."""
+        if not model_version_prefix:
+            raise ValueError("model_version_prefix must not be empty: it keeps other models' predictions safe")
         removed = []
-        for version in self.model_versions(project_id):
-            if version.startswith(OUR_VERSIONS) and version != keep_version:
-                self.request("DELETE", f"/api/projects/{int(project_id)}/model-versions/", json={"model_version": version})
+        for version, count in self.model_versions(project_id).items():
+            if version.startswith(model_version_prefix) and version != keep_version and count:
+                self.request("DELETE", f"/api/projects/{int(project_id)}/model-versions/",
+                             json={"model_version": version})
                 removed.append(version)
         return removed
 
     # --- our task fields ------------------------------------------------------------------------
-    def _patch_data(self, task: dict, fields: dict, prefix: str) -> None:
-        """Label Studio replaces ``data`` wholesale: send the user's keys back untouched."""
-        user = {k: v for k, v in (task.get("data") or {}).items() if not k.startswith(prefix)}
-        self.request("PATCH", f"/api/tasks/{int(task['id'])}/", json={"data": {**user, **fields}})
+    def update_task_data(self, task_id: int, fields: Mapping[str, Any], *, prefix: str = OWN_PREFIX) -> bool:
+        """Add or replace our ``prefix`` keys in a task's data, keeping every user key as it is.
+        Returns whether the task changed."""
+        _check_own_keys(fields, prefix)
+        data = self.get_task(task_id).get("data") or {}
+        return self._write_data(task_id, data, {**data, **fields})
 
-    def sync_task_fields(self, project_id: int, wanted: dict[int, dict], *, prefix: str = OWN_PREFIX) -> int:
-        """Make every task carry exactly ``wanted[task_id]`` as its ``prefix`` fields (none if
-        absent); PATCH only the tasks that change. Returns how many changed."""
+    def clear_task_data(self, task_id: int, keys: Iterable[str], *, prefix: str = OWN_PREFIX) -> bool:
+        """Remove our ``keys`` (all starting with ``prefix``) from a task's data; user keys stay."""
+        keys = list(keys)
+        _check_own_keys(keys, prefix)
+        data = self.get_task(task_id).get("data") or {}
+        return self._write_data(task_id, data, {k: v for k, v in data.items() if k not in keys})
+
+    def update_tasks_data(self, updates: Mapping[int, Mapping[str, Any]], *, prefix: str = OWN_PREFIX) -> int:
+        """update_task_data for many tasks, WORKERS at a time; returns how many changed."""
+        for fields in updates.values():
+            _check_own_keys(fields, prefix)
+        return sum(self._parallel(lambda item: self.update_task_data(item[0], item[1], prefix=prefix),
+                                  list(updates.items())))
+
+    def clear_tasks_data(self, task_ids: Iterable[int], keys: Iterable[str], *, prefix: str = OWN_PREFIX) -> int:
+        keys = list(keys)
+        _check_own_keys(keys, prefix)
+        return sum(self._parallel(lambda task_id: self.clear_task_data(task_id, keys, prefix=prefix), list(task_ids)))
+
+    def merge_task_fields(self, project_id: int, updates: Mapping[int, Mapping[str, Any]], *,
+                          prefix: str = OWN_PREFIX) -> int:
+        """Change some of our fields on a few tasks of the project (see update_tasks_data)."""
+        return self.update_tasks_data(updates, prefix=prefix)
+
+    def sync_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
+                         prefix: str = OWN_PREFIX) -> int:
+        """Make every task of the project carry exactly ``wanted[task_id]`` as its ``prefix``
+        keys (none when absent); PATCH only tasks that change. Returns how many changed."""
+        for fields in wanted.values():
+            _check_own_keys(fields, prefix)
         changes = []
-        for task in self.all_tasks(project_id):
-            current = {k: v for k, v in (task.get("data") or {}).items() if k.startswith(prefix)}
-            target = wanted.get(int(task["id"]), {})
-            if current != target:
-                changes.append((task, target))
-        self._parallel(lambda change: self._patch_data(change[0], change[1], prefix), changes)
-        return len(changes)
+        for task in self.iter_tasks(project_id):
+            data = task.get("data") or {}
+            target = {**{k: v for k, v in data.items() if not k.startswith(prefix)},
+                      **wanted.get(int(task["id"]), {})}
+            if target != data:
+                changes.append((int(task["id"]), data, target))
+        return sum(self._parallel(lambda change: self._write_data(*change), changes))
 
-    def merge_task_fields(self, project_id: int, updates: dict[int, dict], *, prefix: str = OWN_PREFIX) -> None:
-        """Change some of our fields on a few tasks, keeping the rest of their data."""
-        def merge(item):
-            task_id, fields = item
-            task = self.request("GET", f"/api/tasks/{int(task_id)}/")
-            own = {k: v for k, v in (task.get("data") or {}).items() if k.startswith(prefix)}
-            self._patch_data(task, {**own, **fields}, prefix)
-        self._parallel(merge, list(updates.items()))
+    def _write_data(self, task_id: int, before: dict, after: dict) -> bool:
+        if after == before:
+            return False
+        self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after})
+        return True
 
     @staticmethod
-    def _parallel(fn: Callable, items: Iterable) -> None:
+    def _parallel(fn: Callable[[Any], Any], items: list) -> list:
+        if len(items) <= 1:
+            return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            list(pool.map(fn, items))
+            return list(pool.map(fn, items))
 
     # --- Data Manager tabs ------------------------------------------------------------------
     def list_views(self, project_id: int) -> list[dict]:
+        """The project's tabs as ``{"id", "title", "data"}`` (data: filters, ordering, ...)."""
         views = self.request("GET", "/api/dm/views/", params={"project": int(project_id)}) or []
-        return [{"id": v["id"], "title": (v.get("data") or {}).get("title", ""), "data": v.get("data")} for v in views]
+        return [{"id": int(v["id"]), "title": (v.get("data") or {}).get("title", ""), "data": v.get("data") or {}}
+                for v in views]
+
+    def create_view(self, project_id: int, title: str, filters: Sequence[tuple | Mapping] = (),
+                    ordering: str | Sequence[str] | None = None, hidden_columns: Iterable[str] | Mapping | None = None,
+                    *, numeric_fields: Iterable[str] = (), conjunction: str = "and") -> int:
+        """A Data Manager tab; returns its id.
+
+        filters : ``(field, operator, type, value)`` tuples on task-data fields, e.g.
+            ``("dc_candidate", "equal", "Number", 1)``, or Label Studio filter dicts
+            (``{"filter": "filter:tasks:data.dc_cell", "operator": "equal", "type": "String", "value": ...}``).
+        ordering : a field, ``-`` for descending (``"-dc_error_score"``), or a list of them.
+        hidden_columns : fields hidden in both the list and the labeling view, or Label Studio's
+            ``{"explore": [...], "labeling": [...]}`` with column ids.
+        numeric_fields : fields shown, and sorted, as numbers (Label Studio otherwise sorts task-data
+            fields as text, "10" before "9"); fields filtered with type "Number" are added.
+        """
+        items = [_filter_item(f) for f in filters]
+        numeric = {_column(f) for f in numeric_fields} | {i["filter"][len("filter:"):] for i in items
+                                                           if i.get("type") == "Number"}
+        orders = [ordering] if isinstance(ordering, str) else list(ordering or [])
+        data: dict[str, Any] = {
+            "title": title,
+            "filters": {"conjunction": conjunction, "items": items},
+            "ordering": [("-" if o.startswith("-") else "") + _column(o.lstrip("-+")) for o in orders],
+            "columnsDisplayType": {column: "Number" for column in sorted(numeric)},
+        }
+        if hidden_columns is not None:
+            if isinstance(hidden_columns, Mapping):
+                data["hiddenColumns"] = {k: list(v) for k, v in hidden_columns.items()}
+            else:
+                hidden = [_column(c) for c in hidden_columns]
+                data["hiddenColumns"] = {"explore": hidden, "labeling": hidden}
+        return int(self.request("POST", "/api/dm/views/", json={"project": int(project_id), "data": data})["id"])
 
     def delete_views(self, project_id: int, title_prefix: str) -> int:
+        """Delete the tabs whose title starts with ``title_prefix`` (ours); returns how many."""
+        if not title_prefix:
+            raise ValueError("title_prefix must not be empty: it keeps the user's own tabs safe")
         ours = [v for v in self.list_views(project_id) if v["title"].startswith(title_prefix)]
         for view in ours:
             self.request("DELETE", f"/api/dm/views/{view['id']}/")
         return len(ours)
 
-    def create_view(self, project_id: int, title: str, filters: list[tuple[str, str, str, Any]], ordering: str,
-                    *, numeric_fields: Iterable[str] = ()) -> int:
-        """A tab filtered on our data fields; numeric fields sort as numbers, not strings."""
-        column = lambda field: f"tasks:data.{field}"  # noqa: E731
-        data = {
-            "title": title,
-            "filters": {"conjunction": "and", "items": [
-                {"filter": f"filter:{column(f)}", "operator": op, "type": kind, "value": value}
-                for f, op, kind, value in filters]},
-            "ordering": [("-" if ordering.startswith("-") else "") + column(ordering.lstrip("-+"))],
-            "columnsDisplayType": {column(f): "Number" for f in numeric_fields},
-        }
-        return int(self.request("POST", "/api/dm/views/", json={"project": int(project_id), "data": data})["id"])
+    def get_view_tasks(self, project_id: int, view_id: int, *, page_size: int = PAGE_SIZE) -> list[int]:
+        """Task ids in the tab, filtered and in the tab's order (as the Data Manager lists them)."""
+        params = {"project": int(project_id), "view": int(view_id), "fields": "task_only"}
+        return [int(t["id"]) for t in self._paged_tasks(params, page_size)]
 
     def view_task_ids(self, project_id: int, view_id: int) -> list[int]:
-        ids, page = [], 1
-        while True:
-            resp = self.request("GET", "/api/tasks/", params={"project": int(project_id), "view": int(view_id),
-                                                              "page": page, "page_size": 500, "fields": "task_only"})
-            tasks = resp.get("tasks", []) if isinstance(resp, dict) else []
-            ids += [int(t["id"]) for t in tasks]
-            if len(tasks) < 500:
-                return ids
-            page += 1
+        return self.get_view_tasks(project_id, view_id)
 
-    # --- the ML backend ---------------------------------------------------------------------
+    # --- the ML backend and webhooks -------------------------------------------------------------
     def connect_ml_backend(self, project_id: int, url: str, title: str = "De-Confusion") -> int:
-        existing = self.request("GET", "/api/ml/", params={"project": int(project_id)}) or []
-        for backend in existing:
-            if backend.get("url", "").rstrip("/") == url.rstrip("/"):
+        """Connect the backend at ``url`` to the project (once); returns its id. Label Studio calls
+        <url>/setup to validate and adds a <url>/webhook webhook for all actions."""
+        for backend in self.request("GET", "/api/ml/", params={"project": int(project_id)}) or []:
+            if str(backend.get("url", "")).rstrip("/") == url.rstrip("/"):
                 return int(backend["id"])
         body = {"project": int(project_id), "url": url, "title": title, "is_interactive": False}
         return int(self.request("POST", "/api/ml/", json=body)["id"])
 
     def start_training(self, backend_id: int) -> None:
+        """What the "Start Training" button does: Label Studio posts START_TRAINING to the backend."""
         self.request("POST", f"/api/ml/{int(backend_id)}/train", json={})
 
-    def ensure_webhook(self, project_id: int, url: str) -> int:
-        """Label Studio adds ``<backend>/webhook`` when a backend connects; make sure it is there."""
+    def ensure_webhook(self, project_id: int, url: str, actions: Iterable[str] | None = None) -> int:
+        """A project webhook to ``url`` with payloads for ``actions`` (None: all actions).
+        Idempotent: an existing webhook to ``url`` is reused, widened to ``actions`` if needed."""
+        wanted = None if actions is None else sorted(set(actions))
         for hook in self.request("GET", "/api/webhooks/", params={"project": int(project_id)}) or []:
-            if hook.get("url") == url:
-                return int(hook["id"])
-        body = {"project": int(project_id), "url": url, "send_payload": True, "send_for_all_actions": True}
+            if hook.get("url") != url or hook.get("project") not in (None, int(project_id)):
+                continue
+            covered = hook.get("send_for_all_actions") or (
+                wanted is not None and set(wanted) <= set(hook.get("actions") or []))
+            if not (covered and hook.get("send_payload") and hook.get("is_active", True)):
+                patch = {"send_payload": True, "is_active": True}
+                if wanted is None:
+                    patch["send_for_all_actions"] = True
+                elif not hook.get("send_for_all_actions"):
+                    patch["actions"] = sorted(set(wanted) | set(hook.get("actions") or []))
+                self.request("PATCH", f"/api/webhooks/{int(hook['id'])}/", json=patch)
+            return int(hook["id"])
+        body = {"project": int(project_id), "url": url, "send_payload": True, "is_active": True,
+                "send_for_all_actions": wanted is None, "actions": wanted or []}
         return int(self.request("POST", "/api/webhooks/", json=body)["id"])
 
 
+# --- pure helpers ----------------------------------------------------------------------------
+
 def newest_label(annotations: list[dict], spec: ClassSpec) -> str | None:
-    """The class chosen in the newest non-cancelled annotation, or None."""
-    usable = [a for a in annotations if not a.get("was_cancelled")]
-    for annotation in sorted(usable, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)),
-                             reverse=True):
-        for item in annotation.get("result") or []:
-            choices = (item.get("value") or {}).get("choices") or []
-            if item.get("from_name") == spec.choices_name and choices:
-                return choices[0]
+    """The class chosen in the newest non-cancelled annotation that picks one, or None.
+    Newest: latest updated_at (created_at if missing), then highest id."""
+    best_key, best = None, None
+    for annotation in annotations:
+        if annotation.get("was_cancelled"):
+            continue
+        label = _choice(annotation.get("result") or [], spec)
+        if label is None:
+            continue
+        key = (_when(annotation.get("updated_at") or annotation.get("created_at")), int(annotation.get("id") or 0))
+        if best_key is None or key > best_key:
+            best_key, best = key, label
+    return best
+
+
+def _choice(result: list[dict], spec: ClassSpec) -> str | None:
+    for item in result:
+        choices = (item.get("value") or {}).get("choices") or []
+        if item.get("from_name") == spec.choices_name and choices:
+            return str(choices[0])
     return None
+
+
+def _when(stamp: Any) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _check_own_keys(keys: Iterable[str], prefix: str) -> None:
+    if not prefix:
+        raise ValueError("prefix must not be empty: it keeps the user's task-data keys safe")
+    foreign = sorted(k for k in keys if not str(k).startswith(prefix))
+    if foreign:
+        raise ValueError(f"task-data keys {foreign} do not start with {prefix!r}; only our own keys may be written")
+
+
+def _column(field: str) -> str:
+    """'dc_error_score' -> 'tasks:data.dc_error_score'; full column ids pass through."""
+    return field if ":" in field else f"tasks:data.{field}"
+
+
+def _filter_item(spec: tuple | Mapping) -> dict:
+    if isinstance(spec, Mapping):
+        item = dict(spec)
+        if not str(item.get("filter", "")).startswith("filter:"):
+            item["filter"] = "filter:" + _column(str(item.get("filter", "")))
+        return item
+    field, operator, kind, value = spec
+    return {"filter": "filter:" + _column(field), "operator": operator, "type": kind, "value": value}
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # a malformed port is nobody's origin
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
 
 
-def _read_limited(resp: requests.Response, limit: int) -> bytes:
-    chunks, size = [], 0
-    for chunk in resp.iter_content(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise ValueError(f"image larger than MAX_IMAGE_BYTES={limit}")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _origin_text(url: str) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
+def _is_storage_uri(url: str) -> bool:
+    """A cloud-storage URI (s3://, gs://, azure-blob://, ...): anything with a scheme Label
+    Studio, not us, must resolve. Never read as a local path."""
+    scheme = urlsplit(url).scheme.lower()
+    return bool(scheme) and scheme not in ("http", "https", "data") and "://" in url
+
+
+def _data_uri(url: str, limit: int) -> bytes:
+    head, _, payload = url.partition(",")
+    if not head.startswith("data:image/") or not head.endswith(";base64"):
+        raise ImageFetchError(f"data URI is not a base64 image ({head[:40]!r})")
+    if len(payload) * 3 // 4 > limit:
+        raise ImageFetchError(f"larger than MAX_IMAGE_BYTES={limit}")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except ValueError as exc:
+        raise ImageFetchError(f"data URI is not valid base64 ({exc})") from None
+
+
+def _looks_like_image(data: bytes) -> bool:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    return data.startswith(_IMAGE_MAGIC)
+
+
+def _guess_image_type(name: str) -> str:
+    ext = Path(name).suffix.lower().lstrip(".")
+    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "bmp": "image/bmp",
+            "webp": "image/webp", "tif": "image/tiff", "tiff": "image/tiff"}.get(ext, "application/octet-stream")
+
+
+def _json_or_text(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text
+
+
+def _detail(body: Any) -> str:
+    """Label Studio's error text: its ``detail``/validation messages, else the body, shortened."""
+    if isinstance(body, dict):
+        if body.get("detail"):
+            return str(body["detail"])[:300]
+        if body.get("validation_errors"):
+            return str(body["validation_errors"])[:300]
+    return str(body)[:300] or "no details"

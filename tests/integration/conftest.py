@@ -1,15 +1,16 @@
-"""A real Label Studio server (from .venv-ls) and a real backend process, on 127.0.0.1."""
+"""A real Label Studio server (from .venv-ls) and a real backend process, on 127.0.0.1.
+
+Every test here is marked ``live_ls``; without Label Studio installed they skip, saying why.
+"""
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+from tests.integration.labelstudio import (  # also puts scripts/ on sys.path for lsserver
+    LS_VENV, create_personal_access_token, ls_installed, revoke_personal_access_tokens, running_label_studio)
 
-from lsserver import LS_VENV, LabelStudioServer, free_port, start_backend  # noqa: E402
+from lsserver import free_port, start_backend  # noqa: E402
 
 from ml_backend.config import Settings  # noqa: E402
 
@@ -22,13 +23,21 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
-    if not (LS_VENV / "bin" / "label-studio").exists():
-        pytest.skip(f"Label Studio is not installed in {LS_VENV}: run scripts/setup")
+    """The running server: ``.url``, ``.token`` (legacy token), ``.files`` (local-files root)."""
+    if not ls_installed():
+        pytest.skip(f"Label Studio is not installed in {LS_VENV} (set LS_VENV or run scripts/setup)")
     root = tmp_path_factory.mktemp("ls")
-    with LabelStudioServer(data_dir=root / "data", files_root=root / "files") as server:
-        (root / "files").mkdir(exist_ok=True)
-        server.files = root / "files"
+    with running_label_studio(root / "data", files_root=root / "files") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def personal_access_token(label_studio):
+    """A personal access token (JWT refresh token) of the admin; revoked after the module, so
+    another module can make its own (Label Studio allows one per user)."""
+    token = create_personal_access_token(label_studio.url, label_studio.token)
+    yield token
+    revoke_personal_access_tokens(label_studio.url, label_studio.token)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Exact and near duplicates are found without comparing all pairs; leakage is marked."""
 
 import numpy as np
+import pytest
 from skimage.metrics import structural_similarity
 
 from ml_backend.detectors.duplicates import find_duplicates, similar_images, ssim_pairs
@@ -42,3 +43,71 @@ def test_similar_images_excludes_self():
     emb = np.array([[0.0], [1.0], [10.0], [11.0]], np.float32)
     sim = similar_images(emb, s=1)
     assert sim[:, 0].tolist() == [1, 0, 3, 2]
+
+
+def test_vectorised_ssim_matches_skimage_on_colour_and_tiny_images():
+    rng = np.random.default_rng(3)
+    for shape, win in (((32, 32, 3), 7), ((5, 6, 3), 5)):
+        imgs = rng.integers(0, 256, (3, *shape), dtype=np.uint8)
+        imgs[1] = np.clip(imgs[0].astype(int) + rng.integers(-6, 7, shape), 0, 255)
+        ours = ssim_pairs(imgs, np.array([0, 0]), np.array([1, 2]))
+        ref = [structural_similarity(imgs[0], imgs[j], data_range=255, channel_axis=-1, win_size=win) for j in (1, 2)]
+        np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+
+def test_copies_of_one_image_pair_with_the_first_and_form_one_group():
+    imgs = distinct_images(12)
+    imgs[4] = imgs[7] = imgs[9] = imgs[2]
+    hashes = [im.tobytes().hex() for im in imgs]
+    pairs, group = find_duplicates(imgs, hashes, imgs.reshape(12, -1).astype(np.float32), ["train"] * 12, k=4)
+    assert [(p["a"], p["b"], p["kind"]) for p in pairs] == [(2, 4, "exact"), (2, 7, "exact"), (2, 9, "exact")]
+    assert all(p["ssim"] == 1.0 for p in pairs)
+    assert group.tolist() == [-1, -1, 2, -1, 2, -1, -1, 2, -1, 2, -1, -1]
+
+
+def test_a_chain_of_near_pairs_is_one_group_named_by_its_lowest_member():
+    imgs = distinct_images(20, seed=4)
+    rng = np.random.default_rng(5)
+    for src, dst in ((6, 11), (11, 17)):  # 6 ~ 11 ~ 17
+        imgs[dst] = np.clip(imgs[src].astype(int) + rng.integers(-2, 3, imgs[src].shape), 0, 255)
+    hashes = [im.tobytes().hex() for im in imgs]
+    splits = ["val" if i == 17 else "train" for i in range(20)]
+    pairs, group = find_duplicates(imgs, hashes, imgs.reshape(20, -1).astype(np.float32), splits, k=3)
+    near = {(p["a"], p["b"]): p for p in pairs}
+    assert {(6, 11), (11, 17)} <= set(near) and all(p["kind"] == "near" for p in pairs)
+    assert near[(11, 17)]["cross_split"] and not near[(6, 11)]["cross_split"]
+    assert group[6] == group[11] == group[17] == 6 and (group >= 0).sum() == 3
+
+
+def test_a_different_image_next_in_embedding_space_is_not_a_duplicate():
+    imgs = distinct_images(6, seed=6)
+    emb = np.zeros((6, 2), np.float32)
+    emb[:, 0] = [0, 0.01, 5, 10, 15, 20]  # images 0 and 1 are neighbours but look nothing alike
+    pairs, group = find_duplicates(imgs, [str(i) for i in range(6)], emb, ["train"] * 6, k=1)
+    assert pairs == [] and (group == -1).all()
+
+
+def test_duplicate_inputs_are_checked_with_helpful_messages():
+    imgs = distinct_images(3)
+    emb = np.zeros((3, 2), np.float32)
+    with pytest.raises(TypeError, match="images.*uint8"):
+        find_duplicates(imgs.astype(np.float32), ["a", "b", "c"], emb, ["train"] * 3)
+    with pytest.raises(ValueError, match="images.*channel axis"):
+        find_duplicates(imgs[..., 0], ["a", "b", "c"], emb, ["train"] * 3)
+    with pytest.raises(ValueError, match="splits.*'train', 'val'.*test"):
+        find_duplicates(imgs, ["a", "b", "c"], emb, ["train", "test", "val"])
+    with pytest.raises(ValueError, match="embeddings.*\\(3, D\\)"):
+        find_duplicates(imgs, ["a", "b", "c"], emb[:2], ["train"] * 3)
+    with pytest.raises(ValueError, match="pixel_hashes.*length 3"):
+        find_duplicates(imgs, ["a", "b"], emb, ["train"] * 3)
+    with pytest.raises(ValueError, match="ssim_threshold"):
+        find_duplicates(imgs, ["a", "b", "c"], emb, ["train"] * 3, ssim_threshold=1.5)
+
+
+def test_similar_images_pad_with_minus_one_and_skip_self_among_equal_embeddings():
+    emb = np.zeros((3, 4), np.float32)  # all tie at distance 0
+    sim = similar_images(emb, s=4)
+    assert sim.shape == (3, 4) and sim.dtype == np.int64
+    for i, row in enumerate(sim):
+        assert sorted(row[:2].tolist()) == sorted({0, 1, 2} - {i}) and row[2:].tolist() == [-1, -1]
+    assert similar_images(emb, s=0).shape == (3, 0)

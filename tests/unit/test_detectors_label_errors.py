@@ -67,3 +67,57 @@ def test_unanimous_fold_models_flag_what_confident_learning_undercounts():
     unanimous = np.array([0.0] * 8 + [1.0, 1.0] + [0.0] * 8)
     flagged, _ = find_candidates(probs, labels, scores, consensus=unanimous)
     assert flagged[8] and flagged[9]
+
+
+def test_error_score_ranks_correctly_classified_images_too():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 0, 0])
+    scores = error_scores(probs, labels)
+    assert scores[0] < scores[1] < scores[2]  # eq. 1 gives 0.5 to both correct images
+
+
+def test_error_score_formula_by_hand():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    labels = np.array([0, 0])
+    knn, votes = np.array([0.0, 0.5]), np.array([0.25, 1.0])
+    # normalized margin (p_label - max other + 1) / 2: 0.9 and 0.2 -> 1 - q = 0.1 and 0.8
+    expected = [(0.8 * 0.1 + 0.1 * 0.0 + 0.1 * 0.25), (0.8 * 0.8 + 0.1 * 0.5 + 0.1 * 1.0)]
+    np.testing.assert_allclose(error_scores(probs, labels, knn_disagreement=knn, consensus=votes), expected, rtol=1e-6)
+    np.testing.assert_allclose(error_scores(probs, labels), [0.1, 0.8], rtol=1e-6)  # missing terms drop out
+
+
+def test_candidates_follow_the_estimated_noise_without_consensus():
+    x, probs, labels, flipped = blobs(seed=2, n=900, flip=0.08)
+    scores = error_scores(probs, labels)
+    flagged, n = find_candidates(probs, labels, scores)
+    assert flagged.sum() == n and abs(n - flipped.sum()) <= 0.3 * flipped.sum()
+    assert (flagged & flipped).sum() >= 0.8 * flipped.sum()
+
+
+def test_knn_disagreement_uses_each_images_own_fold_space():
+    # fold 0's model separates the classes, fold 1's model mixes them
+    labels = np.array([0] * 20 + [1] * 20)
+    good = np.concatenate([np.zeros((20, 2)), np.full((20, 2), 10.0)]) + np.arange(40)[:, None] * 1e-3
+    mixed = np.random.default_rng(0).normal(size=(40, 2))  # no class structure at all
+    emb = np.stack([good, mixed]).astype(np.float32)
+    fold_of = np.array([0] * 10 + [1] * 10 + [0] * 10 + [1] * 10)
+    values = knn_disagreement(emb, labels, fold_of, k=5)
+    assert values[fold_of == 0].max() == 0.0 and values[fold_of == 1].mean() > 0.3
+
+
+def test_label_error_inputs_are_checked_with_helpful_messages():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    with pytest.raises(ValueError, match="fold_of.*\\[0, 1\\]"):
+        knn_disagreement(np.zeros((2, 2, 3)), np.array([0, 1]), np.array([0, 2]))
+    with pytest.raises(ValueError, match="embeddings.*3-D"):
+        knn_disagreement(np.zeros((2, 3)), np.array([0, 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="fold_probs.*\\(F, 2, 2\\)"):
+        error_scores(probs, np.array([0, 1]), fold_probs=np.stack([probs[:1]] * 3))
+    with pytest.raises(ValueError, match="knn_disagreement.*\\[0.0, 1.0\\]"):
+        error_scores(probs, np.array([0, 1]), knn_disagreement=np.array([0.0, 2.0]))
+    with pytest.raises(ValueError, match="error_score.*finite"):
+        find_candidates(probs, np.array([0, 1]), np.array([np.nan, 0.0]))
+    with pytest.raises(ValueError, match="fold_probs.*summing to 1"):
+        consensus(np.ones((2, 2, 2)), np.array([0, 1]))
+    with pytest.raises(TypeError, match="k"):
+        knn_disagreement(np.zeros((1, 2, 3)), np.array([0, 1]), np.array([0, 0]), k=2.5)

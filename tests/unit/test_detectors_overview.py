@@ -77,7 +77,95 @@ def test_duplicate_marker_only_on_cells_holding_a_duplicate_pair():
 def test_bad_probabilities_get_a_message_naming_the_parameter():
     with pytest.raises(ValueError, match="pred_probs.*summing to 1"):
         mismatch_score(np.array([[0.5, 0.7]]), np.array([0]))
-    with pytest.raises(ValueError, match="labels.*in \\[0, 2\\)"):
+    with pytest.raises(ValueError, match=r"labels.*\[0, 1\]"):
         mismatch_score(np.array([[0.5, 0.5]]), np.array([2]))
     with pytest.raises(TypeError, match="pred_probs"):
         mismatch_score([[0.5, 0.5]], np.array([0]))
+
+
+@pytest.mark.parametrize("k, buckets", [(2, 5), (3, 7), (4, 8), (10, 9), (11, 10)])
+def test_histogram_has_ceil_of_domain_over_a_tenth_buckets(k, buckets):
+    counts = histogram(np.array([1.0 / k, 1.0]), k)
+    assert len(counts) == buckets and counts[0] == 1 and counts[-1] == 1
+
+
+def test_float32_score_on_a_bucket_edge_goes_to_the_upper_bucket():
+    assert histogram(np.array([0.35], dtype=np.float32), 4).tolist() == [0, 1, 0, 0, 0, 0, 0, 0]
+
+
+def test_saturation_of_no_misclassification_is_white_and_negative_input_is_refused():
+    assert saturation(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="score_wrong"):
+        saturation(np.array([1.0, -0.5]))
+
+
+def test_representative_ties_go_to_the_lowest_index():
+    probs = np.array([[0.2, 0.8], [0.8, 0.2], [0.2, 0.8], [0.8, 0.2]])
+    assert representatives(probs, np.array([1, 0, 1, 0])).tolist() == [1, 0]
+
+
+def test_cells_hand_computed_k3():
+    probs = np.array([
+        [0.1, 0.8, 0.1],  # label 0 -> 1, eq. 1: (0.8 + 0.9) / 2 = 0.85
+        [0.3, 0.6, 0.1],  # label 0 -> 1, (0.6 + 0.7) / 2 = 0.65
+        [0.2, 0.1, 0.7],  # label 0 -> 2, (0.7 + 0.8) / 2 = 0.75
+        [0.8, 0.1, 0.1],  # label 0, correct
+        [0.5, 0.4, 0.1],  # label 1 -> 0, (0.5 + 0.6) / 2 = 0.55
+        [0.1, 0.8, 0.1],  # label 1, correct
+        [0.1, 0.1, 0.8],  # label 2, correct: row 2 has no cells
+    ])
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    cells = overview_cells(probs, labels)
+    assert [(c["label"], c["predicted"], c["row"], c["column"]) for c in cells] == [
+        (0, 1, 0, 0), (0, 2, 0, 1), (1, 0, 1, 0)]
+    first, second, third = cells
+    assert first["count"] == 2 and first["share_of_row"] == pytest.approx(0.5)
+    assert first["mean_mismatch"] == pytest.approx(0.75) and first["score_wrong"] == pytest.approx(1.5)
+    # K = 3: 7 buckets from 1/3; 0.65 -> bucket 3, 0.85 -> bucket 5
+    assert first["histogram"] == [0, 0, 0, 1, 0, 1, 0]
+    assert second["histogram"] == [0, 0, 0, 0, 1, 0, 0] and third["histogram"] == [0, 0, 1, 0, 0, 0, 0]
+    assert third["share_of_row"] == pytest.approx(0.5) and third["score_wrong"] == pytest.approx(0.55)
+    # eq. 3: log10(score_wrong / (0.1 * 1.5)), clipped to [0, 1]
+    np.testing.assert_allclose([c["saturation"] for c in cells], [1.0, np.log10(5.0), np.log10(0.55 / 0.15)],
+                               rtol=1e-6)
+    assert not any(c["interpretation_error"] or c["has_duplicates"] for c in cells)
+
+
+def test_cells_in_a_row_with_equal_counts_put_the_more_confident_first():
+    probs = np.array([[0.4, 0.5, 0.1], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]])
+    cells = overview_cells(probs, np.array([0, 0, 0]))
+    assert [c["predicted"] for c in cells] == [2, 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scattered_confusion_alone_is_never_an_interpretation_error(seed):
+    probs, labels = planted_swap(seed=seed, n_per_class=1500, k=10, share=0.0, noise=0.15)
+    assert not any(c["interpretation_error"] for c in overview_cells(probs, labels))
+
+
+def test_ten_percent_swap_under_scattered_noise_is_flagged_first():
+    probs, labels = planted_swap(seed=3, n_per_class=1000, k=10, swap=(7, 2), share=0.10, noise=0.05)
+    cells = overview_cells(probs, labels)
+    assert (cells[0]["label"], cells[0]["predicted"]) == (7, 2) and cells[0]["interpretation_error"]
+    assert [c["interpretation_error"] for c in cells].count(True) == 1
+
+
+def test_small_cells_are_never_flagged_whatever_their_share():
+    probs, labels = planted_swap(seed=0, n_per_class=30, k=3, swap=(2, 0), share=0.3, noise=0.0)
+    cells = overview_cells(probs, labels)  # 9 of 39 images: a big share but under 10 images
+    assert cells[0]["count"] == 9 and not cells[0]["interpretation_error"]
+    assert overview_cells(probs, labels, min_interpretation_count=5)[0]["interpretation_error"]
+
+
+def test_overview_options_and_arrays_are_checked():
+    probs, labels = planted_swap(n_per_class=20)
+    with pytest.raises(ValueError, match="alpha"):
+        overview_cells(probs, labels, alpha=0.0)
+    with pytest.raises(TypeError, match="duplicate_group"):
+        overview_cells(probs, labels, duplicate_group=np.zeros(len(labels)))
+    with pytest.raises(ValueError, match="mismatch.*of shape"):
+        overview_cells(probs, labels, mismatch=np.zeros(3))
+    with pytest.raises(ValueError, match="pred_probs.*finite"):
+        overview_cells(np.full_like(probs, np.nan), labels)
+    with pytest.raises(TypeError, match="labels.*integer"):
+        overview_cells(probs, labels.astype(float))

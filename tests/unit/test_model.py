@@ -1,109 +1,256 @@
-"""Cross-fitting gives honest out-of-sample outputs; the fold models explain themselves."""
+"""Cross-fitting, the fold ensemble and guided-backprop saliency on planted synthetic images.
+
+The images: 16x16 grey noise with one bright 4x4 square whose position is the class, so
+the truth (and the discriminative pixels) are known.
+"""
+
+import logging
 
 import numpy as np
 import pytest
+import torch
 
-from ml_backend.model.fit import Ensemble, auto_epochs, choose_backbone, cross_fit, stratified_folds, train_single
+from ml_backend.errors import ArtefactError
+from ml_backend.model import CrossFitResult, Ensemble, auto_epochs, choose_backbone, cross_fit
+from ml_backend.model.fit import stratified_folds
+
+SIDE = 16
+CORNERS = [(2, 2), (2, 10), (10, 6)]  # top-left of each class's square
+PER_CLASS = 40
+FOLDS = 4
+EPOCHS = 20
+FLIPPED = 5  # index of an image of class 0 whose label is planted as class 1
 
 
-def squares(n_per_class=40, seed=0, side=16):
-    """Three classes: a bright 5x5 square top-left, top-right or bottom-centre, plus noise."""
+def make_squares(per_class=PER_CLASS, seed=0):
+    """(N, 16, 16, 1) uint8 images, (N,) true labels and (N, 16, 16) bool masks of the squares."""
     rng = np.random.default_rng(seed)
-    spots = [(2, 2), (2, 9), (9, 5)]
-    images, labels = [], []
-    for k, (y, x) in enumerate(spots):
-        for _ in range(n_per_class):
-            img = rng.integers(0, 60, (side, side)).astype(np.uint8)
-            img[y:y + 5, x:x + 5] = 230
-            images.append(img)
+    images, labels, masks = [], [], []
+    for k, (r, c) in enumerate(CORNERS):
+        for _ in range(per_class):
+            img = rng.normal(40, 15, (SIDE, SIDE)).clip(0, 255)
+            dr, dc = rng.integers(-1, 2, 2)
+            mask = np.zeros((SIDE, SIDE), bool)
+            mask[r + dr:r + dr + 4, c + dc:c + dc + 4] = True
+            img[mask] = rng.normal(220, 15, mask.sum()).clip(0, 255)
+            images.append(img.astype(np.uint8)[:, :, None])
             labels.append(k)
-    return np.stack(images)[..., None], np.array(labels)
+            masks.append(mask)
+    return np.stack(images), np.array(labels, np.int64), np.stack(masks)
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    images, labels = squares(30)
-    noisy = labels.copy()
-    noisy[0] = 2  # one planted label error
-    fit, ensemble = cross_fit(images, noisy, 3, folds=3, epochs=10, seed=0, batch_size=32)
-    return images, labels, noisy, fit, ensemble
+def data():
+    images, truth, masks = make_squares()
+    noisy = truth.copy()
+    noisy[FLIPPED] = 1
+    return images, truth, noisy, masks
 
 
-def test_outputs_are_out_of_fold_and_well_formed(fitted):
-    images, labels, noisy, fit, _ = fitted
-    n = len(images)
-    assert fit.pred_probs.shape == (n, 3) and fit.pred_probs.dtype == np.float32
-    assert fit.fold_probs.shape == (3, n, 3) and fit.embeddings.shape[:2] == (3, n)
-    np.testing.assert_allclose(fit.pred_probs.sum(1), 1, atol=1e-5)
-    np.testing.assert_array_equal(fit.pred_probs, fit.fold_probs[fit.fold_of, np.arange(n)])
-    for k in range(3):  # stratified: every fold holds out a third of each class
-        assert np.bincount(fit.fold_of[noisy == k], minlength=3).min() >= 9
+@pytest.fixture(scope="module")
+def fitted(data):
+    images, _, noisy, _ = data
+    calls = []
+    result, ensemble = cross_fit(images, noisy, 3, folds=FOLDS, epochs=EPOCHS, seed=0, backbone="small_cnn",
+                                 progress=lambda *a: calls.append(a))
+    return result, ensemble, calls
 
 
-def test_model_learns_and_gives_the_planted_error_low_probability(fitted):
-    images, labels, noisy, fit, _ = fitted
-    assert (fit.pred_probs.argmax(1) == labels).mean() > 0.9
-    assert fit.pred_probs[0, noisy[0]] < 0.2
+def test_result_fields_have_documented_shapes_and_dtypes(data, fitted):
+    images = data[0]
+    result, ensemble, _ = fitted
+    n, k = len(images), 3
+    assert isinstance(result, CrossFitResult)
+    assert result.pred_probs.shape == (n, k) and result.pred_probs.dtype == np.float32
+    assert result.fold_probs.shape == (FOLDS, n, k) and result.fold_probs.dtype == np.float32
+    assert result.fold_of.shape == (n,) and result.fold_of.dtype == np.int64
+    assert result.embeddings.ndim == 3 and result.embeddings.shape[:2] == (FOLDS, n)
+    assert 64 <= result.embeddings.shape[2] <= 128 and result.embeddings.dtype == np.float32
+    assert result.backbone == "small_cnn" and result.epochs == EPOCHS and result.seconds > 0
+    assert np.allclose(result.pred_probs.sum(1), 1, atol=1e-5)
+    assert ensemble.folds == FOLDS and ensemble.num_classes == k and ensemble.input_shape == images.shape[1:]
 
 
-def test_same_seed_same_result_other_seed_differs():
-    images, labels = squares(10)
-    a, _ = cross_fit(images, labels, 3, folds=2, epochs=2, seed=3, batch_size=16)
-    b, _ = cross_fit(images, labels, 3, folds=2, epochs=2, seed=3, batch_size=16)
-    c, _ = cross_fit(images, labels, 3, folds=2, epochs=2, seed=4, batch_size=16)
-    np.testing.assert_array_equal(a.pred_probs, b.pred_probs)
-    assert not np.array_equal(a.pred_probs, c.pred_probs)
+def test_pred_probs_are_out_of_fold(data, fitted):
+    result = fitted[0]
+    n = len(data[0])
+    assert np.array_equal(result.pred_probs, result.fold_probs[result.fold_of, np.arange(n)])
 
 
-def test_saved_ensemble_predicts_the_same(fitted, tmp_path):
-    images, _, _, _, ensemble = fitted
-    ensemble.class_names = ["tl", "tr", "bc"]
-    ensemble.save(tmp_path / "m.pt")
-    loaded = Ensemble.load(tmp_path / "m.pt")
-    np.testing.assert_allclose(loaded.predict_proba(images[:8]), ensemble.predict_proba(images[:8]), atol=1e-6)
-    assert loaded.class_names == ["tl", "tr", "bc"] and loaded.input_shape == (16, 16, 1)
+def test_every_image_held_out_exactly_once_and_folds_are_stratified(data, fitted):
+    labels = data[2]
+    fold_of = fitted[0].fold_of
+    assert set(np.unique(fold_of)) == set(range(FOLDS))
+    sizes = np.bincount(fold_of, minlength=FOLDS)
+    assert sizes.sum() == len(labels) and sizes.max() - sizes.min() <= 1
+    for k in np.unique(labels):
+        per_fold = np.bincount(fold_of[labels == k], minlength=FOLDS)
+        assert per_fold.max() - per_fold.min() <= 1
 
 
-def test_guided_saliency_lights_up_the_discriminative_square(fitted):
-    images, labels, _, fit, ensemble = fitted
-    rows = np.flatnonzero(labels == 1)[:8]
-    sal = ensemble.saliency(images[rows], labels[rows], folds=fit.fold_of[rows])
-    assert sal.shape == (8, 16, 16, 1) and sal.min() >= 0
-    inside = np.zeros((16, 16), bool)
-    inside[2:7, 9:14] = True
-    assert sal[:, inside].mean() > 2 * sal[:, ~inside].mean()
+def test_model_learns_and_does_not_vouch_for_a_flipped_label(data, fitted):
+    _, truth, noisy, _ = data
+    probs = fitted[0].pred_probs
+    assert (probs.argmax(1) == truth).mean() > 0.9  # chance is 1/3
+    assert probs[FLIPPED, noisy[FLIPPED]] < 0.2
+    assert probs[FLIPPED, truth[FLIPPED]] > 0.6
 
 
-def test_backbone_and_epoch_rules():
-    assert choose_backbone(1000, (28, 28, 1)) == "small_cnn"
-    assert choose_backbone(1000, (160, 120, 3)) == "efficientnet_lite0"
-    assert choose_backbone(10, (160, 120, 3), "small_cnn") == "small_cnn"
-    assert auto_epochs("small_cnn", 52_500) == 4
-    assert auto_epochs("small_cnn", 100) == 30
+def test_same_seed_same_result_other_seed_differs(data, fitted):
+    images, _, noisy, _ = data
+    again, _ = cross_fit(images, noisy, 3, folds=FOLDS, epochs=EPOCHS, seed=0, backbone="small_cnn")
+    assert np.array_equal(again.pred_probs, fitted[0].pred_probs)
+    assert np.array_equal(again.fold_of, fitted[0].fold_of)
+    other, _ = cross_fit(images, noisy, 3, folds=FOLDS, epochs=EPOCHS, seed=1, backbone="small_cnn")
+    assert not np.array_equal(other.fold_of, fitted[0].fold_of)
+    assert not np.allclose(other.pred_probs, fitted[0].pred_probs)
 
 
-def test_bad_inputs_get_helpful_messages():
-    images, labels = squares(4)
-    with pytest.raises(TypeError, match="uint8"):
-        cross_fit(images.astype(np.float32), labels, 3)
-    with pytest.raises(ValueError, match="labels must lie in"):
-        cross_fit(images, labels + 5, 3)
-    with pytest.raises(ValueError, match="folds must be between"):
-        cross_fit(images, labels, 3, folds=1)
+def test_cross_fit_leaves_the_global_torch_rng_alone(data):
+    images, _, noisy, _ = data
+    state = torch.get_rng_state()
+    cross_fit(images[::4], noisy[::4], 3, folds=2, epochs=1, backbone="small_cnn")
+    assert torch.equal(state, torch.get_rng_state())
 
 
-def test_tiny_classes_still_get_folds():
-    fold_of = stratified_folds(np.array([0, 0, 0, 0, 1]), 4, seed=0)
-    assert sorted(fold_of[:4].tolist()) == [0, 1, 2, 3]
+def test_progress_is_reported_per_step_up_to_the_total(fitted):
+    calls = fitted[2]
+    stages = [c[0] for c in calls]
+    assert {"train", "classify"} <= set(stages)
+    for stage in ("train", "classify"):
+        mine = [c for c in calls if c[0] == stage]
+        assert mine and all(0 < done <= total for _, done, total in mine)
+        assert mine[-1][1] == mine[-1][2]
+    assert len([c for c in calls if c[0] == "train"]) == FOLDS * EPOCHS  # one call per batch
 
 
-def test_pretrained_backbone_runs_offline_on_photos_and_single_model_trains():
+def test_ensemble_predicts_embeds_and_round_trips(tmp_path, data, fitted):
+    images = data[0][:10]
+    ensemble = fitted[1]
+    probs = ensemble.predict_proba(images)
+    assert probs.shape == (10, 3) and probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.allclose(probs, fitted[0].fold_probs[:, :10].mean(0), atol=1e-5)
+    assert np.allclose(ensemble.embed(images, fold=2), fitted[0].embeddings[2, :10], atol=1e-5)
+    ensemble.class_names = ["left", "right", "bottom"]
+    ensemble.save(tmp_path / "model.pt")
+    loaded = Ensemble.load(tmp_path / "model.pt")
+    assert loaded.class_names == ["left", "right", "bottom"] and loaded.folds == FOLDS
+    assert loaded.input_shape == ensemble.input_shape and loaded.backbone == "small_cnn"
+    assert np.array_equal(loaded.predict_proba(images), probs)
+    assert np.allclose(loaded.predict_proba(images[0]), probs[:1])  # one (H, W, C) image is fine too
+
+
+def test_loading_something_else_raises_artefact_error(tmp_path):
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ArtefactError, match="not a De-Confusion model"):
+        Ensemble.load(tmp_path / "other.pt")
+
+
+def test_ensemble_rejects_images_of_another_shape(fitted):
+    with pytest.raises(ValueError, match="fit_to_shape"):
+        fitted[1].predict_proba(np.zeros((2, 20, 20, 1), np.uint8))
+
+
+def test_saliency_is_nonnegative_and_highlights_the_square(data, fitted):
+    images, truth, _, masks = data
+    result, ensemble, _ = fitted
+    rows = np.arange(0, len(images), 3)
+    sal = ensemble.saliency(images[rows], truth[rows], folds=result.fold_of[rows])
+    assert sal.shape == images[rows].shape and sal.dtype == np.float32 and sal.min() >= 0
+    inside = np.mean([s[m].mean() for s, m in zip(sal[..., 0], masks[rows])])
+    outside = np.mean([s[~m].mean() for s, m in zip(sal[..., 0], masks[rows])])
+    assert inside > 2 * outside
+
+
+def test_saliency_checks_targets_and_folds(data, fitted):
+    images = data[0][:2]
+    with pytest.raises(ValueError, match="targets"):
+        fitted[1].saliency(images, np.array([0, 3]), folds=np.array([0, 0]))
+    with pytest.raises(ValueError, match="folds"):
+        fitted[1].saliency(images, np.array([0, 1]), folds=np.array([0, FOLDS]))
+
+
+def test_class_smaller_than_folds_still_works(caplog):
+    images, labels, _ = make_squares(per_class=8, seed=3)
+    keep = np.r_[np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:2]]  # class 2: two images
+    with caplog.at_level(logging.WARNING, logger="ml_backend.model"):
+        result, _ = cross_fit(images[keep], labels[keep], 3, folds=4, epochs=2, backbone="small_cnn")
+    assert result.pred_probs.shape == (len(keep), 3)
+    assert "fewer images than folds" in caplog.text
+
+
+def test_stratified_folds_with_tiny_classes_stay_balanced():
+    labels = np.array([0] * 7 + [1] * 1 + [2] * 2)
+    fold_of = stratified_folds(labels, 4, seed=0)
+    assert np.bincount(fold_of, minlength=4).tolist() in ([3, 3, 2, 2], [3, 2, 3, 2], [2, 3, 3, 2])
+    assert np.bincount(fold_of[labels == 0], minlength=4).max() == 2
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((28, 28, 1), "small_cnn"), ((32, 32, 3), "small_cnn"), ((64, 48, 3), "small_cnn"),
+    ((65, 64, 3), "efficientnet_lite0"), ((160, 120, 3), "efficientnet_lite0")])
+def test_choose_backbone_auto_rule(shape, expected):
+    assert choose_backbone(1000, shape) == expected
+
+
+def test_choose_backbone_override_and_unknown():
+    assert choose_backbone(10, (224, 224, 3), "small_cnn") == "small_cnn"
+    assert choose_backbone(10, (28, 28, 1), "efficientnet_lite0") == "efficientnet_lite0"
+    with pytest.raises(ValueError, match="resnet"):
+        choose_backbone(10, (28, 28, 1), "resnet")
+
+
+def test_auto_epochs_fewer_for_more_images():
+    assert auto_epochs("small_cnn", 52_500) == 3  # MNIST, 4 folds
+    assert auto_epochs("small_cnn", 100) == 40
+    assert auto_epochs("small_cnn", 10_000) == 15
+    assert auto_epochs("small_cnn", 10_000) > auto_epochs("small_cnn", 40_000)
+
+
+GOOD = dict(images=np.zeros((6, 8, 8, 1), np.uint8), labels=np.array([0, 1] * 3), num_classes=2)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(images=np.zeros((6, 8, 8, 1), np.float32)), TypeError, "uint8"),
+    (dict(images=np.zeros((6, 8, 8), np.uint8)), ValueError, r"images\[\.\.\., None\]"),
+    (dict(images=np.zeros((6, 8, 8, 4), np.uint8)), ValueError, "C in"),
+    (dict(labels=np.array([0, 1, 0])), ValueError, "6 integers"),
+    (dict(labels=np.array([0, 1, 2, 0, 1, 0])), ValueError, r"\[0, 2\).*0\.\.2"),
+    (dict(labels=np.array([0.0, 1, 0, 1, 0, 1])), ValueError, "integers"),
+    (dict(num_classes=1), ValueError, "num_classes"),
+    (dict(folds=1), ValueError, "folds"),
+    (dict(folds=7), ValueError, "folds"),
+    (dict(epochs=-1), ValueError, "epochs"),
+    (dict(weights=np.ones(5)), ValueError, "weights"),
+    (dict(weights=np.array([1, 1, 1, 1, 1, -1.0])), ValueError, "weights"),
+    (dict(backbone="vgg"), ValueError, "vgg"),
+    (dict(device="tpu"), ValueError, "device"),
+])
+def test_bad_input_is_refused_with_the_value_and_a_fix(change, error, match):
+    args = {**GOOD, **change}
+    with pytest.raises(error, match=match):
+        cross_fit(args.pop("images"), args.pop("labels"), args.pop("num_classes"), **args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(data):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        cross_fit(data[0][:8], data[2][:8], 3, folds=2, device="cuda")
+
+
+def test_efficientnet_lite0_path_on_tiny_colour_set(tmp_path):
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (12, 72, 72, 3), dtype=np.uint8)
+    images = rng.integers(0, 80, (12, 32, 32, 3), dtype=np.uint8)
     labels = np.array([0, 1] * 6)
-    images[labels == 1, :, :, 0] = 255  # red class
-    fit, ensemble = cross_fit(images, labels, 2, folds=2, epochs=5, seed=0)
-    assert fit.backbone == "efficientnet_lite0" and fit.embeddings.shape == (2, 12, 1280)
-    assert ensemble.saliency(images[:2], labels[:2], folds=np.array([0, 1])).shape == (2, 72, 72, 3)
-    single = train_single(images, labels, 2, epochs=5, backbone="efficientnet_lite0")
-    assert single.folds == 1 and single.predict_proba(images).shape == (12, 2)
+    images[labels == 1, 8:24, 8:24, 0] = 230  # class 1: a red square
+    result, ensemble = cross_fit(images, labels, 2, folds=2, epochs=1, backbone="efficientnet_lite0")
+    assert result.backbone == "efficientnet_lite0"
+    assert result.pred_probs.shape == (12, 2) and result.fold_probs.shape == (2, 12, 2)
+    assert result.embeddings.shape == (2, 12, 1280) and result.embeddings.dtype == np.float32
+    assert np.array_equal(result.pred_probs, result.fold_probs[result.fold_of, np.arange(12)])
+    sal = ensemble.saliency(images[:2], np.array([0, 1]), folds=result.fold_of[:2])
+    assert sal.shape == (2, 32, 32, 3) and sal.min() >= 0 and sal.max() > 0
+    ensemble.save(tmp_path / "model.pt")
+    loaded = Ensemble.load(tmp_path / "model.pt")
+    assert np.allclose(loaded.predict_proba(images[:4]), ensemble.predict_proba(images[:4]), atol=1e-5)
+    assert np.allclose(ensemble.predict_proba(images), result.fold_probs.mean(0), atol=1e-4)

@@ -1,0 +1,307 @@
+"""The Label Studio adapter against a real Label Studio 1.23 (no mocks): labeled records and
+image downloads from every kind of source, token handling, predictions, our task fields,
+Data Manager tabs, webhooks and the ML-backend connection."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.ls.client import LabelStudioClient, LabelStudioRequestFailed, newest_label
+from ml_backend.ls.schema import parse_label_config
+from tests.integration.labelstudio import ImageHost, Route, free_port, png_bytes
+
+CONFIG = """<View>
+  <Image name="picture" value="$img"/>
+  <Choices name="shape" toName="picture" choice="single">
+    <Choice value="circle"/><Choice value="square"/><Choice value="triangle"/>
+  </Choices>
+</View>"""
+MAX_BYTES = 100_000
+TIMEOUT = 1.5
+
+
+def pixels(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+
+
+def choice(label: str) -> list[dict]:
+    return [{"from_name": "shape", "to_name": "picture", "type": "choices", "value": {"choices": [label]}}]
+
+
+@pytest.fixture(scope="module")
+def host():
+    """Another origin: good PNGs, a 404, an HTML page, an oversized and a slow file, redirects."""
+    routes = {
+        "/url-good.png": Route(body=png_bytes(pixels(10))),
+        "/url-octet.png": Route(content_type="application/octet-stream", body=png_bytes(pixels(11))),
+        "/redirect": Route(status=302, location="/url-target.png", content_type="text/plain"),
+        "/url-target.png": Route(body=png_bytes(pixels(12))),
+        "/page.html": Route(content_type="text/html; charset=utf-8", body=b"<html>login</html>"),
+        "/huge.png": Route(body=b"\x89PNG\r\n\x1a\n" + bytes(MAX_BYTES * 2)),
+        "/slow.png": Route(body=png_bytes(pixels(13)), delay=TIMEOUT + 2),
+    }
+    with ImageHost(routes) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def world(label_studio, host, tmp_path_factory):
+    settings = Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,
+                        download_timeout=TIMEOUT, max_image_bytes=MAX_BYTES)
+    client = LabelStudioClient(settings)
+    pid = client.create_project("adapter", CONFIG)
+    spec = client.class_spec(pid)
+
+    uploaded = client.upload_images(pid, [(f"up{i}.png", png_bytes(pixels(i))) for i in range(5)])
+    folder = label_studio.files / "adapter"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "local.png").write_bytes(png_bytes(pixels(20)))
+    client.add_local_storage(pid, folder)
+    names = ["url-good", "url-octet", "redirect", "missing", "html", "huge", "slow", "s3", "local"]
+    urls = [f"{host.url}/url-good.png", f"{host.url}/url-octet.png", f"{host.url}/redirect",
+            f"{host.url}/missing.png", f"{host.url}/page.html", f"{host.url}/huge.png", f"{host.url}/slow.png",
+            "s3://no-such-bucket/x.png", "/data/local-files/?d=adapter/local.png"]
+    imported = client.import_tasks(pid, [{"data": {"img": url, "note": name, "split": "val" if n % 2 else "train"}}
+                                         for n, (name, url) in enumerate(zip(names, urls))])
+    tasks = dict(zip([f"up{i}" for i in range(5)] + names, uploaded + imported))
+    assert len(tasks) == 14 and len(set(tasks.values())) == 14
+
+    client.request("PATCH", f"/api/tasks/{tasks['up1']}/", json={"data": {
+        **client.get_task(tasks["up1"])["data"], "split": "val"}})
+    client.create_annotation(tasks["up0"], choice("circle"))
+    client.create_annotation(tasks["up1"], choice("square"))  # older
+    client.create_annotation(tasks["up1"], choice("circle"))  # newer: wins
+    first = client.create_annotation(tasks["up2"], choice("square"))
+    client.create_annotation(tasks["up2"], choice("circle"))
+    time.sleep(0.05)
+    client.request("PATCH", f"/api/annotations/{first}/", json={"result": choice("triangle")})  # updated last: wins
+    client.create_annotation(tasks["up3"], choice("circle"), was_cancelled=True)  # cancelled only: unlabeled
+    client.create_annotation(tasks["up4"], choice("triangle"))
+    client.create_annotation(tasks["up4"], choice("circle"), was_cancelled=True)  # newer but cancelled
+    for name in names:
+        client.create_annotation(tasks[name], choice("square"))
+    cache = tmp_path_factory.mktemp("cache")
+    seen_before = len(host.seen)
+    records, skipped = client.labeled_records(pid, spec, cache)
+    yield {"client": client, "pid": pid, "spec": spec, "tasks": tasks, "records": records, "skipped": skipped,
+           "cache": cache, "settings": settings, "host_requests": len(host.seen) - seen_before}
+
+
+def by_task(world) -> dict[str, object]:
+    names = {v: k for k, v in world["tasks"].items()}
+    return {names[r.task_id]: r for r in world["records"]}
+
+
+def test_labels_follow_the_newest_non_cancelled_annotation(world):
+    records = by_task(world)
+    assert {name: r.label for name, r in records.items() if name.startswith("up")} == {
+        "up0": "circle", "up1": "circle", "up2": "triangle", "up4": "triangle"}
+    assert "up3" not in records
+
+
+def test_records_carry_item_split_task_id_and_a_decodable_cached_image(world):
+    records = by_task(world)
+    assert set(records) == {"up0", "up1", "up2", "up4", "url-good", "url-octet", "redirect", "local"}
+    expected = {"up0": pixels(0), "up1": pixels(1), "up2": pixels(2), "up4": pixels(4), "url-good": pixels(10),
+                "url-octet": pixels(11), "redirect": pixels(12), "local": pixels(20)}
+    for name, record in records.items():
+        assert record.item == f"task-{record.task_id}" and record.task_id == world["tasks"][name]
+        assert str(record.source).startswith(str(world["cache"]))
+        with Image.open(record.source) as img:
+            assert np.array_equal(np.asarray(img), expected[name]), name
+    assert records["up1"].split == "val" and records["up0"].split == "train"
+    assert records["url-octet"].split == "val" and records["url-good"].split == "train"
+
+
+@pytest.mark.parametrize("name, cause", [
+    ("missing", "HTTP 404"),
+    ("html", "not an image (Content-Type text/html)"),
+    ("huge", f"MAX_IMAGE_BYTES={MAX_BYTES}"),
+    ("slow", "timed out"),
+    ("s3", "connect the cloud storage"),
+])
+def test_bad_images_become_skipped_items_naming_task_url_and_cause(world, name, cause):
+    task_id = world["tasks"][name]
+    reasons = {s.item: s.reason for s in world["skipped"]}
+    reason = reasons[f"task-{task_id}"]
+    assert f"task {task_id}" in reason and cause in reason
+    assert ("no-such-bucket" if name == "s3" else name.split("-")[0]) in reason
+
+
+def test_token_goes_only_to_label_studio(world, host):
+    assert host.seen, "the image host was never asked"
+    assert not [path for path, headers in host.seen if any(k.lower() in ("authorization", "cookie") for k in headers)]
+    assert host.requests_for("/url-target.png")  # the redirect was followed, without the token
+
+
+def test_downloads_are_cached_by_url(world, host):
+    before = len(host.seen)
+    records, _ = world["client"].labeled_records(world["pid"], world["spec"], world["cache"])
+    good = {"/url-good.png", "/url-octet.png", "/redirect", "/url-target.png"}
+    assert not [p for p, _ in host.seen[before:] if p in good]  # failures are retried, successes are not
+    assert sorted(r.task_id for r in records) == sorted(r.task_id for r in world["records"])
+
+
+def test_iter_tasks_pages_through_every_task_with_raw_data(world):
+    client = world["client"]
+    tasks = list(client.iter_tasks(world["pid"], page_size=4))
+    assert sorted(t["id"] for t in tasks) == sorted(world["tasks"].values())
+    s3 = next(t for t in tasks if t["id"] == world["tasks"]["s3"])
+    assert s3["data"]["img"] == "s3://no-such-bucket/x.png"  # not resolved into a proxy URL
+    assert {"data", "annotations", "predictions", "meta"} <= set(s3)
+
+
+def test_class_spec_matches_the_config(world):
+    assert world["spec"] == parse_label_config(CONFIG)
+    assert world["spec"].image_key == "img" and world["spec"].labels == ["circle", "square", "triangle"]
+
+
+def test_predictions_are_created_in_bulk_and_only_ours_are_deleted(world):
+    client, pid, tasks = world["client"], world["pid"], world["tasks"]
+    ours = [{"task": tasks[n], "result": choice("circle"), "score": 0.5, "model_version": "deconfusion-v7"}
+            for n in ("up0", "up1", "up2")]
+    theirs = [{"task_id": tasks["up4"], "result": choice("square"), "score": 0.9, "model_version": "their-model"}]
+    assert client.create_predictions(pid, ours + theirs) == 4
+    kept = {"task": tasks["up0"], "result": choice("square"), "score": 0.1, "model_version": "deconfusion-v8"}
+    client.create_predictions(pid, [kept])
+    assert {v: n for v, n in client.model_versions(pid).items() if n} == {
+        "deconfusion-v7": 3, "deconfusion-v8": 1, "their-model": 1}
+    assert client.delete_predictions(pid, keep_version="deconfusion-v8") == ["deconfusion-v7"]
+    assert client.delete_predictions(pid) == ["deconfusion-v8"]
+    assert {v: n for v, n in client.model_versions(pid).items() if n} == {"their-model": 1}
+    with pytest.raises(ValueError):
+        client.delete_predictions(pid, "")
+
+
+def test_task_data_updates_keep_user_keys(world):
+    client, task_id = world["client"], world["tasks"]["url-good"]
+    before = client.get_task(task_id)["data"]
+    assert client.update_task_data(task_id, {"dc_error_score": 0.5, "dc_cell": "a → b"})
+    assert client.get_task(task_id)["data"] == {**before, "dc_error_score": 0.5, "dc_cell": "a → b"}
+    assert not client.update_task_data(task_id, {"dc_cell": "a → b"})  # unchanged: no PATCH
+    assert client.clear_task_data(task_id, ["dc_cell", "dc_error_score"])
+    assert client.get_task(task_id)["data"] == before
+    with pytest.raises(ValueError, match="note"):
+        client.update_task_data(task_id, {"note": "overwritten"})
+    with pytest.raises(ValueError):
+        client.clear_task_data(task_id, ["img"])
+    many = {world["tasks"][n]: {"dc_flag": 1} for n in ("up0", "up1", "up2", "up3")}
+    assert client.update_tasks_data(many) == 4
+    assert client.clear_tasks_data(list(many), ["dc_flag"]) == 4
+    assert all("dc_flag" not in client.get_task(t)["data"] and "img" in client.get_task(t)["data"] for t in many)
+
+
+def test_sync_task_fields_sets_exactly_our_wanted_fields(world):
+    client, pid, tasks = world["client"], world["pid"], world["tasks"]
+    client.update_task_data(tasks["up3"], {"dc_stale": 1})
+    changed = client.sync_task_fields(pid, {tasks["up0"]: {"dc_x": 1}, tasks["up1"]: {"dc_x": 2}})
+    assert changed == 3
+    data = {t["id"]: t["data"] for t in client.iter_tasks(pid)}
+    assert data[tasks["up0"]]["dc_x"] == 1 and data[tasks["up1"]]["dc_x"] == 2 and "dc_stale" not in data[tasks["up3"]]
+    assert all("img" in d for d in data.values())
+    assert client.sync_task_fields(pid, {}) == 2
+
+
+def test_views_filter_and_sort_numerically(world):
+    client, pid = world["client"], world["pid"]
+    scores = {"up0": 10.0, "up1": 9.0, "up2": 100.0, "up3": 0.25, "up4": 2.5}
+    cells = {"up0": "circle → square", "up1": "circle → square", "up2": "square → circle",
+             "up3": "circle → square", "up4": "circle → square"}
+    client.update_tasks_data({world["tasks"][n]: {"dc_error_score": s, "dc_cell": cells[n], "dc_rank": str(s)}
+                              for n, s in scores.items()})
+    ids = {world["tasks"][n]: n for n in scores}
+    user_view = client.request("POST", "/api/dm/views/", json={"project": pid, "data": {"title": "My own tab"}})
+    cell = client.create_view(pid, "De-Confusion: circle → square",
+                              [("dc_cell", "equal", "String", "circle → square")], "-dc_error_score",
+                              hidden_columns=["dc_rank"], numeric_fields=["dc_error_score"])
+    assert [ids[t] for t in client.get_view_tasks(pid, cell)] == ["up0", "up1", "up4", "up3"]
+    # Values stored as text sort as text unless the tab declares the column a Number.
+    as_text = client.create_view(pid, "De-Confusion: text", [("dc_rank", "empty", "String", False)], "-dc_rank")
+    as_number = client.create_view(pid, "De-Confusion: number", [("dc_rank", "empty", "String", False)], "-dc_rank",
+                                   numeric_fields=["dc_rank"])
+    assert [ids[t] for t in client.get_view_tasks(pid, as_number)] == ["up2", "up0", "up1", "up4", "up3"]
+    assert [ids[t] for t in client.get_view_tasks(pid, as_text)] == ["up1", "up4", "up2", "up0", "up3"]
+    candidates = client.create_view(pid, "De-Confusion: big", [("dc_error_score", "greater", "Number", 5)],
+                                    ["-dc_error_score"])
+    assert [ids[t] for t in client.get_view_tasks(pid, candidates)] == ["up2", "up0", "up1"]
+    views = {v["title"]: v for v in client.list_views(pid)}
+    saved = views["De-Confusion: circle → square"]["data"]
+    assert saved["ordering"] == ["-tasks:data.dc_error_score"]
+    assert saved["columnsDisplayType"] == {"tasks:data.dc_error_score": "Number"}
+    assert saved["hiddenColumns"]["explore"] == ["tasks:data.dc_rank"]
+    assert client.delete_views(pid, "De-Confusion") == 4
+    assert [v["id"] for v in client.list_views(pid)] == [user_view["id"]]
+
+
+def test_webhook_is_idempotent_and_widened(world):
+    client, pid = world["client"], world["pid"]
+    url = "http://127.0.0.1:9/webhook"
+    first = client.ensure_webhook(pid, url, ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED"])
+    assert client.ensure_webhook(pid, url, ["ANNOTATION_CREATED"]) == first
+    assert client.ensure_webhook(pid, url, ["ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]) == first
+    hooks = [h for h in client.request("GET", "/api/webhooks/", params={"project": pid}) if h["url"] == url]
+    assert len(hooks) == 1 and hooks[0]["send_payload"]
+    assert set(hooks[0]["actions"]) == {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
+                                        "ANNOTATIONS_DELETED"}
+
+
+def test_ml_backend_connects_once_and_training_reaches_it(world, host):
+    host.routes["/health"] = Route(content_type="application/json", body=json.dumps(
+        {"status": "UP", "model_class": "Fake"}).encode())
+    host.routes["/setup"] = Route(content_type="application/json", body=b'{"model_version": "fake-1"}')
+    host.routes["/webhook"] = Route(status=201, content_type="application/json", body=b"{}")
+    host.routes["/train"] = Route(status=201, content_type="application/json", body=b"{}")
+    client, pid = world["client"], world["pid"]
+    backend = client.connect_ml_backend(pid, host.url, "Fake backend")
+    assert client.connect_ml_backend(pid, host.url + "/", "Fake backend") == backend
+    before = len(host.posts)
+    client.start_training(backend)
+    assert any(b"START_TRAINING" in body or path == "/train" for path, body in host.posts[before:])
+
+
+def test_wrong_token_wrong_url_and_unreachable_server_give_clear_errors(world):
+    bad = LabelStudioClient(world["settings"].replace(label_studio_api_key="0" * 40))
+    with pytest.raises(LabelStudioUnavailable, match="rejected the token.*LABEL_STUDIO_API_KEY"):
+        bad.check()
+    down = LabelStudioClient(world["settings"].replace(label_studio_url=f"http://127.0.0.1:{free_port()}"),
+                             retry_delays=(0.1, 0.2))
+    started = time.monotonic()
+    with pytest.raises(LabelStudioUnavailable, match="did not answer GET /api/current-user/whoami after 3 tries"):
+        down.check()
+    assert time.monotonic() - started < 5
+    with ImageHost({"/api/current-user/whoami": Route(content_type="text/html", body=b"<html>a site</html>")}) as web:
+        not_ls = LabelStudioClient(world["settings"].replace(label_studio_url=web.url))
+        with pytest.raises(LabelStudioUnavailable, match="text/html, not JSON: is LABEL_STUDIO_URL the address"):
+            not_ls.check()
+    with pytest.raises(LabelStudioRequestFailed) as missing:
+        world["client"].get_project(999_999)
+    assert missing.value.status == 404 and not world["client"].project_exists(999_999)
+
+
+def test_personal_access_token_works_for_api_and_media(world, personal_access_token):
+    assert personal_access_token.count(".") == 2  # a JWT, not a legacy token
+    client = LabelStudioClient(world["settings"].replace(label_studio_api_key=personal_access_token))
+    assert client.check()["email"] == "admin@example.com"
+    upload = world["tasks"]["up0"]
+    data = client.fetch_image(client.get_task(upload), world["spec"])  # /data/upload/ needs the (Bearer) token
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels(0))
+
+
+def test_newest_label_ignores_other_controls_and_compares_timestamps_as_times():
+    spec = parse_label_config(CONFIG)
+    annotations = [
+        {"id": 1, "updated_at": "2026-01-01T10:00:00Z", "result": choice("circle")},
+        {"id": 2, "updated_at": "2026-01-01T10:00:00.5Z", "result": choice("square")},  # later, despite the text
+        {"id": 3, "updated_at": "2026-01-02T00:00:00Z", "result": [
+            {"from_name": "dc_verdict", "to_name": "picture", "type": "choices", "value": {"choices": ["Keep"]}}]},
+    ]
+    assert newest_label(annotations, spec) == "square"
+    assert newest_label([], spec) is None
