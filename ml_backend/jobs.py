@@ -1,28 +1,53 @@
-"""Analysis jobs: state on disk, and two runners with the same behaviour.
+"""Analysis jobs: their state on disk, and two runners that behave the same.
 
-- ``LocalRunner`` (default): a background thread in the backend process.
-- ``RQRunner`` (with REDIS_URL): jobs on an RQ queue; ``rq worker`` processes on other
-  machines sharing MODEL_DIR run them.
+- :class:`LocalRunner` (default): background threads in the backend process.
+- :class:`RQRunner` (with ``REDIS_URL``): jobs on an RQ queue, run by ``rq`` workers that may sit
+  on other machines sharing ``MODEL_DIR``; :func:`run_analysis_job` is the job function.
 
-Both run at most one analysis per project; presses during a run are coalesced into one
-follow-up run. State lives in ``MODEL_DIR/projects/<id>/job.json``, so it survives restarts;
-a job a dead process left running is reported as interrupted.
+What the analysis does is injected: ``analyze_fn(project_id, settings, progress) -> model_version``
+(:data:`AnalyzeFn`). It raises on failure; the job records the message, never a traceback, and
+the service keeps running.
+
+Per project, both runners
+
+- run at most one analysis at a time: a project is *owned* by whoever holds its lock (an OS file
+  lock on ``job.lock`` for the local runner, a Redis key for RQ), from queueing to the end;
+- coalesce presses during a run into exactly one follow-up run: a press on an owned project only
+  sets a flag (``job.again`` file, or a Redis key), and the owner runs once more if it is set;
+- keep the state in ``MODEL_DIR/projects/<id>/job.json`` (:class:`JobState`), written atomically
+  by the owner only.
+
+A job that a dead process left queued or running is reported ``interrupted``: the OS drops a dead
+process's file lock, so an unlocked ``running`` job has no runner left (:func:`recover_interrupted`
+at start-up, and on every status read); an RQ job whose RQ job failed, stopped or vanished likewise.
+
+File locks need POSIX ``fcntl.flock`` (Linux, macOS), on a local disk or a file system that
+supports them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import importlib
 import logging
+import os
+import queue
+import socket
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Protocol, TypedDict, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RQJobStatus
 
 from .config import Settings
 from .errors import DeConfusionError
@@ -31,13 +56,36 @@ from .store import read_json, write_json
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
+"""progress(stage, done, total): the analysis reports how far a stage has come."""
 AnalyzeFn = Callable[[int, Settings, ProgressFn], str]
+"""analyze_fn(project_id, settings, progress) -> model_version; raises on failure."""
+
 WRITE_EVERY_S = 1.0
+"""Progress is written to job.json at most this often, in seconds (and at each stage change)."""
 LOG_EVERY_S = 10.0
-REDIS_RETRIES = (0.5, 1.0, 2.0)
+"""Progress is logged at most this often, in seconds (and at each stage change)."""
+LOCK_WAIT_S = 0.2
+"""How long a submit waits for a project lock that a status check holds for a moment, in seconds."""
+REDIS_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+"""Pauses between attempts when Redis does not answer, in seconds; then the error is reported."""
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 5.0
+JOB_TIMEOUT_S = 24 * 3600
+"""Longest an RQ worker lets one analysis job (including its follow-up runs) take, in seconds."""
+RESULT_TTL_S = 24 * 3600
+"""How long Redis keeps a finished or failed RQ job, in seconds."""
+ENQUEUE_GRACE_S = 60.0
+"""An RQ job missing from Redis counts as lost only this long after it was queued, in seconds."""
+SECRET_SETTINGS = ("label_studio_api_key", "basic_auth_pass")
+"""Settings never put into Redis: RQ workers take them from their own environment."""
+
+ANALYSIS_MESSAGE = "analysis running"
+RESTART_HINT = "press Start Training to run it again"
 
 
 class JobStatus(str, Enum):
+    """Where a project's analysis job is; stored as its string value in job.json."""
+
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -45,180 +93,648 @@ class JobStatus(str, Enum):
     INTERRUPTED = "interrupted"
 
 
-class JobQueueUnavailable(DeConfusionError):
-    """Redis did not answer after retries."""
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
+
+class JobState(TypedDict, total=False):
+    """The content of ``job.json`` (times are ISO 8601 UTC strings)."""
+
+    project_id: int
+    status: str                  # a JobStatus value
+    stage: str | None            # current pipeline stage, e.g. "download", "train"
+    done: int                    # items of the stage done ...
+    total: int                   # ... out of this many
+    eta_seconds: float | None    # estimated seconds left in the stage; None when unknown
+    message: str                 # one readable sentence: what happened or what to do
+    model_version: str | None    # version the last finished analysis published
+    requested_again: bool        # a follow-up run is requested (presses during this run)
+    queued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    duration_seconds: float | None
+    runner: str                  # "local" | "rq"
+    rq_job_id: str | None        # RQ job id when runner is "rq"
+    worker: str | None           # host:pid that runs or ran the analysis
+    queue_error: str             # set by RQRunner.status when Redis did not answer
+
+
+class JobQueueUnavailable(DeConfusionError):
+    """The job queue (Redis) did not answer after retries, or the runner is shutting down."""
+
+
+class JobRunner(Protocol):
+    def submit(self, project_id: int) -> JobState: ...
+
+    def status(self, project_id: int) -> JobState | None: ...
+
+
+# --- state on disk ---------------------------------------------------------------------------
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _age_seconds(stamp: str | None) -> float:
+    try:
+        return (datetime.now(timezone.utc) - datetime.fromisoformat(str(stamp))).total_seconds()
+    except ValueError:
+        return float("inf")
+
+
+def check_project_id(project_id: Any) -> int:
+    """A Label Studio project id: a positive int (bools and other kinds raise)."""
+    if isinstance(project_id, bool) or not isinstance(project_id, (int, str)):
+        raise TypeError(f"project_id must be an int, got {type(project_id).__name__} {project_id!r}")
+    try:
+        value = int(project_id)
+    except ValueError:
+        raise ValueError(f"project_id must be a positive integer, got {project_id!r}") from None
+    if value <= 0:
+        raise ValueError(f"project_id must be a positive integer, got {project_id!r}")
+    return value
+
+
+def _project_dir(settings: Settings, project_id: int) -> Path:
+    return Path(settings.model_dir) / "projects" / str(int(project_id))
+
+
 def job_path(settings: Settings, project_id: int) -> Path:
-    return Path(settings.model_dir) / "projects" / str(int(project_id)) / "job.json"
+    return _project_dir(settings, project_id) / "job.json"
 
 
-def read_job(settings: Settings, project_id: int) -> dict | None:
-    return read_json(job_path(settings, project_id), None)
+def _lock_path(settings: Settings, project_id: int) -> Path:
+    return _project_dir(settings, project_id) / "job.lock"
 
 
-def update_job(settings: Settings, project_id: int, **fields) -> dict:
-    job = {**(read_job(settings, project_id) or {"project": int(project_id)}), **fields}
+def _again_path(settings: Settings, project_id: int) -> Path:
+    return _project_dir(settings, project_id) / "job.again"
+
+
+def read_job(settings: Settings, project_id: int) -> JobState | None:
+    """job.json as written, or None when the project never had a job."""
+    path = job_path(settings, project_id)
+    try:
+        job = read_json(path, None)
+    except (ValueError, OSError) as exc:  # atomic writes make this unlikely; never fail a status read
+        log.warning("project %s: unreadable %s (%s); treating as no job", project_id, path, exc)
+        return None
+    return job if isinstance(job, dict) else None
+
+
+def update_job(settings: Settings, project_id: int, **fields: Any) -> JobState:
+    """Merge ``fields`` into job.json (atomic write). Only the project's owner calls this."""
+    job = {**(read_job(settings, project_id) or {}), **fields,
+           "project_id": int(project_id), "updated_at": _now()}
     write_json(job_path(settings, project_id), job)
     return job
 
 
-def mark_interrupted(settings: Settings) -> list[int]:
-    """Jobs that a previous process left queued or running cannot finish: say so."""
-    found = []
-    for path in (Path(settings.model_dir) / "projects").glob("*/job.json"):
-        job = read_json(path, {})
-        if job.get("status") in (JobStatus.QUEUED, JobStatus.RUNNING) and not settings.redis_url:
-            job.update(status=JobStatus.INTERRUPTED.value, finished_at=_now(),
-                       message="the backend stopped while this analysis ran; press Start Training to run it again")
-            write_json(path, job)
-            found.append(int(job.get("project", path.parent.name)))
-    return found
+def list_jobs(settings: Settings) -> dict[int, JobState]:
+    """Every project's job.json under MODEL_DIR, as written (no reconciliation)."""
+    jobs = {}
+    for path in sorted((Path(settings.model_dir) / "projects").glob("*/job.json")):
+        if path.parent.name.isdigit():
+            job = read_job(settings, int(path.parent.name))
+            if job is not None:
+                jobs[int(path.parent.name)] = job
+    return jobs
 
 
-class ProgressWriter:
-    """progress(stage, done, total) -> job.json (at most once a second) and a log line with ETA."""
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _describe(exc: BaseException) -> str:
+    """Our errors carry a readable message; others get their type named too. Never a traceback."""
+    text = str(exc).strip()
+    if isinstance(exc, DeConfusionError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _mark_interrupted(settings: Settings, project_id: int, job: JobState, why: str) -> JobState:
+    stage = job.get("stage")
+    where = f" (stage {stage}, {job.get('done', 0)}/{job.get('total', 0)})" if stage else ""
+    return update_job(settings, project_id, status=JobStatus.INTERRUPTED.value, finished_at=_now(), eta_seconds=None,
+                      message=f"{why} while this analysis was {job.get('status')}{where}; {RESTART_HINT}")
+
+
+# --- project locks (local runner) ------------------------------------------------------------
+
+class _ProjectLock:
+    """An exclusive ``flock`` on ``job.lock``; the OS drops it when its process dies."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    @classmethod
+    def acquire(cls, path: Path, wait_s: float = 0.0) -> "_ProjectLock | None":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(handle)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    return None
+                time.sleep(0.01)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def reconcile_local(settings: Settings, project_id: int) -> JobState | None:
+    """job.json, with a local job that no live process owns marked ``interrupted``."""
+    job = read_job(settings, project_id)
+    if job is None or job.get("status") not in ACTIVE or job.get("runner") == "rq":
+        return job
+    lock = _ProjectLock.acquire(_lock_path(settings, project_id))
+    if lock is None:  # a live runner owns the project
+        return job
+    try:
+        job = read_job(settings, project_id)  # again, under the lock
+        if job is not None and job.get("status") in ACTIVE and job.get("runner") != "rq":
+            job = _mark_interrupted(settings, project_id, job, "the backend stopped")
+            log.warning("project %s: %s", project_id, job["message"])
+        return job
+    finally:
+        lock.release()
+
+
+def recover_interrupted(settings: Settings) -> list[int]:
+    """At start-up: mark local jobs that a dead process left queued or running as interrupted.
+
+    Cheap (one small file per project). Jobs some live process owns, and RQ jobs (checked by
+    :meth:`RQRunner.status`), are left alone. Returns the project ids marked.
+    """
+    marked = []
+    for project_id, job in list_jobs(settings).items():
+        if job.get("status") in ACTIVE and job.get("runner") != "rq":
+            after = reconcile_local(settings, project_id)
+            if after is not None and after.get("status") == JobStatus.INTERRUPTED.value:
+                marked.append(project_id)
+    return marked
+
+
+def local_status(settings: Settings, project_id: int) -> JobState | None:
+    """A local job's state as a reader should see it: reconciled, ``requested_again`` from the flag."""
+    job = reconcile_local(settings, project_id)
+    if job is not None and job.get("runner") != "rq":
+        job["requested_again"] = _again_path(settings, project_id).exists()
+    return job
+
+
+# --- running one analysis ----------------------------------------------------------------------
+
+class _Progress:
+    """progress(stage, done, total) -> job.json (at most every WRITE_EVERY_S) and a log line with ETA
+    (at most every LOG_EVERY_S). A failed write is logged, never raised into the analysis."""
 
     def __init__(self, settings: Settings, project_id: int) -> None:
         self.settings, self.project_id = settings, project_id
-        self.stage, self.stage_start, self.last_write, self.last_log = "", 0.0, 0.0, 0.0
+        self._lock = threading.Lock()
+        self.stage: str | None = None
+        self.stage_start = self.last_write = self.last_log = 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if stage != self.stage:
-            self.stage, self.stage_start, self.last_write = stage, now, 0.0
-        rate = done / max(now - self.stage_start, 1e-9)
-        eta = round((total - done) / rate, 1) if rate > 0 and total else None
-        if now - self.last_write >= WRITE_EVERY_S or done >= total:
-            self.last_write = now
-            update_job(self.settings, self.project_id, stage=stage, done=done, total=total, eta_seconds=eta)
-        if now - self.last_log >= LOG_EVERY_S:
-            self.last_log = now
-            log.info("project %s: %s %d/%d, ETA %s s", self.project_id, stage, done, total, eta)
+        with self._lock:
+            now = time.monotonic()
+            new_stage = stage != self.stage
+            if new_stage:
+                self.stage, self.stage_start = stage, now
+            elapsed = now - self.stage_start
+            eta = round((total - done) * elapsed / done, 1) if 0 < done < total and elapsed > 0 else None
+            if new_stage or now - self.last_write >= WRITE_EVERY_S or done >= total:
+                self.last_write = now
+                try:
+                    update_job(self.settings, self.project_id, stage=stage, done=int(done), total=int(total),
+                               eta_seconds=eta)
+                except OSError as exc:
+                    log.warning("project %s: could not record progress: %s", self.project_id, exc)
+            if new_stage or now - self.last_log >= LOG_EVERY_S:
+                self.last_log = now
+                log.info("project %s: %s %d/%d, ETA %s", self.project_id, stage, done, total,
+                         "unknown" if eta is None else f"{eta:.0f} s")
 
 
-def execute(project_id: int, settings: Settings, analyze_fn: AnalyzeFn) -> dict:
-    """Run one analysis and record how it ended; never raises."""
+def execute(project_id: int, settings: Settings, analyze_fn: AnalyzeFn) -> JobState:
+    """Run one analysis and record how it ended in job.json; never raises an analysis error."""
+    started = time.monotonic()
     update_job(settings, project_id, status=JobStatus.RUNNING.value, started_at=_now(), finished_at=None,
-               message="", stage="starting", done=0, total=0, eta_seconds=None)
+               duration_seconds=None, stage="starting", done=0, total=0, eta_seconds=None,
+               message=ANALYSIS_MESSAGE, requested_again=False, worker=_worker_name())
+    log.info("project %s: analysis started", project_id)
     try:
-        version = analyze_fn(project_id, settings, ProgressWriter(settings, project_id))
+        version = analyze_fn(project_id, settings, _Progress(settings, project_id))
+        if not isinstance(version, str) or not version:
+            raise TypeError(f"the analysis function returned {version!r} instead of a model version string")
     except Exception as exc:  # any failure becomes a readable status; the service stays up
-        message = str(exc) if isinstance(exc, DeConfusionError) else f"{type(exc).__name__}: {exc}"
         log.exception("project %s: analysis failed", project_id)
-        return update_job(settings, project_id, status=JobStatus.FAILED.value, finished_at=_now(), message=message)
-    return update_job(settings, project_id, status=JobStatus.DONE.value, finished_at=_now(), model_version=version,
-                      message=f"analysis {version} published", stage="done")
+        return update_job(settings, project_id, status=JobStatus.FAILED.value, finished_at=_now(), eta_seconds=None,
+                          duration_seconds=round(time.monotonic() - started, 3), message=_describe(exc))
+    log.info("project %s: analysis finished: %s", project_id, version)
+    return update_job(settings, project_id, status=JobStatus.DONE.value, finished_at=_now(), eta_seconds=None,
+                      duration_seconds=round(time.monotonic() - started, 3), stage="done", model_version=version,
+                      message=f"analysis finished: model version {version}")
 
 
 def resolve(path: str) -> AnalyzeFn:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
+    """'package.module:function' -> the function."""
+    module, sep, name = str(path).partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"analyze_fn_path must look like 'package.module:function', got {path!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import the analysis function {path!r}: {exc}") from None
 
+
+# --- local runner --------------------------------------------------------------------------------
 
 class LocalRunner:
-    """A background thread per busy project."""
+    """Analyses on background threads of this process.
 
-    def __init__(self, settings: Settings, analyze_fn: AnalyzeFn) -> None:
-        self.settings, self.analyze_fn = settings, analyze_fn
-        self._lock = threading.Lock()
-        self._threads: dict[int, threading.Thread] = {}
-        self._again: set[int] = set()
+    ``max_workers`` analyses run at once (default 1: one GPU or CPU pool is shared); other owned
+    projects wait ``queued``. Presses on a project that is queued or running here, or in another
+    process on the same machine (gunicorn workers), are coalesced into one follow-up run.
+    """
 
-    def submit(self, project_id: int) -> dict:
-        project_id = int(project_id)
-        with self._lock:
-            if project_id in self._threads:
-                self._again.add(project_id)
-                return update_job(self.settings, project_id, requested_again=True)
-            job = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, requested_again=False,
-                             queued_at=_now())
-            thread = threading.Thread(target=self._run, args=(project_id,), name=f"analysis-{project_id}", daemon=True)
-            self._threads[project_id] = thread
-            thread.start()
-            return job
+    def __init__(self, settings: Settings, analyze_fn: AnalyzeFn, *, max_workers: int = 1) -> None:
+        if not callable(analyze_fn):
+            raise TypeError(f"analyze_fn must be callable, got {type(analyze_fn).__name__}")
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        self.settings, self.analyze_fn, self.max_workers = settings, analyze_fn, max_workers
+        self._cv = threading.Condition()
+        self._owned: dict[int, _ProjectLock] = {}   # projects queued or running here
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
 
-    def _run(self, project_id: int) -> None:
+    def submit(self, project_id: int) -> JobState:
+        """Queue an analysis, or, if one is queued or running, request one follow-up run."""
+        project_id = check_project_id(project_id)
+        with self._cv:
+            if self._closed:
+                raise JobQueueUnavailable("the backend is shutting down; press Start Training again in a moment")
+            owned_here = project_id in self._owned
+        again = _again_path(self.settings, project_id)
+        again.parent.mkdir(parents=True, exist_ok=True)
+        again.touch()  # first the request, then the lock: an owner that releases sees the request
+        if not owned_here and self._claim(project_id, wait_s=LOCK_WAIT_S):
+            return read_job(self.settings, project_id)
+        log.info("project %s: analysis already queued or running; one follow-up run requested", project_id)
+        return self.status(project_id)
+
+    def _claim(self, project_id: int, wait_s: float) -> bool:
+        lock = _ProjectLock.acquire(_lock_path(self.settings, project_id), wait_s)
+        if lock is None:
+            return False
+        try:
+            self._enqueue_owned(project_id, lock, "queued; waiting for a free analysis worker")
+        except BaseException:
+            lock.release()
+            raise
+        return True
+
+    def _enqueue_owned(self, project_id: int, lock: _ProjectLock, message: str) -> None:
+        # State first, then consume the request: a reader never sees "done" without a pending run.
+        update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(), started_at=None,
+                   finished_at=None, duration_seconds=None, stage=None, done=0, total=0, eta_seconds=None,
+                   message=message, requested_again=False, runner="local", rq_job_id=None)
+        _again_path(self.settings, project_id).unlink(missing_ok=True)
+        with self._cv:
+            self._owned[project_id] = lock
+            while len(self._threads) < self.max_workers:
+                thread = threading.Thread(target=self._work, name=f"deconfusion-analysis-{len(self._threads)}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put(project_id)
+
+    def _work(self) -> None:
         while True:
-            execute(project_id, self.settings, self.analyze_fn)
-            with self._lock:
-                if project_id not in self._again:
-                    del self._threads[project_id]
-                    return
-                self._again.discard(project_id)
-                update_job(self.settings, project_id, requested_again=False)
+            project_id = self._queue.get()
+            if project_id is None:
+                return
+            try:
+                self._run_once(project_id)
+            except Exception:  # a bug here must not kill the worker thread
+                log.exception("project %s: job runner error", project_id)
+                self._release(project_id)
 
-    def status(self, project_id: int) -> dict | None:
-        return read_job(self.settings, project_id)
+    def _run_once(self, project_id: int) -> None:
+        with self._cv:
+            closed = self._closed
+        if closed:
+            job = read_job(self.settings, project_id) or {}
+            _mark_interrupted(self.settings, project_id, job, "the backend shut down")
+            self._release(project_id)
+            return
+        execute(project_id, self.settings, self.analyze_fn)
+        if _again_path(self.settings, project_id).exists() and not self._closed:
+            # Still owned: the follow-up goes to the back of the queue, so other projects get a turn.
+            with self._cv:
+                lock = self._owned[project_id]
+            log.info("project %s: running the follow-up analysis requested during the last run", project_id)
+            self._enqueue_owned(project_id, lock, "a follow-up analysis was requested during the last run; queued")
+            return
+        self._release(project_id)
 
-    def wait(self, project_id: int, timeout: float) -> dict | None:
+    def _release(self, project_id: int) -> None:
+        with self._cv:
+            lock = self._owned.pop(project_id, None)
+            self._cv.notify_all()
+        if lock is not None:
+            lock.release()
+        # A press that came while we released could not take the lock: serve it now.
+        if _again_path(self.settings, project_id).exists() and not self._closed:
+            self._claim(project_id, wait_s=0.0)
+
+    def status(self, project_id: int) -> JobState | None:
+        return local_status(self.settings, check_project_id(project_id))
+
+    def wait(self, project_id: int, timeout: float) -> JobState | None:
+        """Block until this runner no longer owns the project (for tests); TimeoutError after ``timeout`` s."""
+        project_id = check_project_id(project_id)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                thread = self._threads.get(int(project_id))
-            if thread is None:
-                return self.status(project_id)
-            thread.join(timeout=0.1)
-        raise TimeoutError(f"analysis of project {project_id} still running after {timeout} s")
+        with self._cv:
+            while project_id in self._owned:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"analysis of project {project_id} still queued or running after {timeout} s")
+                self._cv.wait(left)
+        return self.status(project_id)
+
+    def shutdown(self, timeout: float | None = None) -> list[int]:
+        """Stop taking work; queued analyses become ``interrupted``; wait up to ``timeout`` s for
+        running ones. Returns the projects still running (their threads are daemons: if the process
+        exits, they are reported interrupted at the next start)."""
+        with self._cv:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._cv:
+            return sorted(self._owned)
 
 
-def _with_redis_retries(action: Callable[[], object], what: str):
-    for delay in (*REDIS_RETRIES, None):
+# --- RQ runner -------------------------------------------------------------------------------------
+
+# Take the project if free (or if its holder is the stale one the caller checked), else flag a
+# follow-up. KEYS: active, again. ARGV: our token, the holder the caller saw, '1' if it is stale.
+_CLAIM_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or (cur == ARGV[2] and ARGV[3] == '1') then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  return 'claimed'
+end
+if cur == ARGV[2] then
+  redis.call('SET', KEYS[2], '1')
+  return 'again'
+end
+return cur
+"""
+
+# After a run: keep the project for a follow-up if one was requested, else release it.
+# KEYS: active, again. ARGV: our RQ job id.
+_FINISH_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or string.sub(cur, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
+  return 'lost'
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'again'
+end
+redis.call('DEL', KEYS[1])
+return 'released'
+"""
+
+_DEAD_RQ_STATES = (RQJobStatus.FINISHED, RQJobStatus.FAILED, RQJobStatus.STOPPED, RQJobStatus.CANCELED)
+
+T = TypeVar("T")
+
+
+def _redis_keys(queue_name: str, project_id: int) -> list[str]:
+    prefix = f"deconfusion:{queue_name}:project:{int(project_id)}"
+    return [f"{prefix}:active", f"{prefix}:again"]
+
+
+def _with_retries(action: Callable[[], T], what: str, delays: Iterable[float] = REDIS_RETRY_DELAYS_S) -> T:
+    for delay in (*delays, None):
         try:
             return action()
         except RedisError as exc:
             if delay is None:
-                raise JobQueueUnavailable(f"Redis did not answer while {what} ({exc}); check REDIS_URL and that "
-                                          "Redis is running") from None
+                raise JobQueueUnavailable(
+                    f"Redis did not answer while {what} ({type(exc).__name__}: {exc}); check REDIS_URL and that "
+                    "Redis is running, then press Start Training again") from None
+            log.warning("Redis did not answer while %s (%s); retrying in %.1f s", what, exc, delay)
             time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
-def _keys(project_id: int) -> tuple[str, str]:
-    return f"deconfusion:{project_id}:active", f"deconfusion:{project_id}:again"
+def _redis(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                          socket_timeout=REDIS_SOCKET_TIMEOUT_S)
 
 
-def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str) -> dict:
-    """RQ job function (module level, so workers can import it)."""
-    settings = Settings(**settings_dict)
-    redis = Redis.from_url(settings.redis_url)
-    active, again = _keys(project_id)
+def settings_payload(settings: Settings) -> dict:
+    """Settings for an RQ job: everything but secrets, plus the names of the secrets that were set."""
+    values = dataclasses.asdict(settings)
+    secrets = [name for name in SECRET_SETTINGS if values.pop(name, "")]
+    return {**values, "_secrets": secrets}
+
+
+def settings_from_payload(payload: dict) -> Settings:
+    """The worker's Settings: the web service's values; secrets from the worker's own environment."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    ignored = sorted(set(payload) - names - {"_secrets"})
+    if ignored:
+        log.warning("ignoring settings this worker does not know: %s (is the worker's code older?)", ignored)
+    values = {k: v for k, v in payload.items() if k in names and k not in SECRET_SETTINGS}
+    wanted = list(payload.get("_secrets") or [])
+    if wanted:
+        own = Settings.from_env()  # the worker's environment, read once per job
+        missing = [name for name in wanted if not getattr(own, name, "")]
+        if missing:
+            env = {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}
+            raise DeConfusionError(
+                "this RQ worker's environment lacks " + ", ".join(env[n] for n in missing) +
+                " (secrets are not sent through Redis); give workers the same environment as the web service")
+        values.update({name: getattr(own, name) for name in wanted})
+    settings = Settings(**values)
+    settings.validate()
+    return settings
+
+
+def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str) -> JobState:
+    """RQ job function (module level, so workers import it): run the project's analysis, then the
+    follow-up runs requested meanwhile, then release the project. Never raises an analysis error."""
+    project_id = int(project_id)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    base = Settings(**{k: v for k, v in settings_dict.items() if k in names and k not in SECRET_SETTINGS})
+    current = get_current_job()
+    job_id = current.id if current is not None else None
+    try:
+        settings = settings_from_payload(settings_dict)
+        analyze_fn = resolve(analyze_fn_path)
+    except Exception as exc:  # a misconfigured worker: say so in the job state, then release
+        log.error("project %s: %s", project_id, _describe(exc))
+        state = update_job(base, project_id, status=JobStatus.FAILED.value, finished_at=_now(),
+                           worker=_worker_name(), message=f"the RQ worker cannot run analyses: {_describe(exc)}")
+        settings, analyze_fn = base, None
+    redis = _redis(settings)
+    finish = redis.register_script(_FINISH_LUA)
+    keys = _redis_keys(settings.queue_name, project_id)
     while True:
-        job = execute(project_id, settings, resolve(analyze_fn_path))
-        if not _with_redis_retries(lambda: redis.getdel(again), "checking for a follow-up run"):
-            _with_redis_retries(lambda: redis.delete(active), "releasing the project")
-            return job
-        update_job(settings, project_id, requested_again=False)
+        if analyze_fn is not None:
+            state = execute(project_id, settings, analyze_fn)
+        if job_id is None:  # called directly, not by a worker: no project lock to release
+            return state
+        try:
+            outcome = _with_retries(lambda: finish(keys=keys, args=[job_id]), "releasing the project")
+        except JobQueueUnavailable as exc:  # the next Start Training sees this job finished and takes over
+            log.error("project %s: %s", project_id, exc)
+            return state
+        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        if outcome != "again" or analyze_fn is None:
+            if outcome == "again":  # cannot run: release the project, keep the request for later
+                _with_retries(lambda: redis.delete(keys[0]), "releasing the project")
+            return state
+        update_job(settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(), started_at=None,
+                   finished_at=None, stage=None, done=0, total=0, eta_seconds=None, requested_again=False,
+                   message="a follow-up analysis was requested during the last run; starting it")
+        try:
+            _with_retries(lambda: redis.delete(keys[1]), "starting the follow-up run")
+        except JobQueueUnavailable as exc:  # the flag stays: at worst one extra run later
+            log.error("project %s: %s", project_id, exc)
 
 
 class RQRunner:
-    def __init__(self, settings: Settings, analyze_fn_path: str) -> None:
-        self.settings, self.analyze_fn_path = settings, analyze_fn_path
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self.queue = Queue(settings.queue_name, connection=self.redis)
+    """Analyses as RQ jobs on ``settings.queue_name``; ``rq`` workers sharing MODEL_DIR run them.
 
-    def submit(self, project_id: int) -> dict:
-        project_id = int(project_id)
-        active, again = _keys(project_id)
-        if not _with_redis_retries(lambda: self.redis.set(active, 1, nx=True, ex=24 * 3600), "queueing the analysis"):
-            _with_redis_retries(lambda: self.redis.set(again, 1), "queueing a follow-up analysis")
-            return update_job(self.settings, project_id, requested_again=True)
-        job = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, requested_again=False,
-                         queued_at=_now())
-        settings_dict = {f: getattr(self.settings, f) for f in self.settings.__dataclass_fields__}
-        _with_redis_retries(lambda: self.queue.enqueue(run_analysis_job, project_id, settings_dict,
-                                                       self.analyze_fn_path, job_timeout=24 * 3600),
-                            "queueing the analysis")
+    Per project a Redis key names the owning RQ job (``<job id>|<queued epoch>``) and another flags
+    a follow-up run. A holder whose RQ job finished, failed, stopped or vanished is stale: the next
+    submit takes over, and :meth:`status` reports its job ``interrupted``.
+    """
+
+    def __init__(self, settings: Settings, analyze_fn_path: str, *,
+                 retry_delays: Iterable[float] = REDIS_RETRY_DELAYS_S) -> None:
+        if not settings.redis_url:
+            raise ValueError("RQRunner needs settings.redis_url (REDIS_URL), e.g. redis://localhost:6379/0")
+        module, sep, name = str(analyze_fn_path).partition(":")
+        if not (module and sep and name):  # imported by workers, not here
+            raise ValueError(f"analyze_fn_path must look like 'package.module:function', got {analyze_fn_path!r}")
+        self.settings, self.analyze_fn_path = settings, analyze_fn_path
+        self.retry_delays = tuple(retry_delays)
+        self.redis = _redis(settings)  # connects on first use
+        self.queue = Queue(settings.queue_name, connection=self.redis)
+        self._claim = self.redis.register_script(_CLAIM_LUA)
+
+    def submit(self, project_id: int) -> JobState:
+        """Enqueue an analysis, or flag one follow-up run if the project's job is queued or running.
+        Raises JobQueueUnavailable when Redis does not answer after retries."""
+        project_id = check_project_id(project_id)
+        keys = _redis_keys(self.settings.queue_name, project_id)
+        job_id = f"deconfusion-{project_id}-{uuid.uuid4().hex[:12]}"
+        token = f"{job_id}|{time.time():.0f}"
+        seen, stale = "", "0"
+        for _ in range(5):
+            outcome = self._retry(lambda: self._claim(keys=keys, args=[token, seen, stale]), "queueing the analysis")
+            outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+            if outcome == "claimed":
+                break
+            if outcome == "again":
+                log.info("project %s: analysis already queued or running; one follow-up run requested", project_id)
+                return {**(read_job(self.settings, project_id) or {"project_id": project_id}), "requested_again": True}
+            seen = outcome
+            stale = "1" if self._retry(lambda: self._holder_is_stale(seen), "checking the running analysis") else "0"
+            if stale == "1":
+                log.warning("project %s: taking over from RQ job %s, which no longer runs", project_id, seen)
+        else:
+            raise JobQueueUnavailable(f"project {project_id}: the analysis lock kept changing hands; try again")
+        state = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(),
+                           started_at=None, finished_at=None, duration_seconds=None, stage=None, done=0, total=0,
+                           eta_seconds=None, requested_again=False, runner="rq", rq_job_id=job_id, worker=None,
+                           message=f"queued on RQ queue '{self.settings.queue_name}'; waiting for a worker "
+                                   "(python -m ml_backend worker)")
+        payload = settings_payload(self.settings)
+        try:
+            self._retry(lambda: self.queue.enqueue(
+                run_analysis_job, project_id, payload, self.analyze_fn_path, job_id=job_id,
+                job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S,
+                description=f"De-Confusion analysis of project {project_id}"), "queueing the analysis")
+        except JobQueueUnavailable as exc:
+            update_job(self.settings, project_id, status=JobStatus.FAILED.value, finished_at=_now(), message=str(exc))
+            try:  # free the project now; if Redis is down, the next submit finds the job missing and takes over
+                self.redis.delete(keys[0])
+            except RedisError:
+                pass
+            raise
+        log.info("project %s: analysis queued as RQ job %s", project_id, job_id)
+        return state
+
+    def _retry(self, action: Callable[[], T], what: str) -> T:
+        return _with_retries(action, what, self.retry_delays)
+
+    def _holder_is_stale(self, token: str) -> bool:
+        job_id, _, queued = token.partition("|")
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            try:
+                return time.time() - float(queued) > ENQUEUE_GRACE_S
+            except ValueError:
+                return True
+        return job.get_status(refresh=False) in _DEAD_RQ_STATES
+
+    def status(self, project_id: int) -> JobState | None:
+        """job.json, reconciled with RQ (one quick Redis look-up; never retried, never raises)."""
+        project_id = check_project_id(project_id)
+        job = reconcile_local(self.settings, project_id)
+        if job is None or job.get("runner") != "rq":
+            return local_status(self.settings, project_id) if job is not None else None
+        try:
+            if job.get("status") in ACTIVE:
+                job = self._reconcile_rq(project_id, job)
+            job["requested_again"] = bool(self.redis.exists(_redis_keys(self.settings.queue_name, project_id)[1]))
+        except RedisError as exc:
+            job["queue_error"] = f"Redis did not answer ({type(exc).__name__}: {exc}); this state may be out of date"
         return job
 
-    def status(self, project_id: int) -> dict | None:
-        return read_job(self.settings, project_id)
+    def _reconcile_rq(self, project_id: int, job: JobState) -> JobState:
+        rq_id = job.get("rq_job_id")
+        try:
+            rq_status = Job.fetch(str(rq_id), connection=self.redis).get_status(refresh=False)
+        except NoSuchJobError:
+            if _age_seconds(job.get("queued_at")) <= ENQUEUE_GRACE_S:
+                return job
+            rq_status = None
+        if rq_status is not None and rq_status not in _DEAD_RQ_STATES:
+            return job
+        latest = read_job(self.settings, project_id) or job  # the worker may have just finished
+        if latest.get("status") not in ACTIVE or latest.get("rq_job_id") != rq_id:
+            return latest
+        what = "vanished from Redis" if rq_status is None else f"is {rq_status.value}"
+        state = _mark_interrupted(self.settings, project_id, latest, f"the RQ worker stopped (RQ job {rq_id} {what})")
+        log.warning("project %s: %s", project_id, state["message"])
+        return state
 
 
-def make_runner(settings: Settings, analyze_fn_path: str):
+def make_runner(settings: Settings, analyze_fn_path: str) -> LocalRunner | RQRunner:
+    """RQRunner when settings.redis_url is set, else LocalRunner (which imports the function now)."""
     if settings.redis_url:
         return RQRunner(settings, analyze_fn_path)
     return LocalRunner(settings, resolve(analyze_fn_path))

@@ -21,8 +21,9 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ HEAD_BATCH = 256
 HEAD_LR = 1e-3
 HEAD_WEIGHT_DECAY = 1e-2
 LOG_EVERY_S = 10.0
+SINGLE_THREAD_VALUES = 5_000_000  # N*H*W*C below which one thread is faster than several
 
 
 @dataclass
@@ -108,6 +110,18 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
         fold_of[members] = (np.arange(len(members)) + offset) % folds
         offset += len(members)
     return fold_of
+
+
+@contextmanager
+def _threads(images: np.ndarray) -> Iterator[None]:
+    """Use every core (os.cpu_count()) for real workloads, one thread for tiny ones (thread
+    hand-offs cost more than they save there, badly so on a busy machine); restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if images.size < SINGLE_THREAD_VALUES else (os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- progress
@@ -262,15 +276,15 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
         {'features', 'train', 'classify'}, once per batch (per epoch for heads).
     class_names : (K,) names stored in the returned Ensemble (default '0'..'K-1').
     Returns the :class:`CrossFitResult` and the fold models as an :class:`Ensemble`.
-    Uses all CPU cores (``torch.set_num_threads``); leaves the global torch RNG as it was.
+    Uses all CPU cores (``torch.set_num_threads(os.cpu_count())``; one thread for sets under
+    SINGLE_THREAD_VALUES pixel values) and restores the thread count and global torch RNG after.
     """
     labels, weights = _check_inputs(images, labels, num_classes, folds=folds, epochs=epochs,
                                     batch_size=batch_size, weights=weights)
     backbone = choose_backbone(len(images), images.shape[1:], backbone)
     dev = resolve_device(device)
-    torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _threads(images):
         result, ensemble = _compute_cross_fit(images, labels, weights, int(num_classes), folds=int(folds),
                                               epochs=int(epochs), seed=int(seed), backbone=backbone, device=dev,
                                               batch_size=int(batch_size), progress=progress)
@@ -347,9 +361,8 @@ def train_single(images: np.ndarray, labels: np.ndarray, num_classes: int, *, ep
                                     batch_size=batch_size, weights=weights)
     backbone = choose_backbone(len(images), images.shape[1:], backbone)
     dev = resolve_device(device)
-    torch.set_num_threads(os.cpu_count() or 1)
     epochs = epochs or auto_epochs(backbone, len(images))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _threads(images):
         if backbone == "small_cnn":
             reporter = _Reporter(progress, "train", epochs * math.ceil(len(images) / batch_size))
             model = _train_small_cnn(images, labels, weights, num_classes, epochs=epochs, batch_size=batch_size,
