@@ -19,7 +19,7 @@ Per project, both runners
 
 A job that a dead process left queued or running is reported ``interrupted``: the OS drops a dead
 process's file lock, so an unlocked ``running`` job has no runner left (:func:`recover_interrupted`
-at start-up, and on every status read); an RQ job whose RQ job failed, stopped or vanished likewise.
+at start-up, :func:`local_status` on every status read); an RQ job whose RQ job failed, stopped or vanished likewise.
 
 File locks need POSIX ``fcntl.flock`` (Linux, macOS), on a local disk or a file system that
 supports them.
@@ -250,19 +250,30 @@ class _ProjectLock:
             self._handle = None
 
 
-def reconcile_local(settings: Settings, project_id: int) -> JobState | None:
-    """job.json, with a local job that no live process owns marked ``interrupted``."""
+def local_status(settings: Settings, project_id: int) -> JobState | None:
+    """A local job's state as readers should see it.
+
+    A queued or running job that no live process owns (its lock is free) is marked
+    ``interrupted``; ``requested_again`` is true while an owner will serve a pending press.
+    The lock is only tested (taken for a moment), so owners and submits are not held up.
+    """
     job = read_job(settings, project_id)
-    if job is None or job.get("status") not in ACTIVE or job.get("runner") == "rq":
+    if job is None or job.get("runner") == "rq":
+        return job
+    again = _again_path(settings, project_id).exists()
+    if job.get("status") not in ACTIVE and not again:
+        job["requested_again"] = False
         return job
     lock = _ProjectLock.acquire(_lock_path(settings, project_id))
-    if lock is None:  # a live runner owns the project
+    if lock is None:  # a live runner owns the project and will see the request
+        job["requested_again"] = again
         return job
     try:
-        job = read_job(settings, project_id)  # again, under the lock
-        if job is not None and job.get("status") in ACTIVE and job.get("runner") != "rq":
+        job = read_job(settings, project_id) or job  # again, under the lock
+        if job.get("status") in ACTIVE and job.get("runner") != "rq":
             job = _mark_interrupted(settings, project_id, job, "the backend stopped")
             log.warning("project %s: %s", project_id, job["message"])
+        job["requested_again"] = False  # no owner: a leftover request waits for the next press
         return job
     finally:
         lock.release()
@@ -277,18 +288,10 @@ def recover_interrupted(settings: Settings) -> list[int]:
     marked = []
     for project_id, job in list_jobs(settings).items():
         if job.get("status") in ACTIVE and job.get("runner") != "rq":
-            after = reconcile_local(settings, project_id)
+            after = local_status(settings, project_id)
             if after is not None and after.get("status") == JobStatus.INTERRUPTED.value:
                 marked.append(project_id)
     return marked
-
-
-def local_status(settings: Settings, project_id: int) -> JobState | None:
-    """A local job's state as a reader should see it: reconciled, ``requested_again`` from the flag."""
-    job = reconcile_local(settings, project_id)
-    if job is not None and job.get("runner") != "rq":
-        job["requested_again"] = _again_path(settings, project_id).exists()
-    return job
 
 
 # --- running one analysis ----------------------------------------------------------------------
@@ -311,7 +314,7 @@ class _Progress:
                 self.stage, self.stage_start = stage, now
             elapsed = now - self.stage_start
             eta = round((total - done) * elapsed / done, 1) if 0 < done < total and elapsed > 0 else None
-            if new_stage or now - self.last_write >= WRITE_EVERY_S or done >= total:
+            if new_stage or now - self.last_write >= WRITE_EVERY_S or 0 < total <= done:
                 self.last_write = now
                 try:
                     update_job(self.settings, self.project_id, stage=stage, done=int(done), total=int(total),
@@ -381,34 +384,36 @@ class LocalRunner:
     def submit(self, project_id: int) -> JobState:
         """Queue an analysis, or, if one is queued or running, request one follow-up run."""
         project_id = check_project_id(project_id)
-        with self._cv:
-            if self._closed:
-                raise JobQueueUnavailable("the backend is shutting down; press Start Training again in a moment")
-            owned_here = project_id in self._owned
+        if self._closed:
+            raise JobQueueUnavailable("the backend is shutting down; press Start Training again in a moment")
+        # First the request, then the ownership test: an owner checks for requests after releasing.
         again = _again_path(self.settings, project_id)
         again.parent.mkdir(parents=True, exist_ok=True)
-        again.touch()  # first the request, then the lock: an owner that releases sees the request
-        if not owned_here and self._claim(project_id, wait_s=LOCK_WAIT_S):
-            return read_job(self.settings, project_id)
+        again.touch()
+        with self._cv:
+            owned_here = project_id in self._owned
+        state = None if owned_here else self._claim(project_id, wait_s=LOCK_WAIT_S)
+        if state is not None:
+            return state
         log.info("project %s: analysis already queued or running; one follow-up run requested", project_id)
         return self.status(project_id)
 
-    def _claim(self, project_id: int, wait_s: float) -> bool:
+    def _claim(self, project_id: int, wait_s: float) -> JobState | None:
+        """Own the project and queue a run; None if someone else owns it."""
         lock = _ProjectLock.acquire(_lock_path(self.settings, project_id), wait_s)
         if lock is None:
-            return False
+            return None
         try:
-            self._enqueue_owned(project_id, lock, "queued; waiting for a free analysis worker")
+            return self._enqueue_owned(project_id, lock, "queued; waiting for a free analysis worker")
         except BaseException:
             lock.release()
             raise
-        return True
 
-    def _enqueue_owned(self, project_id: int, lock: _ProjectLock, message: str) -> None:
+    def _enqueue_owned(self, project_id: int, lock: _ProjectLock, message: str) -> JobState:
         # State first, then consume the request: a reader never sees "done" without a pending run.
-        update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(), started_at=None,
-                   finished_at=None, duration_seconds=None, stage=None, done=0, total=0, eta_seconds=None,
-                   message=message, requested_again=False, runner="local", rq_job_id=None)
+        state = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(),
+                           started_at=None, finished_at=None, duration_seconds=None, stage=None, done=0, total=0,
+                           eta_seconds=None, message=message, requested_again=False, runner="local", rq_job_id=None)
         _again_path(self.settings, project_id).unlink(missing_ok=True)
         with self._cv:
             self._owned[project_id] = lock
@@ -418,6 +423,7 @@ class LocalRunner:
                 self._threads.append(thread)
                 thread.start()
         self._queue.put(project_id)
+        return state
 
     def _work(self) -> None:
         while True:
@@ -456,7 +462,7 @@ class LocalRunner:
             lock.release()
         # A press that came while we released could not take the lock: serve it now.
         if _again_path(self.settings, project_id).exists() and not self._closed:
-            self._claim(project_id, wait_s=0.0)
+            self._claim(project_id, wait_s=LOCK_WAIT_S)
 
     def status(self, project_id: int) -> JobState | None:
         return local_status(self.settings, check_project_id(project_id))
@@ -587,22 +593,23 @@ def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str)
     base = Settings(**{k: v for k, v in settings_dict.items() if k in names and k not in SECRET_SETTINGS})
     current = get_current_job()
     job_id = current.id if current is not None else None
+    state: JobState = {}
     try:
         settings = settings_from_payload(settings_dict)
-        analyze_fn = resolve(analyze_fn_path)
+        analyze_fn: AnalyzeFn | None = resolve(analyze_fn_path)
     except Exception as exc:  # a misconfigured worker: say so in the job state, then release
         log.error("project %s: %s", project_id, _describe(exc))
         state = update_job(base, project_id, status=JobStatus.FAILED.value, finished_at=_now(),
                            worker=_worker_name(), message=f"the RQ worker cannot run analyses: {_describe(exc)}")
         settings, analyze_fn = base, None
+    if job_id is None:  # called directly, not by a worker: no project lock to release
+        return execute(project_id, settings, analyze_fn) if analyze_fn is not None else state
     redis = _redis(settings)
     finish = redis.register_script(_FINISH_LUA)
     keys = _redis_keys(settings.queue_name, project_id)
     while True:
         if analyze_fn is not None:
             state = execute(project_id, settings, analyze_fn)
-        if job_id is None:  # called directly, not by a worker: no project lock to release
-            return state
         try:
             outcome = _with_retries(lambda: finish(keys=keys, args=[job_id]), "releasing the project")
         except JobQueueUnavailable as exc:  # the next Start Training sees this job finished and takes over
@@ -611,7 +618,10 @@ def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str)
         outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         if outcome != "again" or analyze_fn is None:
             if outcome == "again":  # cannot run: release the project, keep the request for later
-                _with_retries(lambda: redis.delete(keys[0]), "releasing the project")
+                try:
+                    _with_retries(lambda: redis.delete(keys[0]), "releasing the project")
+                except JobQueueUnavailable as exc:
+                    log.error("project %s: %s", project_id, exc)
             return state
         update_job(settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(), started_at=None,
                    finished_at=None, stage=None, done=0, total=0, eta_seconds=None, requested_again=False,
@@ -703,9 +713,9 @@ class RQRunner:
     def status(self, project_id: int) -> JobState | None:
         """job.json, reconciled with RQ (one quick Redis look-up; never retried, never raises)."""
         project_id = check_project_id(project_id)
-        job = reconcile_local(self.settings, project_id)
-        if job is None or job.get("runner") != "rq":
-            return local_status(self.settings, project_id) if job is not None else None
+        job = read_job(self.settings, project_id)
+        if job is None or job.get("runner") != "rq":  # none yet, or left by a local runner
+            return local_status(self.settings, project_id)
         try:
             if job.get("status") in ACTIVE:
                 job = self._reconcile_rq(project_id, job)
