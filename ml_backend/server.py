@@ -34,7 +34,6 @@ Errors are ``{"error": "..."}`` with a 4xx/5xx status, never a traceback (that g
 from __future__ import annotations
 
 import hmac
-import importlib
 import logging
 import threading
 import time
@@ -47,7 +46,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from .config import Settings
 from .errors import (ArtefactError, DatasetError, DeConfusionError, LabelConfigError, LabelStudioUnavailable,
                      UnreadableImage)
-from .jobs import (ACTIVE, JobQueueUnavailable, JobRunner, JobState, list_jobs, local_status, make_runner,
+from .jobs import (ACTIVE, JobQueueUnavailable, JobRunner, JobState, list_jobs, local_status,
                    read_job, recover_interrupted)
 from .ls.schema import parse_label_config
 from .store import ProjectStore
@@ -62,9 +61,6 @@ VERDICT_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDA
 LATENCY_WINDOW = 1000
 """Predict latencies kept for the /metrics percentiles (most recent requests)."""
 
-ANALYZE_FN_PATH = "ml_backend.workflow:analyze_project"
-PREDICTOR_PATH = "ml_backend.workflow:Predictor"
-VERDICT_HANDLER_PATH = "ml_backend.workflow:VerdictHandler"
 
 Predictor = Callable[[int, list, "str | None"], list]
 """predictor(project_id, tasks, label_config) -> one prediction dict per task, same order."""
@@ -332,38 +328,3 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
         })
 
     return app
-
-
-# --- entry points ----------------------------------------------------------------------------------
-
-def configure_logging(settings: Settings) -> None:
-    """Process-wide logging for the entry points below (never at import)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _load(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def build_app(settings: Settings) -> Flask:
-    """The contract app wired to the real analysis, predictor and verdict handler (by import path)."""
-    runner = make_runner(settings, ANALYZE_FN_PATH)
-    return create_app(settings, runner=runner, predictor=_load(PREDICTOR_PATH)(settings),
-                      verdict_handler=_load(VERDICT_HANDLER_PATH)(settings, submit=runner.submit))
-
-
-def serve(settings: Settings, build: Callable[[Settings], Flask] = build_app) -> None:
-    """Development server (Flask's, threaded); use gunicorn with :func:`app_from_env` in production."""
-    configure_logging(settings)
-    app = build(settings)
-    log.info("De-Confusion ML backend on http://%s:%s (model dir %s, jobs %s)", settings.host, settings.port,
-             settings.model_dir, "RQ " + settings.queue_name if settings.redis_url else "in-process")
-    app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
-
-
-def app_from_env(build: Callable[[Settings], Flask] = build_app) -> Flask:
-    """WSGI entry: ``gunicorn 'ml_backend.server:app_from_env()'``; settings from the environment."""
-    settings = Settings.from_env()
-    configure_logging(settings)
-    return build(settings)
