@@ -20,9 +20,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
@@ -47,6 +50,7 @@ HEAD_BATCH = 256
 HEAD_LR = 1e-3
 HEAD_WEIGHT_DECAY = 1e-2
 LOG_EVERY_S = 10.0
+POLL_S = 0.25  # how often the caller's thread reports the fold workers' progress
 SINGLE_THREAD_VALUES = 5_000_000  # N*H*W*C below which one thread is faster than several
 
 
@@ -112,39 +116,81 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of
 
 
+def _worker_plan(folds: int, images: np.ndarray, device: torch.device) -> tuple[int, int]:
+    """(fold models trained side by side, torch threads each) for the small CNN.
+
+    On CPU the folds train in parallel Python threads, min(F, cores) at once, each with
+    cores // workers torch threads (one thread each for sets under SINGLE_THREAD_VALUES
+    pixel values). Separate models need no thread barriers, so this scales on 2 cores and
+    degrades gracefully on a busy machine, where OpenMP threads of one model spin-wait on
+    each other (10x slower measured). On a GPU the folds run one after another.
+    """
+    cores = os.cpu_count() or 1
+    if device.type != "cpu":
+        return 1, cores
+    workers = max(1, min(folds, cores))
+    return workers, 1 if images.size < SINGLE_THREAD_VALUES else max(1, cores // workers)
+
+
 @contextmanager
-def _threads(images: np.ndarray) -> Iterator[None]:
-    """Use every core (os.cpu_count()) for real workloads, one thread for tiny ones (thread
-    hand-offs cost more than they save there, badly so on a busy machine); restore afterwards."""
+def _threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads in this thread; restore afterwards."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1 if images.size < SINGLE_THREAD_VALUES else (os.cpu_count() or 1))
+    torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(before)
 
 
+def _main_threads(images: np.ndarray) -> int:
+    """Torch threads for work done in the caller's thread: every core (os.cpu_count()), or one
+    for sets under SINGLE_THREAD_VALUES pixel values, where thread hand-offs cost more than they save."""
+    return 1 if images.size < SINGLE_THREAD_VALUES else (os.cpu_count() or 1)
+
+
 # --------------------------------------------------------------------------- progress
+class _Stopped(Exception):
+    """Raised inside a fold worker when another worker (or the progress callback) failed."""
+
+
 class _Reporter:
-    """Calls ``progress(stage, done, total)`` on every step and logs counts and ETA at most
-    every LOG_EVERY_S seconds (and once at the end)."""
+    """Counts steps of one stage from any thread (:meth:`tick`) and, in the caller's thread
+    (:meth:`flush`), calls ``progress(stage, done, total)`` when the count moved and logs counts
+    and ETA at most every LOG_EVERY_S seconds (and once at the end)."""
 
-    def __init__(self, progress: Progress | None, stage: str, total: int) -> None:
-        self.progress, self.stage, self.total = progress, stage, max(int(total), 1)
+    def __init__(self, progress: Progress | None, stage: str, total: int,
+                 stop: threading.Event | None = None) -> None:
+        self.progress, self.stage, self.total, self.stop = progress, stage, max(int(total), 1), stop
         self.start = self.last = time.monotonic()
-        self.done = 0
+        self.done = self.reported = 0
+        self._lock = threading.Lock()
 
-    def step(self, n: int = 1) -> None:
-        self.done = min(self.done + n, self.total)
+    def tick(self, n: int = 1) -> None:
+        """Count ``n`` finished steps (thread-safe); raises _Stopped once ``stop`` is set."""
+        with self._lock:
+            self.done = min(self.done + n, self.total)
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped
+
+    def flush(self) -> None:
+        """Report the count to ``progress`` and the log (call from the caller's thread)."""
+        done = self.done
+        if done == self.reported:
+            return
+        self.reported = done
         if self.progress is not None:
-            self.progress(self.stage, self.done, self.total)
+            self.progress(self.stage, done, self.total)
         now = time.monotonic()
-        if now - self.last >= LOG_EVERY_S or self.done == self.total:
+        if now - self.last >= LOG_EVERY_S or done == self.total:
             self.last = now
             elapsed = now - self.start
-            eta = elapsed / self.done * (self.total - self.done)
-            log.info("%s: %d/%d (%.0f%%), %.0f s elapsed, ETA %.0f s", self.stage, self.done, self.total,
-                     100.0 * self.done / self.total, elapsed, eta)
+            log.info("%s: %d/%d (%.0f%%), %.0f s elapsed, ETA %.0f s", self.stage, done, self.total,
+                     100.0 * done / self.total, elapsed, elapsed / done * (self.total - done))
+
+    def step(self, n: int = 1) -> None:
+        self.tick(n)
+        self.flush()
 
 
 # --------------------------------------------------------------------------- validation
@@ -198,31 +244,86 @@ def _weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> to
     return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp_min(1e-6)
 
 
-def _train_small_cnn(images: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int, *,
-                     epochs: int, batch_size: int, seed: int, device: torch.device, reporter: _Reporter) -> SmallCNN:
-    """One SmallCNN on images (n, H, W, C) uint8: AdamW, one-cycle learning rate, random shifts."""
+def _new_small_cnn(images: np.ndarray, num_classes: int, seed: int) -> SmallCNN:
+    """A freshly initialised SmallCNN (seeded), normalised with the mean and std of ``images``
+    (n, H, W, C) uint8. Uses the global torch RNG: call from the caller's thread only."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     sample = images[:: max(1, len(images) // 2000)].astype(np.float32) / 255.0
-    model = SmallCNN(images.shape[3], num_classes, mean=float(sample.mean()), std=float(sample.std()) + 1e-3)
+    return SmallCNN(images.shape[3], num_classes, mean=float(sample.mean()), std=float(sample.std()) + 1e-3)
+
+
+def _train_small_cnn(model: SmallCNN, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                     weights: np.ndarray, *, epochs: int, batch_size: int, seed: int, device: torch.device,
+                     tick: Callable[[], None]) -> SmallCNN:
+    """Train ``model`` on images[rows] ((N, H, W, C) uint8, rows (n,) int64) with labels[rows] and
+    weights[rows]: AdamW, one-cycle learning rate, random shifts, dropout from a private generator,
+    so several models can train at once in threads. ``tick`` is called after every batch."""
+    generator = torch.Generator().manual_seed(seed)
+    model.head[0].generator = torch.Generator(device=device).manual_seed(seed + 1)
     model.to(device).train()
-    steps_per_epoch = math.ceil(len(images) / batch_size)
+    steps_per_epoch = math.ceil(len(rows) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=SMALL_CNN_LR, weight_decay=SMALL_CNN_WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=SMALL_CNN_LR, total_steps=epochs * steps_per_epoch)
     y_all, w_all = torch.from_numpy(labels).to(device), torch.from_numpy(weights).to(device)
     for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for idx in order.split(batch_size):
-            idx = idx.sort().values  # sorted rows read faster from the image array
-            x = _shift(to_tensor(images[idx.numpy()], device), generator)
-            idx = idx.to(device)
-            loss = _weighted_loss(model(x)[0], y_all[idx], w_all[idx])
+        for idx in torch.randperm(len(rows), generator=generator).split(batch_size):
+            batch = np.sort(rows[idx.numpy()])  # sorted rows read faster from the image array
+            x = _shift(to_tensor(images[batch], device), generator)
+            at = torch.from_numpy(batch).to(device)
+            loss = _weighted_loss(model(x)[0], y_all[at], w_all[at])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            reporter.step()
+            tick()
+    model.head[0].generator = None
     return model.eval()
+
+
+@torch.inference_mode()
+def _classify_fold(model: torch.nn.Module, images: np.ndarray, *, device: torch.device,
+                   tick: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+    """One model on every image, INFERENCE_BATCH images at a time: softmax (N, K) and
+    embeddings (N, D), float32. ``tick`` is called after every batch."""
+    step = INFERENCE_BATCH["small_cnn"]
+    probs, embs = [], []
+    for start in range(0, len(images), step):
+        logits, emb = model(to_tensor(images[start:start + step], device))
+        probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        embs.append(emb.float().cpu().numpy())
+        tick()
+    return np.concatenate(probs).astype(np.float32, copy=False), np.concatenate(embs).astype(np.float32, copy=False)
+
+
+def _fit_fold(model: SmallCNN, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+              *, threads: int, train: _Reporter, classify: _Reporter, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Worker job: train one fold model on images[rows], then classify all N images with it."""
+    with _threads(threads):
+        _train_small_cnn(model, images, rows, labels, weights, tick=train.tick, **options)
+        return _classify_fold(model, images, device=options["device"], tick=classify.tick)
+
+
+def _run_workers(jobs: list[Callable[[], object]], workers: int, reporters: list[_Reporter],
+                 stop: threading.Event) -> list:
+    """Run ``jobs`` on ``workers`` threads; meanwhile flush ``reporters`` from this thread every
+    POLL_S seconds. The first failure (in a job or in the progress callback) sets ``stop``, which
+    makes the other jobs raise _Stopped at their next step, and is re-raised here."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="deconfusion-fold") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+                for reporter in reporters:
+                    reporter.flush()
+                for future in finished:
+                    future.result()
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
+    return [future.result() for future in futures]
 
 
 def _train_head(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int, *,
@@ -268,23 +369,24 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
 
     images : (N, H, W, C) uint8, C in {1, 3}. labels : (N,) int in [0, K). num_classes : K >= 2.
     folds : {2..N}, default 4. epochs : per fold model, 0 = automatic (see module docstring).
-    seed : same seed, same data, same device -> identical results on CPU.
+    seed : same seed, same data, same machine -> identical results on CPU.
     backbone : {'auto', 'small_cnn', 'efficientnet_lite0'}, see :func:`choose_backbone`.
     device : 'cpu' | 'cuda'. batch_size : training batch (small_cnn).
     weights : (N,) float32 >= 0 per-image loss weight (default all 1).
-    progress : called as ``progress(stage, done, total)`` with stage in
-        {'features', 'train', 'classify'}, once per batch (per epoch for heads).
+    progress : called from the caller's thread as ``progress(stage, done, total)`` with stage in
+        {'features', 'train', 'classify'}; done counts batches (epochs for heads), reported at
+        least every POLL_S seconds while it moves, and always at the end of a stage.
     class_names : (K,) names stored in the returned Ensemble (default '0'..'K-1').
     Returns the :class:`CrossFitResult` and the fold models as an :class:`Ensemble`.
-    Uses all CPU cores (``torch.set_num_threads(os.cpu_count())``; one thread for sets under
-    SINGLE_THREAD_VALUES pixel values) and restores the thread count and global torch RNG after.
+    Uses all CPU cores (see :func:`_worker_plan`) and restores the thread count and the global
+    torch RNG afterwards.
     """
     labels, weights = _check_inputs(images, labels, num_classes, folds=folds, epochs=epochs,
                                     batch_size=batch_size, weights=weights)
     backbone = choose_backbone(len(images), images.shape[1:], backbone)
     dev = resolve_device(device)
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]), _threads(images):
+    with torch.random.fork_rng(devices=[]), _threads(_main_threads(images)):
         result, ensemble = _compute_cross_fit(images, labels, weights, int(num_classes), folds=int(folds),
                                               epochs=int(epochs), seed=int(seed), backbone=backbone, device=dev,
                                               batch_size=int(batch_size), progress=progress)
@@ -305,13 +407,9 @@ def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, s
     epochs = epochs or auto_epochs(backbone, n_train)
     rows = [np.flatnonzero(fold_of != f) for f in range(folds)]
     if backbone == "small_cnn":
-        train = _Reporter(progress, "train", sum(epochs * math.ceil(len(r) / batch_size) for r in rows))
-        models = [_train_small_cnn(images[r], labels[r], weights[r], num_classes, epochs=epochs,
-                                   batch_size=batch_size, seed=seed * 1000 + f, device=device, reporter=train)
-                  for f, r in enumerate(rows)]
-        ensemble = Ensemble(models, backbone=backbone, input_shape=images.shape[1:], num_classes=num_classes,
-                            device=device)
-        fold_probs, embeddings = _classify(ensemble, images, progress)
+        models, fold_probs, embeddings = _cross_fit_small_cnn(
+            images, labels, weights, num_classes, rows, epochs=epochs, seed=seed, device=device,
+            batch_size=batch_size, progress=progress)
     else:
         net = PretrainedFeatures().to(device)
         features = _pretrained_features(net, images, device, progress)
@@ -322,24 +420,30 @@ def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, s
             x = torch.from_numpy(features).to(device)
             fold_probs = np.stack([torch.softmax(h(x), 1).float().cpu().numpy() for h in heads]).astype(np.float32)
         embeddings = np.broadcast_to(features, (folds, *features.shape))
-        ensemble = Ensemble([HeadOnFeatures(net, h) for h in heads], backbone=backbone,
-                            input_shape=images.shape[1:], num_classes=num_classes, device=device)
+        models = [HeadOnFeatures(net, h) for h in heads]
+    ensemble = Ensemble(models, backbone=backbone, input_shape=images.shape[1:], num_classes=num_classes,
+                        device=device)
     pred_probs = fold_probs[fold_of, np.arange(len(images))]
     return CrossFitResult(pred_probs=pred_probs, fold_probs=fold_probs, fold_of=fold_of, embeddings=embeddings,
                           backbone=backbone, epochs=epochs, seconds=0.0), ensemble
 
 
-def _classify(ensemble: Ensemble, images: np.ndarray, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
-    """Every fold model on every image, batch by batch with progress: (F, N, K) and (F, N, D) float32."""
-    step = INFERENCE_BATCH[ensemble.backbone]
-    reporter = _Reporter(progress, "classify", math.ceil(len(images) / step))
-    probs, embs = [], []
-    for start in range(0, len(images), step):
-        p, e = ensemble.fold_outputs(images[start:start + step])
-        probs.append(p)
-        embs.append(e)
-        reporter.step()
-    return np.concatenate(probs, axis=1), np.concatenate(embs, axis=1)
+def _cross_fit_small_cnn(images, labels, weights, num_classes, rows, *, epochs, seed, device, batch_size,
+                         progress) -> tuple[list[SmallCNN], np.ndarray, np.ndarray]:
+    """Train one SmallCNN per fold (rows[f]: its training rows), side by side as _worker_plan says,
+    and classify every image with each: models, softmax (F, N, K) and embeddings (F, N, D) float32."""
+    folds = len(rows)
+    workers, threads = _worker_plan(folds, images, device)
+    stop = threading.Event()
+    train = _Reporter(progress, "train", sum(epochs * math.ceil(len(r) / batch_size) for r in rows), stop)
+    classify = _Reporter(progress, "classify", folds * math.ceil(len(images) / INFERENCE_BATCH["small_cnn"]), stop)
+    models = [_new_small_cnn(images[r], num_classes, seed * 1000 + f) for f, r in enumerate(rows)]
+    jobs = [partial(_fit_fold, models[f], images, rows[f], labels, weights, threads=threads, train=train,
+                    classify=classify, epochs=epochs, batch_size=batch_size, seed=seed * 1000 + f, device=device)
+            for f in range(folds)]
+    log.info("training %d fold models, %d at a time with %d torch thread(s) each", folds, workers, threads)
+    outputs = _run_workers(jobs, workers, [train, classify], stop)
+    return models, np.stack([p for p, _ in outputs]), np.stack([e for _, e in outputs])
 
 
 def _warn_small_classes(labels: np.ndarray, folds: int, num_classes: int) -> None:
@@ -356,17 +460,18 @@ def train_single(images: np.ndarray, labels: np.ndarray, num_classes: int, *, ep
                  class_names: list[str] | None = None) -> Ensemble:
     """One model trained on all given images: the paper's procedure (train once, then classify
     everything; scores on the training images are in-sample). Arguments as :func:`cross_fit`;
-    returns a one-model :class:`Ensemble`."""
+    returns a one-model :class:`Ensemble`. Uses every core in the caller's thread."""
     labels, weights = _check_inputs(images, labels, num_classes, folds=2, epochs=epochs,
                                     batch_size=batch_size, weights=weights)
     backbone = choose_backbone(len(images), images.shape[1:], backbone)
     dev = resolve_device(device)
     epochs = epochs or auto_epochs(backbone, len(images))
-    with torch.random.fork_rng(devices=[]), _threads(images):
+    with torch.random.fork_rng(devices=[]), _threads(_main_threads(images)):
         if backbone == "small_cnn":
             reporter = _Reporter(progress, "train", epochs * math.ceil(len(images) / batch_size))
-            model = _train_small_cnn(images, labels, weights, num_classes, epochs=epochs, batch_size=batch_size,
-                                     seed=seed, device=dev, reporter=reporter)
+            model = _train_small_cnn(_new_small_cnn(images, num_classes, seed), images, np.arange(len(images)),
+                                     labels, weights, epochs=epochs, batch_size=batch_size, seed=seed, device=dev,
+                                     tick=reporter.step)
         else:
             net = PretrainedFeatures().to(dev)
             features = _pretrained_features(net, images, dev, progress)

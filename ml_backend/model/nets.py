@@ -27,6 +27,26 @@ SMALL_CNN_EMBEDDING = 128  # D
 SMALL_CNN_DROPOUT = 0.3
 
 
+class SeededDropout(nn.Module):
+    """Dropout that draws its masks from its own ``generator`` (a torch.Generator on the
+    module's device, or None for the global one), so fold models trained side by side in
+    threads stay reproducible. Same scaling as :class:`torch.nn.Dropout`; no state to save."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), Act()]
 
@@ -50,7 +70,7 @@ class SmallCNN(nn.Module):
             *_conv_block(w1, w2), nn.MaxPool2d(2),
             *_conv_block(w2, w3), nn.AdaptiveMaxPool2d(SMALL_CNN_GRID), nn.Flatten())
         self.embed = nn.Sequential(nn.Linear(w3 * SMALL_CNN_GRID ** 2, embedding), Act())
-        self.head = nn.Sequential(nn.Dropout(SMALL_CNN_DROPOUT), nn.Linear(embedding, num_classes))
+        self.head = nn.Sequential(SeededDropout(SMALL_CNN_DROPOUT), nn.Linear(embedding, num_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.embed(self.features((x - self.mean) / self.std))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ml_backend.errors import ArtefactError
-from ml_backend.model import CrossFitResult, Ensemble, auto_epochs, choose_backbone, cross_fit
+from ml_backend.model import CrossFitResult, Ensemble, auto_epochs, choose_backbone, cross_fit, train_single
 from ml_backend.model.fit import stratified_folds
 
 SIDE = 16
@@ -121,7 +121,10 @@ def test_progress_is_reported_per_step_up_to_the_total(fitted):
         mine = [c for c in calls if c[0] == stage]
         assert mine and all(0 < done <= total for _, done, total in mine)
         assert mine[-1][1] == mine[-1][2]
-    assert len([c for c in calls if c[0] == "train"]) == FOLDS * EPOCHS  # one call per batch
+        assert [done for _, done, _ in mine] == sorted({done for _, done, _ in mine})  # rising, no repeats
+    assert calls[-1][0] == "classify"
+    train_total = [c[2] for c in calls if c[0] == "train"][-1]
+    assert train_total == FOLDS * EPOCHS  # batches: 90 training images per fold, batch 128
 
 
 def test_ensemble_predicts_embeds_and_round_trips(tmp_path, data, fitted):
@@ -230,6 +233,21 @@ def test_bad_input_is_refused_with_the_value_and_a_fix(change, error, match):
     args = {**GOOD, **change}
     with pytest.raises(error, match=match):
         cross_fit(args.pop("images"), args.pop("labels"), args.pop("num_classes"), **args)
+
+
+def test_train_single_is_one_model_on_all_images(data):
+    images, truth, _, _ = data
+    calls = []
+    ensemble = train_single(images, truth, 3, epochs=10, seed=0, backbone="small_cnn",
+                            progress=lambda *a: calls.append(a))
+    assert isinstance(ensemble, Ensemble) and ensemble.folds == 1 and ensemble.backbone == "small_cnn"
+    assert ensemble.class_names == ["0", "1", "2"]
+    probs = ensemble.predict_proba(images)
+    assert probs.shape == (len(images), 3) and probs.dtype == np.float32
+    assert (probs.argmax(1) == truth).mean() > 0.9  # in-sample, as in the paper's procedure
+    assert calls and calls[-1][0] == "train" and calls[-1][1] == calls[-1][2]
+    again = train_single(images, truth, 3, epochs=10, seed=0, backbone="small_cnn")
+    assert np.array_equal(again.predict_proba(images), probs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
