@@ -1,4 +1,4 @@
-"""Command line: ``python -m ml_backend analyze|serve|worker``.
+"""Command line: ``python -m ml_backend analyze|serve|worker|unpublish``.
 
 Every option mirrors a setting in :mod:`ml_backend.config` (flag ``--folds`` = env
 ``DECONFUSION_FOLDS``); flags win over environment variables.
@@ -85,6 +85,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unpublish(args: argparse.Namespace) -> int:
+    from .workflow import unpublish_project
+
+    print(json.dumps(unpublish_project(args.project, settings_from_args(args)), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="Run an RQ worker for analyses (needs REDIS_URL).")
     add_cli_flags(worker, SERVICE_FLAGS)
     worker.set_defaults(func=cmd_worker)
+    unpublish = sub.add_parser("unpublish", help="Remove everything the backend wrote from a Label Studio project "
+                                                 "(predictions, dc_ fields, tabs, overview project); annotations stay.")
+    unpublish.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    add_cli_flags(unpublish, SERVICE_FLAGS)
+    unpublish.set_defaults(func=cmd_unpublish)
     return parser
 
 

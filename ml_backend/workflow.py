@@ -118,6 +118,27 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("publish", 4, 4)
 
 
+def unpublish_project(project_id: int, settings: Settings) -> dict:
+    """Take everything the backend wrote out of Label Studio again: our predictions (every
+    ``deconfusion`` model version), our ``dc_`` task fields, our tabs and the overview project.
+    Annotations, the user's task data and other models' predictions stay; the analyses stay on
+    disk under MODEL_DIR. Returns what was removed."""
+    client = LabelStudioClient(settings)
+    store = ProjectStore(settings.model_dir, project_id)
+    client.get_project(project_id)  # a clear error for a wrong id before anything changes
+    versions = client.delete_predictions(project_id)
+    fields = client.sync_task_fields(project_id, {}, prefix=publish.FIELD_PREFIX)
+    tabs = client.delete_views(project_id, publish.VIEW_PREFIX)
+    overview_id = store.project_info().get("overview_project")
+    if overview_id is not None and client.project_exists(overview_id):
+        client.delete_project(overview_id)
+    store.update_project_info(overview_project=None, tabs={})
+    removed = {"prediction_versions": versions, "tasks_cleaned": fields, "tabs": tabs,
+               "overview_project": overview_id}
+    log.info("project %s: unpublished %s", project_id, removed)
+    return removed
+
+
 def publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls) -> int:
     """The companion project: one task per overview cell, in the paper's reading order."""
     info = store.project_info()

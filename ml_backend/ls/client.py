@@ -234,6 +234,10 @@ class LabelStudioClient:
     def create_project(self, title: str, label_config: str) -> int:
         return int(self.request("POST", "/api/projects/", json={"title": title, "label_config": label_config})["id"])
 
+    def delete_project(self, project_id: int) -> None:
+        """Only for the backend's own companion projects (the overview)."""
+        self.request("DELETE", f"/api/projects/{int(project_id)}/")
+
     def update_label_config(self, project_id: int, label_config: str) -> None:
         self.request("PATCH", f"/api/projects/{int(project_id)}/", json={"label_config": label_config})
 
@@ -245,6 +249,30 @@ class LabelStudioClient:
 
     def all_tasks(self, project_id: int) -> list[dict]:
         return list(self.iter_tasks(project_id))
+
+    def export_tasks(self, project_id: int, *, labeled_only: bool = False) -> list[dict]:
+        """Every task (``labeled_only``: every task with an annotation, cancelled ones included)
+        as Label Studio's JSON export gives them: id, raw data, meta, annotations in full,
+        predictions as ids only; sorted by id.
+
+        One request, several times faster than paging the Data Manager list (Label Studio 1.23,
+        SQLite, 3000 tasks: 5.6 s against 31.7 s with annotations, 9.4 s without), and it never
+        asks a connected ML backend for predictions. Falls back to :meth:`iter_tasks` where the
+        export endpoint is missing or refuses the request.
+        """
+        params = {"exportType": "JSON", "download_resources": "false",
+                  "download_all_tasks": "false" if labeled_only else "true"}
+        try:
+            tasks = self.request("GET", f"/api/projects/{int(project_id)}/export", params=params, timeout=600)
+        except LabelStudioRequestFailed as exc:
+            if exc.status == 404 and not self.project_exists(project_id):
+                raise
+            log.warning("Label Studio's export of project %s failed (%s); listing tasks page by page instead",
+                        project_id, exc)
+            tasks = None
+        if not isinstance(tasks, list):
+            return list(self.iter_tasks(project_id))
+        return sorted(tasks, key=lambda task: int(task["id"]))
 
     def get_task(self, task_id: int) -> dict:
         """One task with raw data (storage URIs unresolved) and its annotations."""
@@ -327,7 +355,7 @@ class LabelStudioClient:
         progress : called as progress(done, total) after each download.
         """
         wanted: list[tuple[int, Any, str, str]] = []
-        for task in self.iter_tasks(project_id):
+        for task in self.export_tasks(project_id, labeled_only=True):
             label = newest_label(task.get("annotations") or [], spec)
             if label is not None:
                 data = task.get("data") or {}
@@ -536,7 +564,7 @@ class LabelStudioClient:
         for fields in wanted.values():
             _check_own_keys(fields, prefix)
         changes = []
-        for task in self.iter_tasks(project_id):
+        for task in self.export_tasks(project_id):
             data = task.get("data") or {}
             target = {**{k: v for k, v in data.items() if not k.startswith(prefix)},
                       **wanted.get(int(task["id"]), {})}
@@ -762,8 +790,9 @@ def _json_or_text(resp: httpx.Response) -> Any:
 def _detail(body: Any) -> str:
     """Label Studio's error text: its ``detail``/validation messages, else the body, shortened."""
     if isinstance(body, dict):
-        if body.get("detail"):
-            return str(body["detail"])[:300]
-        if body.get("validation_errors"):
-            return str(body["validation_errors"])[:300]
+        detail, errors = body.get("detail"), body.get("validation_errors")
+        if errors:  # {"detail": "Validation error", "validation_errors": {"title": [...]}}
+            return f"{detail or 'validation error'}: {errors}"[:500]
+        if detail:
+            return str(detail)[:300]
     return str(body)[:300] or "no details"

@@ -157,6 +157,11 @@ def test_iter_tasks_pages_through_every_task_with_raw_data(world):
     s3 = next(t for t in tasks if t["id"] == world["tasks"]["s3"])
     assert s3["data"]["img"] == "s3://no-such-bucket/x.png"  # not resolved into a proxy URL
     assert {"data", "annotations", "predictions", "meta"} <= set(s3)
+    exported = client.export_tasks(world["pid"])  # the fast path labeled_records and sync_task_fields use
+    assert [(t["id"], t["data"]) for t in exported] == sorted((t["id"], t["data"]) for t in tasks)
+    annotated = [t["id"] for t in client.export_tasks(world["pid"], labeled_only=True)]
+    assert annotated == sorted(t["id"] for t in tasks if t["annotations"])
+    assert world["tasks"]["up3"] in annotated  # cancelled annotations count here; newest_label drops them
 
 
 def test_class_spec_matches_the_config(world):
@@ -305,3 +310,50 @@ def test_newest_label_ignores_other_controls_and_compares_timestamps_as_times():
     ]
     assert newest_label(annotations, spec) == "square"
     assert newest_label([], spec) is None
+
+
+def _hooks(host, path: str, count: int, timeout: float = 10.0) -> list[dict]:
+    """The webhook bodies posted to ``path``, once ``count`` have come (or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sum(p == path for p, _ in host.posts) < count:
+        time.sleep(0.1)
+    return [json.loads(body) for p, body in host.posts if p == path]
+
+
+def test_annotation_webhooks_carry_the_payloads_the_verdict_loop_reads(world, host):
+    """Label Studio 1.23's payloads for the four annotation actions, as the backend's /webhook gets them."""
+    host.routes["/hook"] = Route(content_type="application/json", body=b"{}")
+    client = world["client"]
+    pid = client.create_project("webhooks", CONFIG)
+    t1, t2, t3 = client.import_tasks(pid, [{"data": {"img": f"/x/{n}.png"}} for n in range(3)])
+    client.ensure_webhook(pid, host.url + "/hook", ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED",
+                                                    "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"])
+    first = client.create_annotation(t1, choice("circle"))
+    client.request("PATCH", f"/api/annotations/{first}/", json={"result": choice("square")})
+    client.create_predictions(pid, [{"task": t, "result": choice("triangle"), "model_version": "deconfusion-x"}
+                                    for t in (t2, t3)])
+    # "Create Annotations From Predictions" in the Data Manager
+    client.request("POST", "/api/dm/actions", params={"id": "predictions_to_annotations", "project": pid},
+                   json={"project": pid, "selectedItems": {"all": False, "included": [t2, t3]},
+                         "model_version": "deconfusion-x"})
+    client.request("DELETE", f"/api/annotations/{first}/")
+    # "Delete Annotations" in the Data Manager
+    client.request("POST", "/api/dm/actions", params={"id": "delete_tasks_annotations", "project": pid},
+                   json={"project": pid, "selectedItems": {"all": False, "included": [t2]}})
+    created, updated, bulk, deleted, bulk_deleted = _hooks(host, "/hook", 5)
+
+    assert created["action"] == "ANNOTATION_CREATED" and set(created) >= {"annotation", "task", "project"}
+    assert created["annotation"]["id"] == first and created["annotation"]["task"] == t1
+    assert created["task"]["id"] == t1 and created["project"]["id"] == pid
+    assert created["annotation"]["result"][0]["value"]["choices"] == ["circle"]
+    assert updated["action"] == "ANNOTATION_UPDATED" and updated["annotation"]["id"] == first
+    assert updated["annotation"]["result"][0]["value"]["choices"] == ["square"]
+    assert bulk["action"] == "ANNOTATIONS_CREATED" and bulk["project"]["id"] == pid
+    assert sorted(a["task"] for a in bulk["annotation"]) == [t2, t3]  # key "annotation", holding a list
+    assert sorted(t["id"] for t in bulk["task"]) == [t2, t3]
+    assert all(a["result"][0]["value"]["choices"] == ["triangle"] for a in bulk["annotation"])
+    assert set(deleted) == {"action", "annotations", "project"} and deleted["action"] == "ANNOTATIONS_DELETED"
+    assert deleted["annotations"] == [{"id": first}] and deleted["project"]["id"] == pid
+    assert bulk_deleted["action"] == "ANNOTATIONS_DELETED" and bulk_deleted["project"]["id"] == pid
+    assert bulk_deleted["annotations"] == [{"id": a["id"]} for a in bulk["annotation"] if a["task"] == t2]
+    assert "task" not in deleted and "task" not in bulk_deleted  # deletions name annotation ids only

@@ -6,6 +6,7 @@ import pytest
 
 from ml_backend.errors import LabelConfigError
 from ml_backend.ls.schema import ClassSpec, parse_label_config
+from ml_backend.views.configs import review_config
 
 CHOICES = '<Choice value="dog"/><Choice value="cat"/><Choice value="bird"/>'
 
@@ -76,3 +77,11 @@ def test_the_shipped_example_config_parses():
 def test_unusable_configs_say_what_to_change(xml, message):
     with pytest.raises(LabelConfigError, match=message):
         parse_label_config(xml)
+
+
+@pytest.mark.parametrize("evidence_tag", ["Markdown", "HyperText"])
+def test_the_review_panel_we_install_changes_nothing(evidence_tag):
+    xml = (Path(__file__).resolve().parents[2] / "label_studio_config" / "image_classification.xml").read_text()
+    reviewed = review_config(xml, evidence_tag=evidence_tag)
+    assert "dc_verdict" in reviewed and ("HyperText" in reviewed) == (evidence_tag == "HyperText")
+    assert parse_label_config(reviewed) == parse_label_config(xml)

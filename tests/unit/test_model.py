@@ -127,6 +127,16 @@ def test_progress_is_reported_per_step_up_to_the_total(fitted):
     assert train_total == FOLDS * EPOCHS  # batches: 90 training images per fold, batch 128
 
 
+def test_an_error_in_the_progress_callback_stops_the_fold_workers_and_is_raised(data):
+    images, _, noisy, _ = data
+
+    def cancel(stage, done, total):
+        raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt, match="cancelled"):
+        cross_fit(images, noisy, 3, folds=FOLDS, epochs=EPOCHS, backbone="small_cnn", progress=cancel)
+
+
 def test_ensemble_predicts_embeds_and_round_trips(tmp_path, data, fitted):
     images = data[0][:10]
     ensemble = fitted[1]
