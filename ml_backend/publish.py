@@ -24,7 +24,9 @@ VERDICT_LABELS = {
     "removed": "Remove (duplicate/unusable)",
     "ambiguous": "Ambiguous",
 }
-NUMERIC_FIELDS = ("dc_error_score", "dc_candidate", "dc_duplicate", "dc_leakage", "dc_excluded", "dc_p_suggested")
+NUMERIC_FIELDS = ("dc_error_score", "dc_candidate", "dc_duplicate", "dc_duplicate_group", "dc_similarity",
+                  "dc_leakage", "dc_excluded", "dc_p_suggested")
+DUPLICATE_ORDER = "dc_duplicate_group"  # groups numbered closest copies first (see duplicate_groups)
 
 
 def prediction(analysis: Analysis, i: int, spec: ClassSpec) -> dict:
@@ -48,16 +50,22 @@ def is_flagged(analysis: Analysis, i: int) -> bool:
                 or analysis.duplicate_group[i] >= 0)
 
 
-def task_fields(analysis: Analysis, i: int, *, leakage: set[int], evidence: str, verdict: dict | None) -> dict:
-    """Our ``dc_`` fields for image ``i``; the Data Manager tabs filter and sort on them."""
+def task_fields(analysis: Analysis, i: int, *, leakage: set[int], groups: dict[int, tuple[int, float]],
+                evidence: str, verdict: dict | None) -> dict:
+    """Our ``dc_`` fields for image ``i``; the Data Manager tabs filter and sort on them.
+    ``groups``: image index -> (duplicate group number, its highest SSIM with a copy), see
+    :func:`duplicate_groups`; 0 and 0.0 for images without a copy."""
     reviewed = verdict["verdict"] if verdict else ""
+    group, similarity = groups.get(i, (0, 0.0))
     return {
         "dc_error_score": round(float(analysis.error_score[i]), 6),
         "dc_suggested": analysis.class_names[analysis.predicted[i]],
         "dc_p_suggested": round(float(analysis.pred_probs[i, analysis.predicted[i]]), 6),
         "dc_cell": analysis.cell_name(i),
         "dc_candidate": int(bool(analysis.is_candidate[i]) and not reviewed),
-        "dc_duplicate": int(analysis.duplicate_group[i] >= 0),
+        "dc_duplicate": int(group > 0),
+        "dc_duplicate_group": group,
+        "dc_similarity": round(similarity, 4),
         "dc_leakage": int(i in leakage),
         "dc_reviewed": reviewed,
         "dc_excluded": int(reviewed == "removed"),
@@ -70,17 +78,36 @@ def leakage_members(analysis: Analysis) -> set[int]:
     return {idx for pair in analysis.duplicates if pair["cross_split"] for idx in (pair["a"], pair["b"])}
 
 
+def duplicate_groups(analysis: Analysis) -> dict[int, tuple[int, float]]:
+    """image index -> (group number, highest SSIM with a copy) for every image with a duplicate.
+
+    Groups are numbered 1, 2, ... from the most similar copies down (exact copies first, then
+    by the group's id), so sorting a tab by ``dc_duplicate_group`` (Label Studio sorts on one
+    field) puts copies side by side, closest first."""
+    best: dict[int, float] = {}
+    for pair in analysis.duplicates:
+        for idx in (pair["a"], pair["b"]):
+            best[idx] = max(best.get(idx, 0.0), float(pair["ssim"]))
+    group_best: dict[int, float] = {}
+    for idx, value in best.items():
+        group = int(analysis.duplicate_group[idx])
+        group_best[group] = max(group_best.get(group, 0.0), value)
+    number = {g: n for n, g in enumerate(sorted(group_best, key=lambda g: (-group_best[g], g)), 1)}
+    return {idx: (number[int(analysis.duplicate_group[idx])], value) for idx, value in best.items()}
+
+
 def desired_fields(
     analysis: Analysis, verdicts: dict[str, dict], evidence: Callable[[int], str],
 ) -> dict[int, dict]:
     """task id -> the ``dc_`` fields it should carry now (flagged tasks and reviewed ones)."""
-    leakage = leakage_members(analysis)
+    leakage, groups = leakage_members(analysis), duplicate_groups(analysis)
     wanted = {}
     for i in range(len(analysis)):
         task_id = int(analysis.task_ids[i])
         verdict = verdicts.get(str(task_id))
         if task_id >= 0 and (is_flagged(analysis, i) or verdict):
-            wanted[task_id] = task_fields(analysis, i, leakage=leakage, evidence=evidence(i), verdict=verdict)
+            wanted[task_id] = task_fields(analysis, i, leakage=leakage, groups=groups, evidence=evidence(i),
+                                           verdict=verdict)
     return wanted
 
 
@@ -102,9 +129,9 @@ def views(analysis: Analysis, *, max_tabs: int) -> list[dict]:
         {"title": REVIEW_QUEUE, "filters": [("dc_candidate", "equal", "Number", 1)], "ordering": "-dc_error_score"},
         *cell_views(analysis, max_tabs=max_tabs),
         {"title": f"{VIEW_PREFIX}: duplicates", "filters": [("dc_duplicate", "equal", "Number", 1)],
-         "ordering": "-dc_error_score"},
+         "ordering": DUPLICATE_ORDER},
         {"title": f"{VIEW_PREFIX}: train/val leakage", "filters": [("dc_leakage", "equal", "Number", 1)],
-         "ordering": "-dc_error_score"},
+         "ordering": DUPLICATE_ORDER},
         {"title": f"{VIEW_PREFIX}: excluded", "filters": [("dc_excluded", "equal", "Number", 1)],
          "ordering": "-dc_error_score"},
     ]

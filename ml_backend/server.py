@@ -46,7 +46,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from .config import Settings
 from .errors import (ArtefactError, DatasetError, DeConfusionError, LabelConfigError, LabelStudioUnavailable,
                      UnreadableImage)
-from .jobs import (ACTIVE, JobQueueUnavailable, JobRunner, JobState, list_jobs, local_status,
+from .jobs import (ACTIVE, JobQueueUnavailable, JobRunner, JobState, check_project_id, list_jobs, local_status,
                    read_job, recover_interrupted)
 from .ls.schema import parse_label_config
 from .store import ProjectStore
@@ -79,16 +79,12 @@ def project_id_of(value: Any) -> int:
     """Label Studio names a project as ``"<id>.<created timestamp>"``, an id, or a dict with ``id``."""
     if isinstance(value, Mapping):
         value = value.get("id")
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"'project' must be a project id like 12 or '12.1700000000', got {value!r}")
     head = value.split(".", 1)[0] if isinstance(value, str) else value
     try:
-        project_id = int(head)
-    except ValueError:
-        raise ValueError(f"'project' must be a project id like 12 or '12.1700000000', got {value!r}") from None
-    if project_id <= 0:
-        raise ValueError(f"'project' must be a positive project id, got {value!r}")
-    return project_id
+        return check_project_id(head)
+    except (TypeError, ValueError):
+        raise ValueError(f"'project' must be a positive project id like 12 or '12.1700000000', "
+                         f"got {value!r}") from None
 
 
 def current_model_version(settings: Settings, project_id: int) -> str:

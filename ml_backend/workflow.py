@@ -146,6 +146,10 @@ def publish_overview(client, project_id, project, analysis, settings, store, tab
     if overview_id is None or not client.project_exists(overview_id):
         overview_id = client.create_project(project.get("title", f"Project {project_id}") + OVERVIEW_SUFFIX,
                                             OVERVIEW_CONFIG.read_text())
+        # The paper's reading order, with the cell's HTML only in the labeling view, not as a column.
+        client.create_view(overview_id, f"{publish.VIEW_PREFIX}: overview", ordering="dc_order",
+                           hidden_columns={"explore": ["tasks:data.html"], "labeling": []},
+                           numeric_fields=("dc_order", "dc_count"))
         store.update_project_info(overview_project=overview_id)
     queue = f"{settings.label_studio_url.rstrip('/')}/projects/{project_id}/data?tab={tab_ids[publish.REVIEW_QUEUE]}"
 

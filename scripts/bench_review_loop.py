@@ -1,14 +1,15 @@
 """One De-Confusion iteration with a simulated reviewer on the paper's MNIST corruption.
 
-    .venv/bin/python scripts/bench_review_loop.py --mnist ../shared/datasets/mnist --budget 500 2000
+    .venv/bin/python scripts/bench_review_loop.py --mnist ../shared/datasets/mnist --budget 200 500 2000
 
 The reviewer is an oracle that knows the true label of every image it looks at, and works
 only from what the published tabs show, in their order, within a budget of images looked at:
 1. the cell tabs flagged as class interpretation errors, in the overview's reading order:
    it looks at 20 images of the cell; if at least 90% are truly the model's class it relabels
    the whole cell at once ("Create Annotations From Predictions" on the tab), else it moves on;
-2. the duplicates tab: it removes the second copy of each pair;
-3. the review queue, most likely errors first: each image is kept or relabeled to its truth.
+2. the review queue, most likely errors first: each image is kept or relabeled to its truth;
+3. the duplicates tab, closest copies first: one look per pair; it removes the second image
+   of a true copy (pixel-identical or one of the planted copies) and keeps look-alikes.
 Then a classifier is trained once on the corrected training split (removed images excluded)
 and on the uncorrected one, and both are scored on the validation split's true labels.
 """
@@ -33,6 +34,7 @@ from ml_backend.config import Settings  # noqa: E402
 from ml_backend.dataset import ImageDataset  # noqa: E402
 from ml_backend.model.fit import train_single  # noqa: E402
 from ml_backend.pipeline import run_analysis  # noqa: E402
+from ml_backend.publish import duplicate_groups  # noqa: E402
 
 CELL_SAMPLE = 20
 CELL_AGREEMENT = 0.9
@@ -47,7 +49,8 @@ def dataset_from_arrays(x: np.ndarray, labels: np.ndarray, split: np.ndarray) ->
         task_ids=np.arange(len(x), dtype=np.int64), weights=np.ones(len(x), np.float32))
 
 
-def review(analysis, labels: np.ndarray, truth: np.ndarray, budget: int, rng) -> tuple[np.ndarray, np.ndarray, dict]:
+def review(analysis, labels: np.ndarray, truth: np.ndarray, copies: set[tuple[int, int]], budget: int,
+           rng) -> tuple[np.ndarray, np.ndarray, dict]:
     """Returns corrected labels, a removed mask, and what the reviewer did."""
     fixed, removed = labels.copy(), np.zeros(len(labels), bool)
     seen = np.zeros(len(labels), bool)
@@ -64,12 +67,6 @@ def review(analysis, labels: np.ndarray, truth: np.ndarray, budget: int, rng) ->
             seen[members] = True
             log["cells_relabeled"] += 1
             log["bulk_relabeled"] += len(members)
-    for pair in analysis.duplicates:
-        if spent >= budget:
-            break
-        spent += 1
-        removed[pair["b"]] = seen[pair["b"]] = True
-        log["removed"] += 1
     for i in np.argsort(-analysis.error_score, kind="stable"):
         if spent >= budget or not analysis.is_candidate[i]:
             break
@@ -82,6 +79,14 @@ def review(analysis, labels: np.ndarray, truth: np.ndarray, budget: int, rng) ->
             log["single_relabeled"] += 1
         else:
             log["kept"] += 1
+    groups = duplicate_groups(analysis)
+    for pair in sorted(analysis.duplicates, key=lambda p: groups[p["a"]][0]):
+        if spent >= budget:
+            break
+        spent += 1
+        if pair["kind"] == "exact" or (pair["a"], pair["b"]) in copies:
+            removed[pair["b"]] = True
+            log["removed"] += 1
     log["reviewed"] = spent
     return fixed, removed, log
 
@@ -101,7 +106,8 @@ def main() -> None:
     args = parser.parse_args()
 
     x, y, split = load_set(args.mnist)
-    x, noisy, truth, split, kind, _ = corrupt(x, y, split, MNIST_SWAPS, seed=0, limit=args.limit)
+    x, noisy, truth, split, kind, planted = corrupt(x, y, split, MNIST_SWAPS, seed=0, limit=args.limit)
+    copies = {tuple(sorted(p)) for p in planted}
     start = time.perf_counter()
     analysis, _ = run_analysis(dataset_from_arrays(x, noisy, split), Settings.from_env({}))
     analysis_s = time.perf_counter() - start
@@ -110,10 +116,10 @@ def main() -> None:
     print(f"\n{len(x)} images, {errors_before} wrong labels; analysis {analysis_s / 60:.1f} min; "
           f"validation accuracy before review {acc_before:.2%}\n")
     print("| reviewed images | cells relabeled at once | images relabeled in bulk | single relabels | kept "
-          "| removed duplicates | wrong labels left | reduction | val. accuracy before → after |")
+          "| removed copies | wrong labels left | reduction | val. accuracy before → after |")
     print("|---|---|---|---|---|---|---|---|---|")
     for budget in args.budget:
-        fixed, removed, log = review(analysis, noisy, truth, budget, np.random.default_rng(0))
+        fixed, removed, log = review(analysis, noisy, truth, copies, budget, np.random.default_rng(0))
         left = int(((fixed != truth) & ~removed).sum())
         acc_after = val_accuracy(x, fixed, truth, split, ~removed)
         print(f"| {log['reviewed']} | {log['cells_relabeled']} | {log['bulk_relabeled']} | {log['single_relabeled']} "

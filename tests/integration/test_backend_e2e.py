@@ -234,6 +234,16 @@ def test_a_browser_shows_the_overview_a_review_task_and_the_report_with_their_im
         assert page.evaluate("document.body.innerText.includes('Take model label')")
 
 
+def tasks_once_reviewed(client, pid: int, task_ids: list[int], timeout: float = 30) -> dict[int, dict]:
+    """The project's tasks by id, once the backend has marked all of ``task_ids`` reviewed (or time is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = {t["id"]: t for t in client.all_tasks(pid)}
+        if all(tasks[t]["data"].get("dc_reviewed") for t in task_ids) or time.monotonic() > deadline:
+            return tasks
+        time.sleep(0.5)
+
+
 def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     client, pid = world["client"], world["pid"]
     queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
@@ -241,12 +251,7 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     for task_id in reviewed:  # a reviewer takes the model's label
         suggested = client.request("GET", f"/api/tasks/{task_id}/")["data"]["dc_suggested"]
         client.create_annotation(task_id, annotation(suggested)["result"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        tasks = {t["id"]: t for t in client.all_tasks(pid)}
-        if all(tasks[t]["data"].get("dc_reviewed") for t in reviewed):
-            break
-        time.sleep(0.5)
+    tasks = tasks_once_reviewed(client, pid, reviewed)
     assert all(tasks[t]["data"]["dc_reviewed"] == "relabeled_to_model" and tasks[t]["data"]["dc_candidate"] == 0
                for t in reviewed)
     # Whole-cell relabel as the README tells reviewers: the cell's tab, select all, Actions ->
@@ -258,12 +263,7 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     client.request("POST", "/api/dm/actions", params={"id": "predictions_to_annotations", "project": pid},
                    json={"project": pid, "selectedItems": {"all": False, "included": cell},
                          "model_version": first_version})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        tasks = {t["id"]: t for t in client.all_tasks(pid)}
-        if all(tasks[t]["data"].get("dc_reviewed") for t in cell):
-            break
-        time.sleep(0.5)
+    tasks = tasks_once_reviewed(client, pid, cell)
     assert all(tasks[t]["data"].get("dc_reviewed") == "relabeled_to_model" for t in cell)
     assert all(tasks[t]["annotations"][-1]["result"][0]["value"]["choices"] == ["ring"] for t in cell)
     titles_before = sorted(views_by_title(world))

@@ -1,0 +1,56 @@
+"""What an analysis turns into in Label Studio: predictions, dc_ fields and tabs."""
+
+import dataclasses
+
+import numpy as np
+
+from ml_backend import publish
+from ml_backend.ls.schema import ClassSpec
+from tests.unit.test_analysis import tiny_analysis
+
+SPEC = ClassSpec(image_name="image", image_key="image", choices_name="label", labels=["cat", "dog"])
+
+
+def with_duplicates(analysis, pairs, groups):
+    return dataclasses.replace(analysis, duplicates=pairs, duplicate_group=np.array(groups))
+
+
+def test_duplicate_groups_are_numbered_closest_copies_first():
+    analysis = with_duplicates(tiny_analysis(), [
+        {"a": 0, "b": 1, "kind": "near", "ssim": 0.96, "cross_split": False},
+        {"a": 2, "b": 3, "kind": "exact", "ssim": 1.0, "cross_split": True}], [0, 0, 2, 2])
+    assert publish.duplicate_groups(analysis) == {2: (1, 1.0), 3: (1, 1.0), 0: (2, 0.96), 1: (2, 0.96)}
+    fields = publish.desired_fields(analysis, {}, lambda i: "")
+    assert [fields[t]["dc_duplicate_group"] for t in (1, 2, 3, 4)] == [2, 2, 1, 1]
+    assert [fields[t]["dc_leakage"] for t in (1, 2, 3, 4)] == [0, 0, 1, 1]
+    tabs = {v["title"]: v for v in publish.views(analysis, max_tabs=5)}
+    assert tabs["De-Confusion: duplicates"]["ordering"] == "dc_duplicate_group"
+    assert "dc_duplicate_group" in publish.NUMERIC_FIELDS  # else Label Studio sorts 10 before 2
+
+
+def test_fields_go_only_to_flagged_or_reviewed_tasks_and_never_clash_with_user_keys():
+    analysis = tiny_analysis()  # image 0: correct, no copy, not a candidate
+    fields = publish.desired_fields(analysis, {"1": {"verdict": "kept", "label": "cat"}}, lambda i: f"<p>{i}</p>")
+    assert set(fields) == {1, 2, 3, 4}
+    assert fields[1]["dc_reviewed"] == "kept" and fields[1]["dc_candidate"] == 0 and fields[1]["dc_evidence"] == "<p>0</p>"
+    assert fields[2]["dc_candidate"] == 1 and fields[2]["dc_suggested"] == "dog" and fields[2]["dc_cell"] == "cat → dog"
+    assert fields[3]["dc_duplicate_group"] == 1 and fields[1]["dc_duplicate_group"] == 0
+    assert all(key.startswith(publish.FIELD_PREFIX) for f in fields.values() for key in f)
+    assert {f["dc_version"] for f in fields.values()} == {analysis.model_version}
+    assert publish.desired_fields(analysis, {}, lambda i: "").keys() == {2, 3, 4}
+
+
+def test_review_queue_comes_first_and_sorts_by_error_score():
+    tabs = publish.views(tiny_analysis(), max_tabs=5)
+    assert tabs[0]["title"] == publish.REVIEW_QUEUE and tabs[0]["ordering"] == "-dc_error_score"
+    assert tabs[1]["title"] == "De-Confusion: cat → dog (1)" and tabs[1]["cell"] == (0, 1)
+    assert all(t["title"].startswith(publish.VIEW_PREFIX) for t in tabs)
+
+
+def test_prediction_is_the_model_label_on_the_projects_own_controls():
+    analysis = tiny_analysis()
+    prediction = publish.prediction(analysis, 1, SPEC)
+    assert prediction["task"] == 2 and prediction["model_version"] == analysis.model_version
+    assert prediction["result"] == [{"from_name": "label", "to_name": "image", "type": "choices",
+                                     "value": {"choices": ["dog"]}}]
+    assert abs(prediction["score"] - 0.8) < 1e-6
