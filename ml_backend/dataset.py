@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from .errors import DatasetError, UnreadableImage
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+PROGRESS_EVERY = 500  # images decoded between progress reports
 MIN_SIDE = 8  # smaller images carry no usable content (1x1 tracking pixels, icons)
 MAX_WORKING_SIDE = 160  # cap for the working copy; photos are resized, small images kept
 THUMB_SIDE = 64
@@ -167,9 +167,12 @@ def build_dataset(
     class_names: Sequence[str] | None = None,
     weights: dict[str, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    workers: int = 4,
 ) -> ImageDataset:
     """Decode records into an ImageDataset; unreadable ones go to ``skipped``.
+
+    Sources are local (files, the download cache, bytes), so decoding is CPU work under the
+    GIL and runs in this thread: threads made it slower (70,000 MNIST PNGs: 7.7 s in one
+    thread, 11.1 s in four).
 
     class_names : the classes to index labels by (e.g. from a labeling config); default
         the sorted set of labels seen. A label outside it is skipped with a reason.
@@ -192,14 +195,14 @@ def build_dataset(
             return SkippedItem(rec.item, str(exc))
         return rec, pixels, digest
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, result in enumerate(pool.map(decode, records), 1):
-            if isinstance(result, SkippedItem):
-                skipped.append(result)
-            else:
-                decoded.append(result)
-            if progress:
-                progress(done, len(records))
+    for done, record in enumerate(records, 1):
+        result = decode(record)
+        if isinstance(result, SkippedItem):
+            skipped.append(result)
+        else:
+            decoded.append(result)
+        if progress and (done % PROGRESS_EVERY == 0 or done == len(records)):
+            progress(done, len(records))
     for item in skipped:
         log.warning("skipped %s: %s", item.item, item.reason)
     _check_usable(decoded)
@@ -207,7 +210,7 @@ def build_dataset(
     shape = working_shape([pixels.shape for _, pixels, _ in decoded])
     images = np.empty((len(decoded), *shape), dtype=np.uint8)
     for i, (_, pixels, _) in enumerate(decoded):
-        images[i] = fit_to_shape(pixels, shape)
+        images[i] = pixels if pixels.shape == shape else fit_to_shape(pixels, shape)
     weights = weights or {}
     return ImageDataset(
         items=[rec.item for rec, _, _ in decoded],
