@@ -24,8 +24,8 @@ VERDICT_LABELS = {
     "removed": "Remove (duplicate/unusable)",
     "ambiguous": "Ambiguous",
 }
-NUMERIC_FIELDS = ("dc_error_score", "dc_candidate", "dc_duplicate", "dc_duplicate_group", "dc_similarity",
-                  "dc_leakage", "dc_excluded", "dc_p_suggested")
+NUMERIC_FIELDS = ("dc_error_score", "dc_candidate", "dc_unreviewed", "dc_duplicate", "dc_duplicate_group",
+                  "dc_similarity", "dc_leakage", "dc_excluded", "dc_p_suggested")
 DUPLICATE_ORDER = "dc_duplicate_group"  # groups numbered closest copies first (see duplicate_groups)
 
 
@@ -63,6 +63,7 @@ def task_fields(analysis: Analysis, i: int, *, leakage: set[int], groups: dict[i
         "dc_p_suggested": round(float(analysis.pred_probs[i, analysis.predicted[i]]), 6),
         "dc_cell": analysis.cell_name(i),
         "dc_candidate": int(bool(analysis.is_candidate[i]) and not reviewed),
+        "dc_unreviewed": int(not reviewed),
         "dc_duplicate": int(group > 0),
         "dc_duplicate_group": group,
         "dc_similarity": round(similarity, 4),
@@ -117,7 +118,10 @@ def cell_views(analysis: Analysis, *, max_tabs: int) -> list[dict]:
     return [{
         "title": f"{VIEW_PREFIX}: {analysis.class_names[c['label']]} → {analysis.class_names[c['predicted']]} "
                  f"({c['count']})",
-        "filters": [("dc_cell", "equal", "String", analysis.cell_name_of(c["label"], c["predicted"]))],
+        # Reviewed images leave the cell too (the paper's decluttering), so "select all" in a
+        # cell tab never overrides a reviewer's verdict.
+        "filters": [("dc_cell", "equal", "String", analysis.cell_name_of(c["label"], c["predicted"])),
+                    ("dc_unreviewed", "equal", "Number", 1)],
         "ordering": "-dc_error_score",
         "cell": (c["label"], c["predicted"]),
     } for c in leading]

@@ -272,7 +272,7 @@ class VerdictHandler:
     def _mark_reviewed(self, project_id: int, store: ProjectStore, task_ids: list[int]) -> None:
         """Reviewed tasks leave the review queue at once; removed ones go to the excluded tab."""
         verdicts = store.verdicts()
-        updates = {t: {"dc_candidate": 0, "dc_reviewed": verdicts[str(t)]["verdict"],
+        updates = {t: {"dc_candidate": 0, "dc_unreviewed": 0, "dc_reviewed": verdicts[str(t)]["verdict"],
                        "dc_excluded": int(verdicts[str(t)]["verdict"] == "removed")} for t in task_ids}
         try:
             LabelStudioClient(self.settings).merge_task_fields(project_id, updates)

@@ -3,10 +3,12 @@ the API, then check what a reviewer sees; submit verdicts; analyse again."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -258,8 +260,8 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     # Create Annotations From Predictions, our model version; one ANNOTATIONS_CREATED for the batch.
     first_version = world["job"]["model_version"]
     cell_tab = next(v for t, v in views_by_title(world).items() if t.startswith("De-Confusion: diagonal → ring ("))
-    cell = [t for t in client.view_task_ids(pid, cell_tab) if t not in reviewed]
-    assert len(cell) >= 5
+    cell = client.view_task_ids(pid, cell_tab)
+    assert len(cell) >= 5 and not set(reviewed) & set(cell)  # reviewed images left the cell's tab too
     client.request("POST", "/api/dm/actions", params={"id": "predictions_to_annotations", "project": pid},
                    json={"project": pid, "selectedItems": {"all": False, "included": cell},
                          "model_version": first_version})
@@ -308,6 +310,72 @@ def test_bad_projects_and_outages_give_a_clear_status_and_the_service_stays_up(c
         urllib.request.urlopen(request, timeout=5)
         job = wait_for_job(url, pid, timeout=120)
         assert job["status"] == "failed" and expected in job["message"] and "Traceback" not in job["message"]
+        assert get_json(url + "/health")[0] == 200
+
+
+class CuttableProxy:
+    """A TCP forwarder to Label Studio that can be cut, as a network or server outage would."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit("//", 1)[1].split(":")
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # cut
+                return
+            server = socket.create_connection(self.upstream)
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.listener.close()
+        for sock in self.open:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_label_studio_going_down_mid_job_fails_the_job_clearly_and_the_service_stays_up(world, label_studio,
+                                                                                         tmp_path):
+    from lsserver import free_port, start_backend
+
+    proxy = CuttableProxy(label_studio.url)
+    port = free_port()
+    settings = Settings.from_env({}, model_dir=str(tmp_path), port=port, label_studio_url=proxy.url,
+                                 label_studio_api_key=label_studio.token)
+    with start_backend(settings) as url:
+        request = urllib.request.Request(url + "/webhook", data=json.dumps(
+            {"action": "START_TRAINING", "project": {"id": world["pid"]}}).encode(),
+            headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=5)
+        deadline = time.monotonic() + 120
+        while json.loads(get_json(f"{url}/jobs/{world['pid']}")[2]).get("stage") in (None, "starting", "download",
+                                                                                     "decode"):
+            assert time.monotonic() < deadline, "the analysis never reached training"
+            time.sleep(0.2)
+        proxy.cut()  # images are in; Label Studio vanishes before anything is published
+        job = wait_for_job(url, world["pid"], timeout=180)
+        assert job["status"] == "failed" and "did not answer" in job["message"], job
+        assert "Traceback" not in job["message"]
         assert get_json(url + "/health")[0] == 200
 
 

@@ -32,7 +32,8 @@ def test_fields_go_only_to_flagged_or_reviewed_tasks_and_never_clash_with_user_k
     analysis = tiny_analysis()  # image 0: correct, no copy, not a candidate
     fields = publish.desired_fields(analysis, {"1": {"verdict": "kept", "label": "cat"}}, lambda i: f"<p>{i}</p>")
     assert set(fields) == {1, 2, 3, 4}
-    assert fields[1]["dc_reviewed"] == "kept" and fields[1]["dc_candidate"] == 0 and fields[1]["dc_evidence"] == "<p>0</p>"
+    assert fields[1]["dc_reviewed"] == "kept" and fields[1]["dc_candidate"] == fields[1]["dc_unreviewed"] == 0
+    assert fields[2]["dc_unreviewed"] == 1 and fields[1]["dc_evidence"] == "<p>0</p>"
     assert fields[2]["dc_candidate"] == 1 and fields[2]["dc_suggested"] == "dog" and fields[2]["dc_cell"] == "cat → dog"
     assert fields[3]["dc_duplicate_group"] == 1 and fields[1]["dc_duplicate_group"] == 0
     assert all(key.startswith(publish.FIELD_PREFIX) for f in fields.values() for key in f)
@@ -44,6 +45,7 @@ def test_review_queue_comes_first_and_sorts_by_error_score():
     tabs = publish.views(tiny_analysis(), max_tabs=5)
     assert tabs[0]["title"] == publish.REVIEW_QUEUE and tabs[0]["ordering"] == "-dc_error_score"
     assert tabs[1]["title"] == "De-Confusion: cat → dog (1)" and tabs[1]["cell"] == (0, 1)
+    assert ("dc_unreviewed", "equal", "Number", 1) in tabs[1]["filters"]  # reviewed images leave the cell
     assert all(t["title"].startswith(publish.VIEW_PREFIX) for t in tabs)
 
 
