@@ -23,7 +23,7 @@ from .ls.schema import ClassSpec, parse_label_config
 from .model.fit import Ensemble
 from .pipeline import new_model_version, run_analysis
 from .store import ProjectStore
-from .views.overview import cell_task_html
+from .views.overview import all_clear_task_html, cell_task_html
 from .views.review import evidence_html
 
 log = logging.getLogger(__name__)
@@ -157,11 +157,14 @@ def publish_overview(client, project_id, project, analysis, settings, store, tab
         view_id = tab_ids.get((cell["label"], cell["predicted"]))
         return queue if view_id is None else queue.rsplit("=", 1)[0] + f"={view_id}"
 
+    report = f"{settings.backend_url}/report/{project_id}"
     tasks = [{"html": cell_task_html(analysis, cell, image_url=urls, tab_url=tab_url),
               "dc_order": order, "dc_cell": analysis.cell_name_of(cell["label"], cell["predicted"]),
-              "dc_count": cell["count"], "dc_version": analysis.model_version,
-              "dc_report": f"{settings.backend_url}/report/{project_id}"}
+              "dc_count": cell["count"], "dc_version": analysis.model_version, "dc_report": report}
              for order, cell in enumerate(analysis.cells)]
+    if not tasks:
+        tasks = [{"html": all_clear_task_html(analysis), "dc_order": 0, "dc_cell": "No disagreements",
+                  "dc_count": 0, "dc_version": analysis.model_version, "dc_report": report}]
     # The overview project belongs to the backend: its cell tasks are replaced on every analysis.
     client.replace_tasks(overview_id, tasks)
     return overview_id

@@ -311,3 +311,13 @@ def cell_task_html(analysis: Analysis, cell: dict, *, image_url: ImageUrl, tab_u
             f'(blue frame = validation image)</div>'
             f'<img src="{html.escape(cell_map)}" width="480" alt="map of the cell\'s images" '
             f'style="max-width:100%;height:auto;border:1px solid #d5dbe6;margin-top:4px"></div>')
+
+
+def all_clear_task_html(analysis: Analysis) -> str:
+    """The overview's only task when the model agrees with every label: say so, rather than
+    leave an empty project that looks broken."""
+    return (f'<div style="{FONT};color:{INK};font-size:14px;line-height:1.45">'
+            f'<p>The model agrees with all <b>{len(analysis.labels)}</b> labels of this analysis '
+            f'({html.escape(analysis.model_version)}): no label → model cells to review.</p>'
+            '<p>Duplicates, if any, are still in the original project\'s <i>De-Confusion: duplicates</i> tab.</p>'
+            '</div>')

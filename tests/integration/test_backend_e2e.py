@@ -281,6 +281,11 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert len(titles) <= len(titles_before)
     queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
     assert not set(reviewed) & set(queue)
+    model_dir = Path(world["settings"].model_dir) / "projects" / str(pid)
+    cells = json.loads((model_dir / "versions" / job["model_version"] / "analysis.json").read_text())["cells"]
+    overview = client.all_tasks(json.loads((model_dir / "project.json").read_text())["overview_project"])
+    assert [t["data"]["dc_version"] for t in overview] == [job["model_version"]] * max(len(cells), 1)
+    assert cells or overview[0]["data"]["dc_cell"] == "No disagreements"  # a clean set says so
     history = json.loads(get_json(f"{world['backend']}/report/{pid}.json")[2])["iterations"]
     assert [h["iteration"] for h in history] == [1, 2]
     assert history[1]["verdicts"]["relabeled_to_model"] == len(reviewed) + len(cell)
