@@ -24,7 +24,7 @@ from .dataset import ImageDataset
 from .detectors.duplicates import find_duplicates, similar_images
 from .detectors.label_errors import consensus, error_scores, find_candidates, knn_disagreement
 from .detectors.maps import cell_map, saliency_features
-from .detectors.overview import mismatch_score, overview_cells, representatives
+from .detectors.overview import interpretation_members, mismatch_score, overview_cells, representatives
 from .model.fit import Ensemble, cross_fit
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ def run_analysis(
     knn = knn_disagreement(fit.embeddings, labels, fit.fold_of, k=settings.knn_k)
     agreement = consensus(fit.fold_probs, labels)
     scores = error_scores(probs, labels, fold_probs=fit.fold_probs, knn_disagreement=knn, consensus=agreement)
-    is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement)
     lap("label_errors")
 
     # Duplicates need one embedding space for the whole set: fold 0's model serves.
@@ -89,6 +88,8 @@ def run_analysis(
     lap("duplicates")
 
     cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
+    is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement,
+                                                systematic=interpretation_members(cells, labels, predicted))
     map_xy = _inspection_maps(dataset, ensemble, predicted, fit.fold_of, cells, settings.seed, progress)
     lap("maps")
 

@@ -184,7 +184,8 @@ def _compute_error_scores(probs: np.ndarray, labels: np.ndarray, terms: list) ->
 
 
 def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.ndarray, *,
-                    consensus: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                    consensus: np.ndarray | None = None,
+                    systematic: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """The images to review: the n highest error scores, n estimated by confident learning.
 
     n is confident learning's estimate of how many labels are wrong: cleanlab
@@ -194,7 +195,9 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
     follows the data's noise. Confident learning undercounts large systematic swaps (a
     model that saw 20% of a class mislabeled is rarely *confident* about them), so when
     ``consensus`` is given, images that every fold model votes against (consensus == 1)
-    are flagged too.
+    are flagged too, and so are the images of the cells the overview flags as class
+    interpretation errors (``systematic``): a swap that is beyond the model's usual confusion
+    makes every image of its cell a candidate, the paper's highlighted cells.
 
     Parameters
     ----------
@@ -205,6 +208,9 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
         From :func:`error_scores`; higher = more likely wrong.
     consensus : ndarray of shape (N,), float in [0, 1], optional
         From :func:`consensus`.
+    systematic : ndarray of shape (N,), bool, optional
+        True for images in a cell flagged as a class interpretation error
+        (``overview.interpretation_members``).
 
     Returns
     -------
@@ -218,11 +224,15 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
     scores = scores_checked("error_score", error_score, len(probs), caller)
     votes = None if consensus is None else scores_checked("consensus", consensus, len(probs), caller, low=0.0,
                                                           high=1.0)
-    return _compute_candidates(probs, labels, scores, votes)
+    if systematic is not None:
+        systematic = length_checked("systematic", systematic, len(probs), caller)
+        if systematic.dtype != bool:
+            fail("systematic", caller, "a boolean mask (N,)", f"dtype {systematic.dtype}", TypeError)
+    return _compute_candidates(probs, labels, scores, votes, systematic)
 
 
-def _compute_candidates(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-                        votes: np.ndarray | None) -> tuple[np.ndarray, int]:
+def _compute_candidates(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, votes: np.ndarray | None,
+                        systematic: np.ndarray | None) -> tuple[np.ndarray, int]:
     flagged = np.zeros(len(probs), dtype=bool)
     present = np.unique(labels)
     if present.size < 2:
@@ -235,4 +245,6 @@ def _compute_candidates(probs: np.ndarray, labels: np.ndarray, scores: np.ndarra
     flagged[np.argsort(-scores, kind="stable")[:n]] = True
     if votes is not None:
         flagged |= votes >= 1.0
+    if systematic is not None:
+        flagged |= systematic
     return flagged, n

@@ -165,7 +165,7 @@ def test_review_queue_ranks_planted_errors_first_numerically(world):
         t for t in tasks if tasks[t]["annotations"] and
         tasks[t]["annotations"][0]["result"][0]["value"]["choices"][0] == "diagonal"}
     assert len(wrong) == SWAPPED
-    assert len(wrong & set(queue[:SWAPPED + 6])) >= SWAPPED - 2  # 180 images: a couple may rank lower
+    assert len(wrong & set(queue[:SWAPPED + 3])) >= SWAPPED - 1  # the swapped cell is flagged whole
     leakage = client.view_task_ids(pid, tabs["De-Confusion: train/val leakage"])
     assert {tasks[t]["data"]["note"] for t in leakage} == {"user key horizontal-1", "copy"}
 

@@ -69,6 +69,20 @@ def test_unanimous_fold_models_flag_what_confident_learning_undercounts():
     assert flagged[8] and flagged[9]
 
 
+def test_images_of_a_class_interpretation_cell_are_all_candidates():
+    probs = np.array([[0.9, 0.1]] * 8 + [[0.45, 0.55]] * 3 + [[0.2, 0.8]] * 8)
+    labels = np.array([0] * 11 + [1] * 8)
+    scores = error_scores(probs, labels)
+    systematic = np.zeros(len(labels), bool)
+    systematic[8:11] = True  # the cell "0 -> model 1", flagged by the overview's test
+    without, _ = find_candidates(probs, labels, scores)
+    flagged, n = find_candidates(probs, labels, scores, systematic=systematic)
+    assert not without[8:11].all() and flagged[8:11].all()
+    assert (flagged & ~systematic).sum() == n  # the confident-learning cut itself is unchanged
+    with pytest.raises(TypeError, match="systematic"):
+        find_candidates(probs, labels, scores, systematic=systematic.astype(int))
+
+
 def test_error_score_ranks_correctly_classified_images_too():
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
     labels = np.array([0, 0, 0])
