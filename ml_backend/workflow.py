@@ -32,6 +32,7 @@ Progress = Callable[[str, int, int], None]
 CONFIRMING = ("kept", "relabeled_to_model", "relabeled_other")
 OVERVIEW_SUFFIX = " · De-Confusion overview"
 OVERVIEW_CONFIG = Path(__file__).resolve().parent.parent / "label_studio_config" / "overview.xml"
+OVERVIEW_MARKER = 'name="dc_cell_status"'  # a control only our overview config has
 
 
 def analyze_project(project_id: int, settings: Settings, progress: Progress) -> str:
@@ -130,8 +131,10 @@ def unpublish_project(project_id: int, settings: Settings) -> dict:
     fields = client.sync_task_fields(project_id, {}, prefix=publish.FIELD_PREFIX)
     tabs = client.delete_views(project_id, publish.VIEW_PREFIX)
     overview_id = store.project_info().get("overview_project")
-    if overview_id is not None and client.project_exists(overview_id):
+    if _is_our_overview(client, overview_id):
         client.delete_project(overview_id)
+    else:
+        overview_id = None
     store.update_project_info(overview_project=None, tabs={})
     removed = {"prediction_versions": versions, "tasks_cleaned": fields, "tabs": tabs,
                "overview_project": overview_id}
@@ -139,11 +142,20 @@ def unpublish_project(project_id: int, settings: Settings) -> dict:
     return removed
 
 
+def _is_our_overview(client: LabelStudioClient, project_id: int | None) -> bool:
+    """Whether ``project_id`` is still the overview project the backend made. Its tasks get
+    replaced and unpublish deletes it, so a stale id (a Label Studio database restored or
+    reset, ids reused) must never reach a user's project: the config must be ours."""
+    if project_id is None or not client.project_exists(project_id):
+        return False
+    return OVERVIEW_MARKER in (client.get_project(project_id).get("label_config") or "")
+
+
 def publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls) -> int:
     """The companion project: one task per overview cell, in the paper's reading order."""
     info = store.project_info()
     overview_id = info.get("overview_project")
-    if overview_id is None or not client.project_exists(overview_id):
+    if not _is_our_overview(client, overview_id):
         overview_id = client.create_project(project.get("title", f"Project {project_id}") + OVERVIEW_SUFFIX,
                                             OVERVIEW_CONFIG.read_text())
         # The paper's reading order, with the cell's HTML only in the labeling view, not as a column.

@@ -269,6 +269,8 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert all(tasks[t]["data"].get("dc_reviewed") == "relabeled_to_model" for t in cell)
     assert all(tasks[t]["annotations"][-1]["result"][0]["value"]["choices"] == ["ring"] for t in cell)
     titles_before = sorted(views_by_title(world))
+    model_dir = Path(world["settings"].model_dir) / "projects" / str(pid)
+    first_overview = json.loads((model_dir / "project.json").read_text())["overview_project"]
     client.start_training(world["backend_id"])
     time.sleep(1)
     job = wait_for_job(world["backend"], pid, timeout=600)
@@ -281,9 +283,9 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert len(titles) <= len(titles_before)
     queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
     assert not set(reviewed) & set(queue)
-    model_dir = Path(world["settings"].model_dir) / "projects" / str(pid)
     cells = json.loads((model_dir / "versions" / job["model_version"] / "analysis.json").read_text())["cells"]
-    overview = client.all_tasks(json.loads((model_dir / "project.json").read_text())["overview_project"])
+    assert json.loads((model_dir / "project.json").read_text())["overview_project"] == first_overview  # reused
+    overview = client.all_tasks(first_overview)
     assert [t["data"]["dc_version"] for t in overview] == [job["model_version"]] * max(len(cells), 1)
     assert cells or overview[0]["data"]["dc_cell"] == "No disagreements"  # a clean set says so
     history = json.loads(get_json(f"{world['backend']}/report/{pid}.json")[2])["iterations"]
@@ -397,20 +399,33 @@ def test_personal_access_tokens_work_and_bad_tokens_are_refused(world, label_stu
 
 
 def test_unpublish_takes_out_everything_the_backend_wrote_and_nothing_else(world):
-    """Runs last: `python -m ml_backend unpublish` against the real server."""
+    """Runs last: `python -m ml_backend unpublish` against the real server, first with a stale
+    overview id that now names a user's project (which must survive), then for real."""
     client, pid, settings = world["client"], world["pid"], world["settings"]
     other = {"task": min(world["before"]), "result": annotation("ring")["result"], "model_version": "someone-else"}
     client.create_predictions(pid, [other])
-    info = json.loads((Path(settings.model_dir) / "projects" / str(pid) / "project.json").read_text())
+    keep = client.create_project("user project", CONFIG)
+    client.import_tasks(keep, [{"data": {"image": "/x/keep.png"}}])
+    info_file = Path(settings.model_dir) / "projects" / str(pid) / "project.json"
+    info = json.loads(info_file.read_text())
     env = {"LABEL_STUDIO_URL": settings.label_studio_url, "LABEL_STUDIO_API_KEY": settings.label_studio_api_key,
            "MODEL_DIR": settings.model_dir, "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "ml_backend", "unpublish", "--project",
-                           str(pid)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["overview_project"] == info["overview_project"]
+
+    def unpublish() -> dict:
+        done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "ml_backend", "unpublish", "--project",
+                               str(pid)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    info_file.write_text(json.dumps({**info, "overview_project": keep}))  # stale: ids were reused
+    assert unpublish()["overview_project"] is None
+    assert len(client.all_tasks(keep)) == 1 and client.project_exists(info["overview_project"])
+    info_file.write_text(json.dumps(info))
+    again = unpublish()
+    assert again["overview_project"] == info["overview_project"] and again["prediction_versions"] == []
     assert predictions_by_version(world) == {"someone-else": 1}
     assert not any(t.startswith("De-Confusion") for t in views_by_title(world))
-    assert not client.project_exists(info["overview_project"])
+    assert not client.project_exists(info["overview_project"]) and len(client.all_tasks(keep)) == 1
     after = {t["id"]: t for t in client.all_tasks(pid)}
     assert not any(k.startswith("dc_") for t in after.values() for k in t["data"])
     for task_id, before in world["before"].items():
