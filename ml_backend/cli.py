@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import add_cli_flags, settings_from_args
+from .config import add_cli_flags, configure_logging, settings_from_args
 from .errors import DeConfusionError
 
 TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "device", "batch_size", "ssim_threshold", "knn_k"]
@@ -119,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", None) or "INFO",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(getattr(args, "log_level", None) or "INFO")
     try:
         return args.func(args)
     except (DeConfusionError, ValueError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -119,3 +120,10 @@ def add_cli_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     names = {f.name for f in dataclasses.fields(Settings)}
     return Settings.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Log format for the CLI, the service and workers. httpx logs every request at INFO (one
+    line per image downloaded), so it only speaks up for warnings."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -16,7 +16,7 @@ from redis import Redis
 from rq import Queue, Worker
 
 from .analysis import Analysis
-from .config import Settings
+from .config import Settings, configure_logging
 from .errors import ArtefactError
 from .jobs import make_runner
 from .server import create_app
@@ -80,24 +80,20 @@ def evidence_routes(settings: Settings) -> Blueprint:
     return routes
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def serve(settings: Settings) -> None:
-    _configure_logging(settings)
+    configure_logging(settings.log_level)
     build_app(settings).run(host=settings.host, port=settings.port, threaded=True)
 
 
 def app_from_env() -> Flask:
     settings = Settings.from_env()
-    _configure_logging(settings)
+    configure_logging(settings.log_level)
     return build_app(settings)
 
 
 def run_worker(settings: Settings) -> None:
     if not settings.redis_url:
         raise ValueError("the worker needs REDIS_URL (e.g. redis://localhost:6379/0)")
-    _configure_logging(settings)
+    configure_logging(settings.log_level)
     connection = Redis.from_url(settings.redis_url)
     Worker([Queue(settings.queue_name, connection=connection)], connection=connection).work()

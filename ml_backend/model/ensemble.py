@@ -44,7 +44,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """(M, H, W, C) uint8 -> (M, C, H, W) float32 in [0, 1] on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    # Decoded images can be read-only views (np.asarray of a PIL image); torch wants its own.
+    array = images if images.flags.writeable else images.copy()
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 class Ensemble:
