@@ -28,6 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from json import JSONDecodeError
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -90,7 +91,10 @@ class LabelStudioClient:
         self._prefix = urlsplit(self.base).path.rstrip("/")  # Label Studio served under a sub-path
         self._sdk_lock = threading.Lock()
         self._sdk_client: LabelStudio | None = None
-        self._media = httpx.Client(follow_redirects=False)
+        # Keeps no cookies: they ignore ports, so one Label Studio sets on its host would be sent
+        # to every other server on that host an image URL names.
+        self._media = httpx.Client(follow_redirects=False, cookies=CookieJar(policy=DefaultCookiePolicy(
+            allowed_domains=[])))
 
     # --- transport ----------------------------------------------------------------------
     @property

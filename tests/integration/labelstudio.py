@@ -102,6 +102,7 @@ class Route:
     body: bytes = b""
     delay: float = 0.0  # seconds before the body: a slow host
     location: str = ""  # set with a 3xx status: a redirect
+    cookie: str = ""  # a Set-Cookie header, as Label Studio sends csrftoken/sessionid
 
 
 @dataclass
@@ -134,6 +135,8 @@ class ImageHost:
                 self.send_response(route.status)
                 if route.location:
                     self.send_header("Location", route.location)
+                if route.cookie:
+                    self.send_header("Set-Cookie", route.cookie)
                 self.send_header("Content-Type", route.content_type)
                 self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()

@@ -142,6 +142,18 @@ def test_token_goes_only_to_label_studio(world, host):
     assert host.requests_for("/url-target.png")  # the redirect was followed, without the token
 
 
+def test_cookies_label_studio_sets_never_reach_another_host(host):
+    """Cookies ignore ports: one Label Studio set on 127.0.0.1 would ride along to every other
+    127.0.0.1 host an image URL names, unless the download client keeps none."""
+    media = {"/data/upload/1/a.png": Route(body=png_bytes(pixels(30)), cookie="sessionid=secret; Path=/")}
+    with ImageHost(media) as label_studio:
+        client = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key="0" * 40))
+        assert client.download("/data/upload/1/a.png", task_id=1) == media["/data/upload/1/a.png"].body
+        before = len(host.seen)
+        client.download(f"{host.url}/url-good.png", task_id=2)
+    assert [k for _, headers in host.seen[before:] for k in headers if k.lower() in ("cookie", "authorization")] == []
+
+
 def test_downloads_are_cached_by_url(world, host):
     before = len(host.seen)
     records, _ = world["client"].labeled_records(world["pid"], world["spec"], world["cache"])
