@@ -146,9 +146,8 @@ def _is_our_overview(client: LabelStudioClient, project_id: int | None) -> bool:
     """Whether ``project_id`` is still the overview project the backend made. Its tasks get
     replaced and unpublish deletes it, so a stale id (a Label Studio database restored or
     reset, ids reused) must never reach a user's project: the config must be ours."""
-    if project_id is None or not client.project_exists(project_id):
-        return False
-    return OVERVIEW_MARKER in (client.get_project(project_id).get("label_config") or "")
+    project = None if project_id is None else client.find_project(project_id)
+    return project is not None and OVERVIEW_MARKER in (project.get("label_config") or "")
 
 
 def publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls) -> int:

@@ -222,14 +222,17 @@ class LabelStudioClient:
     def get_project(self, project_id: int) -> dict:
         return self.request("GET", f"/api/projects/{int(project_id)}/")
 
-    def project_exists(self, project_id: int) -> bool:
+    def find_project(self, project_id: int) -> dict | None:
+        """The project, or None when Label Studio has none with this id."""
         try:
-            self.get_project(project_id)
+            return self.get_project(project_id)
         except LabelStudioRequestFailed as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return True
+
+    def project_exists(self, project_id: int) -> bool:
+        return self.find_project(project_id) is not None
 
     def class_spec(self, project_id: int) -> ClassSpec:
         """The project's Image + Choices pair; LabelConfigError says what to change."""

@@ -117,6 +117,15 @@ def world(label_studio, backend):
     server.shutdown()
 
 
+def stored_file(world, *parts: str) -> Path:
+    """A file the backend keeps for the world's project under MODEL_DIR."""
+    return Path(world["settings"].model_dir).joinpath("projects", str(world["pid"]), *parts)
+
+
+def stored(world, *parts: str):
+    return json.loads(stored_file(world, *parts).read_text())
+
+
 def predictions_by_version(world) -> dict[str, int]:
     """Label Studio also lists the connected backend's title, with no predictions."""
     return {v: n for v, n in world["client"].model_versions(world["pid"]).items() if n}
@@ -129,8 +138,7 @@ def views_by_title(world) -> dict[str, int]:
 def test_analysis_finishes_and_reports_the_unreachable_image(world):
     job = world["job"]
     assert job["status"] == "done", job
-    summary = json.loads((Path(world["settings"].model_dir) / "projects" / str(world["pid"]) /
-                          "versions" / job["model_version"] / "analysis.json").read_text())["summary"]
+    summary = stored(world, "versions", job["model_version"], "analysis.json")["summary"]
     assert summary["images"] == len(world["truth"])
     assert len(summary["skipped"]) == 1 and "missing.png" in summary["skipped"][0]["reason"]
 
@@ -189,12 +197,8 @@ def test_evidence_images_and_report_are_served(world):
 
 
 def test_overview_project_has_one_task_per_cell(world):
-    settings = world["settings"]
-    info = json.loads((Path(settings.model_dir) / "projects" / str(world["pid"]) /
-                       "project.json").read_text())
-    overview = world["client"].all_tasks(info["overview_project"])
-    analysis = json.loads((Path(settings.model_dir) / "projects" / str(world["pid"]) /
-                           "versions" / world["job"]["model_version"] / "analysis.json").read_text())
+    overview = world["client"].all_tasks(stored(world, "project.json")["overview_project"])
+    analysis = stored(world, "versions", world["job"]["model_version"], "analysis.json")
     assert len(overview) == len(analysis["cells"]) > 0
     first = min(overview, key=lambda t: t["data"]["dc_order"])
     assert first["data"]["dc_cell"] == "diagonal → ring" and "data:" not in first["data"]["html"]
@@ -219,7 +223,7 @@ def test_a_browser_shows_the_overview_a_review_task_and_the_report_with_their_im
     client, pid, backend = world["client"], world["pid"], world["backend"]
     client.update_label_config(pid, review_config(client.get_project(pid)["label_config"]))
     task = next(t for t in client.all_tasks(pid) if t["data"].get("dc_evidence"))
-    info = json.loads((Path(world["settings"].model_dir) / "projects" / str(pid) / "project.json").read_text())
+    info = stored(world, "project.json")
     cell = min(client.all_tasks(info["overview_project"]), key=lambda t: t["data"]["dc_order"])
     with Browser(chromium, tmp_path / "profile") as page:
         login_label_studio(page, label_studio.url, label_studio.username, label_studio.password)
@@ -269,8 +273,7 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert all(tasks[t]["data"].get("dc_reviewed") == "relabeled_to_model" for t in cell)
     assert all(tasks[t]["annotations"][-1]["result"][0]["value"]["choices"] == ["ring"] for t in cell)
     titles_before = sorted(views_by_title(world))
-    model_dir = Path(world["settings"].model_dir) / "projects" / str(pid)
-    first_overview = json.loads((model_dir / "project.json").read_text())["overview_project"]
+    first_overview = stored(world, "project.json")["overview_project"]
     client.start_training(world["backend_id"])
     time.sleep(1)
     job = wait_for_job(world["backend"], pid, timeout=600)
@@ -283,14 +286,21 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert len(titles) <= len(titles_before)
     queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
     assert not set(reviewed) & set(queue)
-    cells = json.loads((model_dir / "versions" / job["model_version"] / "analysis.json").read_text())["cells"]
-    assert json.loads((model_dir / "project.json").read_text())["overview_project"] == first_overview  # reused
+    cells = stored(world, "versions", job["model_version"], "analysis.json")["cells"]
+    assert stored(world, "project.json")["overview_project"] == first_overview  # reused
     overview = client.all_tasks(first_overview)
     assert [t["data"]["dc_version"] for t in overview] == [job["model_version"]] * max(len(cells), 1)
     assert cells or overview[0]["data"]["dc_cell"] == "No disagreements"  # a clean set says so
     history = json.loads(get_json(f"{world['backend']}/report/{pid}.json")[2])["iterations"]
     assert [h["iteration"] for h in history] == [1, 2]
     assert history[1]["verdicts"]["relabeled_to_model"] == len(reviewed) + len(cell)
+
+
+def press_start_training(backend_url: str, project_id: int) -> None:
+    """What Label Studio posts to the backend when someone presses Start Training."""
+    request = urllib.request.Request(backend_url + "/webhook", data=json.dumps(
+        {"action": "START_TRAINING", "project": {"id": project_id}}).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=5)
 
 
 @pytest.mark.parametrize("case", ["two_images", "no_labels", "wrong_token", "ls_down"])
@@ -312,9 +322,7 @@ def test_bad_projects_and_outages_give_a_clear_status_and_the_service_stays_up(c
     expected = {"two_images": "2 <Image> tags", "no_labels": "no readable labeled images",
                 "wrong_token": "rejected the token", "ls_down": "did not answer"}[case]
     with start_backend(settings) as url:
-        request = urllib.request.Request(url + "/webhook", data=json.dumps(
-            {"action": "START_TRAINING", "project": {"id": pid}}).encode(), headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=5)
+        press_start_training(url, pid)
         job = wait_for_job(url, pid, timeout=120)
         assert job["status"] == "failed" and expected in job["message"] and "Traceback" not in job["message"]
         assert get_json(url + "/health")[0] == 200
@@ -370,10 +378,7 @@ def test_label_studio_going_down_mid_job_fails_the_job_clearly_and_the_service_s
     settings = Settings.from_env({}, model_dir=str(tmp_path), port=port, label_studio_url=proxy.url,
                                  label_studio_api_key=label_studio.token)
     with start_backend(settings) as url:
-        request = urllib.request.Request(url + "/webhook", data=json.dumps(
-            {"action": "START_TRAINING", "project": {"id": world["pid"]}}).encode(),
-            headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=5)
+        press_start_training(url, world["pid"])
         deadline = time.monotonic() + 120
         while json.loads(get_json(f"{url}/jobs/{world['pid']}")[2]).get("stage") in (None, "starting", "download",
                                                                                      "decode"):
@@ -406,8 +411,8 @@ def test_unpublish_takes_out_everything_the_backend_wrote_and_nothing_else(world
     client.create_predictions(pid, [other])
     keep = client.create_project("user project", CONFIG)
     client.import_tasks(keep, [{"data": {"image": "/x/keep.png"}}])
-    info_file = Path(settings.model_dir) / "projects" / str(pid) / "project.json"
-    info = json.loads(info_file.read_text())
+    info_file = stored_file(world, "project.json")
+    info = stored(world, "project.json")
     env = {"LABEL_STUDIO_URL": settings.label_studio_url, "LABEL_STUDIO_API_KEY": settings.label_studio_api_key,
            "MODEL_DIR": settings.model_dir, "PATH": "/usr/bin:/bin"}
 
