@@ -236,8 +236,9 @@ def test_a_browser_shows_the_overview_a_review_task_and_the_report_with_their_im
             assert loaded == total > 0
             page.screenshot(artifacts / f"{name}.png")
         page.goto(pages["review-task"])
-        page.wait_for("document.body.innerText.includes('why this image was flagged')")
-        assert page.evaluate("document.body.innerText.includes('Take model label')")
+        # The panel renders in steps: wait until its header and the verdict control both show.
+        page.wait_for("document.body.innerText.includes('why this image was flagged') && "
+                      "document.body.innerText.includes('Take model label')")
 
 
 def tasks_once_reviewed(client, pid: int, task_ids: list[int], timeout: float = 30) -> dict[int, dict]:
