@@ -119,7 +119,8 @@ def cell_views(analysis: Analysis, *, max_tabs: int) -> list[dict]:
         "title": f"{VIEW_PREFIX}: {analysis.class_names[c['label']]} → {analysis.class_names[c['predicted']]} "
                  f"({c['count']})",
         # Reviewed images leave the cell too (the paper's decluttering), so "select all" in a
-        # cell tab never overrides a reviewer's verdict.
+        # cell tab never overrides a reviewer's verdict. A number, not "dc_reviewed is empty":
+        # Label Studio's "empty" filter guesses the field's type from the first task it finds.
         "filters": [("dc_cell", "equal", "String", analysis.cell_name_of(c["label"], c["predicted"])),
                     ("dc_unreviewed", "equal", "Number", 1)],
         "ordering": "-dc_error_score",
