@@ -533,19 +533,21 @@ class LabelStudioClient:
         return removed
 
     # --- our task fields ------------------------------------------------------------------------
+    # Label Studio replaces ``data`` wholesale on PATCH and offers no conditional write, so every
+    # write re-reads its task right before it and sends back the user's keys as just read: an edit
+    # made while we publish (minutes for a big project) is kept. What is left is the few
+    # milliseconds between that GET and the PATCH; an export is only used to pick the tasks to touch.
     def update_task_data(self, task_id: int, fields: Mapping[str, Any], *, prefix: str = OWN_PREFIX) -> bool:
         """Add or replace our ``prefix`` keys in a task's data, keeping every user key as it is.
         Returns whether the task changed."""
         _check_own_keys(fields, prefix)
-        data = self.get_task(task_id).get("data") or {}
-        return self._write_data(task_id, data, {**data, **fields})
+        return self._rewrite_data(task_id, lambda data: {**data, **fields})
 
     def clear_task_data(self, task_id: int, keys: Iterable[str], *, prefix: str = OWN_PREFIX) -> bool:
         """Remove our ``keys`` (all starting with ``prefix``) from a task's data; user keys stay."""
-        keys = list(keys)
+        keys = set(keys)
         _check_own_keys(keys, prefix)
-        data = self.get_task(task_id).get("data") or {}
-        return self._write_data(task_id, data, {k: v for k, v in data.items() if k not in keys})
+        return self._rewrite_data(task_id, lambda data: {k: v for k, v in data.items() if k not in keys})
 
     def update_tasks_data(self, updates: Mapping[int, Mapping[str, Any]], *, prefix: str = OWN_PREFIX) -> int:
         """update_task_data for many tasks, WORKERS at a time; returns how many changed."""
@@ -570,16 +572,19 @@ class LabelStudioClient:
         keys (none when absent); PATCH only tasks that change. Returns how many changed."""
         for fields in wanted.values():
             _check_own_keys(fields, prefix)
-        changes = []
-        for task in self.export_tasks(project_id):
-            data = task.get("data") or {}
-            target = {**{k: v for k, v in data.items() if not k.startswith(prefix)},
-                      **wanted.get(int(task["id"]), {})}
-            if target != data:
-                changes.append((int(task["id"]), data, target))
-        return sum(self._parallel(lambda change: self._write_data(*change), changes))
+        stale = [int(task["id"]) for task in self.export_tasks(project_id)
+                 if _own_keys(task.get("data") or {}, prefix) != wanted.get(int(task["id"]), {})]
 
-    def _write_data(self, task_id: int, before: dict, after: dict) -> bool:
+        def rewrite(task_id: int) -> bool:
+            ours = wanted.get(task_id, {})
+            return self._rewrite_data(task_id, lambda data: {
+                **{k: v for k, v in data.items() if not k.startswith(prefix)}, **ours})
+        return sum(self._parallel(rewrite, stale))
+
+    def _rewrite_data(self, task_id: int, change: Callable[[dict], dict]) -> bool:
+        """Read the task's data now, PATCH ``change(data)`` if it differs; whether it changed."""
+        before = self.get_task(task_id).get("data") or {}
+        after = change(before)
         if after == before:
             return False
         self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after})
@@ -716,6 +721,10 @@ def _when(stamp: Any) -> datetime:
     except ValueError:
         return datetime.min.replace(tzinfo=timezone.utc)
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _own_keys(data: Mapping[str, Any], prefix: str) -> dict:
+    return {k: v for k, v in data.items() if k.startswith(prefix)}
 
 
 def _check_own_keys(keys: Iterable[str], prefix: str) -> None:

@@ -227,6 +227,40 @@ def test_sync_task_fields_sets_exactly_our_wanted_fields(world):
     assert client.sync_task_fields(pid, {}) == 2
 
 
+RACE_TASKS = 2000
+RACE_FLAGGED = 300
+
+
+def test_user_edits_made_while_we_publish_fields_survive(label_studio):
+    """A user edits task data after our export and before our write (the old lost-edit race):
+    every write re-reads its task, so the edit and our fields both end up in the task."""
+    client = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token))
+    pid = client.create_project("race", CONFIG)
+    ids = client.import_tasks(pid, [{"img": f"/data/{i}.png", "note": "original"} for i in range(RACE_TASKS)])
+    flagged = ids[-RACE_FLAGGED:]  # written last, so the edits below land between export and write
+    edited = flagged[::3] + ids[:5]  # tasks we write and tasks we only read
+    wanted = {t: {"dc_error_score": 0.5, "dc_version": "deconfusion-v1"} for t in flagged}
+    user = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token))
+    export = client.export_tasks
+
+    def export_then_user_edits(project_id, **kwargs):
+        tasks = export(project_id, **kwargs)
+        for t in edited:  # what the Data Manager sends: the whole data, the user's change in it
+            user.request("PATCH", f"/api/tasks/{t}/", json={"data": {"img": f"/data/{t}.png", "note": "edited"}})
+        return tasks
+
+    client.export_tasks = export_then_user_edits
+    try:
+        assert client.sync_task_fields(pid, wanted) == RACE_FLAGGED
+    finally:
+        client.export_tasks = export
+    data = {t["id"]: t["data"] for t in client.export_tasks(pid)}
+    assert all(data[t]["note"] == "edited" for t in edited)
+    assert all(data[t]["dc_version"] == "deconfusion-v1" for t in flagged)
+    assert sum(d["note"] == "original" for d in data.values()) == RACE_TASKS - len(edited)
+    client.delete_project(pid)
+
+
 def test_views_filter_and_sort_numerically(world):
     client, pid = world["client"], world["pid"]
     scores = {"up0": 10.0, "up1": 9.0, "up2": 100.0, "up3": 0.25, "up4": 2.5}
