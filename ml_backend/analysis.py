@@ -23,6 +23,7 @@ import numpy as np
 from .errors import ArtefactError
 
 SCHEMA_VERSION = 1
+EVIDENCE_KEY = "evidence__"  # arrays.npz prefix of Analysis.evidence entries (absent in older runs)
 ARRAY_FIELDS = (
     "task_ids", "splits", "labels", "pred_probs", "predicted", "mismatch", "error_score", "is_candidate",
     "knn_disagreement", "consensus", "duplicate_group", "neighbors", "map_xy", "representatives", "thumbs",
@@ -54,9 +55,13 @@ class Analysis:
     cells : list of dict, the overview list's off-diagonal cells in reading order
         (keys documented in ``detectors.overview``).
     duplicates : list of dict with ``a``, ``b`` (image indices), ``kind`` (exact|near), ``ssim``,
+        ``measure`` (the similarity that confirmed it: pixels | ssim | aligned_pixels) and ``similarity`` (its value),
         ``cross_split``.
     summary : dict, counts, estimated label-error rate, accuracy estimate, skipped files, timings.
     params : dict, every setting the run used.
+    evidence : dict of str -> (N,) float32 in [0, 1], each evidence source on its own (higher =
+        label more likely wrong): ``doubt_<backbone>`` = 1 - label quality of that view.
+        Exported as scores.csv columns.
     """
 
     model_version: str
@@ -81,6 +86,7 @@ class Analysis:
     duplicates: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __len__(self) -> int:
@@ -107,7 +113,8 @@ def save(analysis: Analysis, folder: str | os.PathLike) -> Path:
     """Write ``analysis.json`` and ``arrays.npz`` atomically enough: arrays first, json last."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / "arrays.npz", **{name: getattr(analysis, name) for name in ARRAY_FIELDS})
+    np.savez_compressed(folder / "arrays.npz", **{name: getattr(analysis, name) for name in ARRAY_FIELDS},
+                        **{EVIDENCE_KEY + name: values for name, values in analysis.evidence.items()})
     meta = {
         "schema_version": analysis.schema_version,
         "model_version": analysis.model_version,
@@ -137,10 +144,11 @@ def load(folder: str | os.PathLike) -> Analysis:
             "re-run the analysis")
     with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
         data = {name: arrays[name] for name in ARRAY_FIELDS}
+        evidence = {key[len(EVIDENCE_KEY):]: arrays[key] for key in arrays.files if key.startswith(EVIDENCE_KEY)}
     return Analysis(
         model_version=meta["model_version"], items=meta["items"], class_names=meta["class_names"],
         cells=meta["cells"], duplicates=meta["duplicates"], summary=meta["summary"], params=meta["params"],
-        schema_version=version, **data)
+        schema_version=version, evidence=evidence, **data)
 
 
 def _jsonable(value: Any) -> Any:
@@ -175,7 +183,8 @@ def write_exports(analysis: Analysis, folder: str | os.PathLike) -> None:
     rows = np.arange(len(analysis))
     with open(folder / "scores.csv", "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
-        out.writerow(SCORES_COLUMNS)
+        evidence = sorted(analysis.evidence)
+        out.writerow(SCORES_COLUMNS + tuple(evidence))
         p_label = analysis.pred_probs[rows, analysis.labels]
         p_pred = analysis.pred_probs[rows, analysis.predicted]
         for i in rows:
@@ -184,6 +193,7 @@ def write_exports(analysis: Analysis, folder: str | os.PathLike) -> None:
                 f"{p_label[i]:.6f}", f"{p_pred[i]:.6f}", f"{analysis.mismatch[i]:.6f}",
                 f"{analysis.error_score[i]:.6f}", int(analysis.is_candidate[i]),
                 f"{analysis.knn_disagreement[i]:.6f}", f"{analysis.consensus[i]:.6f}", analysis.cell_name(i),
+                *(f"{analysis.evidence[name][i]:.6f}" for name in evidence),
             ])
     with open(folder / "cells.csv", "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
@@ -197,10 +207,11 @@ def write_exports(analysis: Analysis, folder: str | os.PathLike) -> None:
             ])
     with open(folder / "duplicates.csv", "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
-        out.writerow(("item_a", "item_b", "kind", "ssim", "cross_split"))
+        out.writerow(("item_a", "item_b", "kind", "ssim", "cross_split", "measure", "similarity"))
         for pair in analysis.duplicates:
             out.writerow([analysis.items[pair["a"]], analysis.items[pair["b"]], pair["kind"],
-                          f"{pair['ssim']:.6f}", int(pair["cross_split"])])
+                          f"{pair['ssim']:.6f}", int(pair["cross_split"]), pair.get("measure", "ssim"),
+                          f"{pair.get('similarity', pair['ssim']):.6f}"])
     for cell in analysis.cells:
         members = analysis.cell_members(cell["label"], cell["predicted"])
         path = folder / "embedding" / f"{cell['label']:03d}-{cell['predicted']:03d}.csv"

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 
+BACKBONE_PREFIXES = ("efficientnet_lite", "torchvision:", "hub:")  # checked fully by model.ensemble
+
+
 def _setting(env: str, default: Any, help: str) -> Any:
     return field(default=default, metadata={"env": env, "help": help})
 
@@ -46,7 +49,11 @@ class Settings:
     epochs: int = _setting("DECONFUSION_EPOCHS", 0, "Training epochs per fold; 0 picks by backbone and data size.")
     seed: int = _setting("DECONFUSION_SEED", 0, "Random seed: same seed, same data, same results.")
     backbone: str = _setting(
-        "DECONFUSION_BACKBONE", "auto", "auto | small_cnn | efficientnet_lite0 (see README for the auto rule).")
+        "DECONFUSION_BACKBONE", "auto", "auto | small_cnn | efficientnet_lite0/1/2 | torchvision:<arch> | "
+        "hub:<repo>:<model>, or views joined by '+' (see README for the auto rule).")
+    backbone_weights: str = _setting(
+        "DECONFUSION_BACKBONE_WEIGHTS", "", "State-dict file for a torchvision:<arch> backbone; empty = the torch "
+        "cache (torchvision's default weights).")
     device: str = _setting("DECONFUSION_DEVICE", "cpu", "cpu | cuda.")
     batch_size: int = _setting("DECONFUSION_BATCH_SIZE", 128, "Training and inference batch size.")
     # Detectors
@@ -86,9 +93,10 @@ class Settings:
             raise ValueError(f"ssim_threshold must be in (0, 1], got {self.ssim_threshold}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.backbone not in ("auto", "small_cnn", "efficientnet_lite0"):
-            raise ValueError(
-                f"backbone must be one of auto, small_cnn, efficientnet_lite0; got {self.backbone!r}")
+        views = self.backbone.split("+")
+        if self.backbone != "auto" and not all(v == "small_cnn" or v.startswith(BACKBONE_PREFIXES) for v in views):
+            raise ValueError(f"backbone must be auto, small_cnn, efficientnet_lite0/1/2, torchvision:<arch> or "
+                             f"hub:<repo>:<model> (views joined by '+'); got {self.backbone!r}")
 
     @property
     def backend_url(self) -> str:

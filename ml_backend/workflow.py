@@ -20,7 +20,7 @@ from .config import Settings
 from .dataset import build_dataset, decode_image, fit_to_shape
 from .ls.client import LabelStudioClient
 from .ls.schema import ClassSpec, parse_label_config
-from .model.fit import Ensemble
+from .model.ensemble import ModelSet
 from .pipeline import new_model_version, run_analysis
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
@@ -312,7 +312,7 @@ class Predictor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._cache: dict[int, tuple[str, dict[int, tuple[str, float]], list[str]]] = {}
-        self._models: dict[str, Ensemble] = {}
+        self._models: dict[str, ModelSet] = {}
 
     def current_version(self, project_id: int) -> str | None:
         return ProjectStore(self.settings.model_dir, project_id).current_version()
@@ -351,7 +351,7 @@ class Predictor:
         store = ProjectStore(self.settings.model_dir, project_id)
         model = self._models.get(version)
         if model is None:
-            model = self._models[version] = Ensemble.load(store.version_dir(version) / "model.pt")
+            model = self._models[version] = ModelSet.load(store.version_dir(version) / "model.pt")
         try:
             data = LabelStudioClient(self.settings).fetch_image(task, spec)
             pixels, _ = decode_image(data, name=f"task {task.get('id')}")

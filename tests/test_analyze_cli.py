@@ -49,7 +49,9 @@ def read_csv(path):
 def test_outputs_follow_the_documented_schema(analysed):
     _, out, truth = analysed
     scores = read_csv(out / "scores.csv")
-    assert tuple(scores[0]) == SCORES_COLUMNS and len(scores) == len(truth) + 2
+    columns = tuple(scores[0])
+    assert columns[:len(SCORES_COLUMNS)] == SCORES_COLUMNS and len(scores) == len(truth) + 2
+    assert columns[len(SCORES_COLUMNS):] == ("doubt_small_cnn",)  # grey 16 px images: the small CNN's view
     assert tuple(read_csv(out / "cells.csv")[0]) == CELLS_COLUMNS
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == len(truth) + 2 and "timings_s" in summary and summary["versions"]["torch"]
@@ -94,3 +96,15 @@ def test_exact_and_near_duplicates_found_and_leakage_marked(analysed):
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_saved_models_answer_with_the_class_names(analysed):
+    """/predict for a new task uses model.pt: it must name classes, not their indices."""
+    from ml_backend.model import ModelSet
+
+    root, out, truth = analysed
+    models = ModelSet.load(out / "model.pt")
+    assert models.class_names == sorted(CLASSES)
+    _, (cls, _, img) = next((k, v) for k, v in truth.items() if v[0] == v[1])
+    probs = models.predict_proba(img[None, ..., None] if img.ndim == 2 else img[None])
+    assert models.class_names[int(probs.argmax())] == cls

@@ -4,7 +4,7 @@ Symbols: M images, (H, W, C) their shape, K classes, F fold models, D embedding 
 
 Saved as one file (``torch.save`` of a dict of state dicts and metadata, loaded with
 ``weights_only=True``). The EfficientNet-Lite0 backbone is frozen and comes from the
-offline weights package, so only its per-fold heads are stored.
+offline weights package (or the user's file), so only its per-fold heads are stored.
 """
 
 from __future__ import annotations
@@ -18,14 +18,30 @@ import torch
 from torch import nn
 
 from ..errors import ArtefactError
-from .nets import EFFICIENTNET_WIDTH, FeatureHead, HeadOnFeatures, PretrainedFeatures, SmallCNN
+from .nets import PRETRAINED, FeatureHead, HeadOnFeatures, PretrainedFeatures, SmallCNN
 from .saliency import guided_backprop
 
 FORMAT = "deconfusion-ensemble"
-FORMAT_VERSION = 1
-BACKBONES = ("small_cnn", "efficientnet_lite0")
-INFERENCE_BATCH = {"small_cnn": 1024, "efficientnet_lite0": 32}  # images per forward pass
-SALIENCY_BATCH = {"small_cnn": 256, "efficientnet_lite0": 8}  # backward through 224 px is memory-hungry
+FORMAT_VERSION = 2  # 2: pretrained backbones store their name, input side and width
+BACKBONES = ("small_cnn", *PRETRAINED)  # plus 'torchvision:<arch>' and 'hub:<repo>:<model>'
+INFERENCE_BATCH = {"small_cnn": 1024, "pretrained": 32}  # images per forward pass
+SALIENCY_BATCH = {"small_cnn": 256, "pretrained": 8}  # backward through 224 px is memory-hungry
+
+
+def is_pretrained(backbone: str) -> bool:
+    """Whether ``backbone`` names a frozen pretrained feature extractor (vs the small CNN)."""
+    return backbone in PRETRAINED or backbone.startswith(("torchvision:", "hub:"))
+
+
+def backbone_kind(backbone: str) -> str:
+    return "pretrained" if is_pretrained(backbone) else "small_cnn"
+
+
+def check_backbone(backbone: str) -> str:
+    if not isinstance(backbone, str) or not (backbone == "small_cnn" or is_pretrained(backbone)):
+        raise ValueError(f"backbone must be one of {BACKBONES}, 'torchvision:<arch>' or 'hub:<repo>:<model>'; "
+                         f"got {backbone!r}")
+    return backbone
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -53,8 +69,8 @@ class Ensemble:
     """The F fold models of a cross-fit, plus what is needed to use them on new images.
 
     models : F modules mapping (B, C, H, W) in [0, 1] to ``(logits (B, K), embedding (B, D))``;
-        for ``efficientnet_lite0`` they share one frozen backbone.
-    backbone : 'small_cnn' | 'efficientnet_lite0'.
+        for a pretrained backbone they share one frozen :class:`PretrainedFeatures`.
+    backbone : 'small_cnn' or a pretrained backbone (:func:`is_pretrained`).
     input_shape : (H, W, C), the shape every image passed in must have.
     class_names : (K,) names, index k is class k (default '0' .. 'K-1').
     """
@@ -62,8 +78,7 @@ class Ensemble:
     def __init__(self, models: Sequence[nn.Module], *, backbone: str, input_shape: tuple[int, int, int],
                  num_classes: int, device: str | torch.device = "cpu",
                  class_names: Sequence[str] | None = None) -> None:
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        check_backbone(backbone)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         self.device = resolve_device(device)
@@ -100,10 +115,10 @@ class Ensemble:
         A shared frozen backbone runs once per batch, not once per fold."""
         probs: list[list[np.ndarray]] = [[] for _ in folds]
         embs: list[list[np.ndarray]] = [[] for _ in folds]
-        step = INFERENCE_BATCH[self.backbone]
+        step = INFERENCE_BATCH[backbone_kind(self.backbone)]
         for start in range(0, len(images), step):
             x = to_tensor(images[start:start + step], self.device)
-            shared = self.models[0].backbone(x) if self.backbone == "efficientnet_lite0" else None
+            shared = self.models[0].backbone(x) if is_pretrained(self.backbone) else None
             for j, f in enumerate(folds):
                 model = self.models[f]
                 logits, emb = (model.head(shared), shared) if shared is not None else model(x)
@@ -138,7 +153,7 @@ class Ensemble:
         targets = self._check_index("targets", targets, len(images), self.num_classes)
         folds = self._check_index("folds", folds, len(images), self.folds)
         out = np.zeros(images.shape, dtype=np.float32)
-        step = SALIENCY_BATCH[self.backbone]
+        step = SALIENCY_BATCH[backbone_kind(self.backbone)]
         for f in np.unique(folds):
             rows = np.flatnonzero(folds == f)
             for start in range(0, len(rows), step):
@@ -161,19 +176,84 @@ class Ensemble:
     # ----------------------------------------------------------------- storage
     def save(self, path: str | os.PathLike) -> None:
         """Write the ensemble to one file (weights, shapes, class names; no training data)."""
-        if self.backbone == "efficientnet_lite0":
+        ModelSet([self]).save(path)
+
+    def _payload(self) -> dict:
+        if is_pretrained(self.backbone):
             states = [m.head.state_dict() for m in self.models]
         else:
             states = [m.state_dict() for m in self.models]
-        states = [{k: v.detach().cpu() for k, v in s.items()} for s in states]
-        torch.save({"format": FORMAT, "version": FORMAT_VERSION, "backbone": self.backbone,
-                    "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                    "class_names": list(self.class_names), "arch": _arch_of(self.models[0], self.backbone),
-                    "states": states}, Path(path))
+        return {"backbone": self.backbone, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "class_names": list(self.class_names), "arch": _arch_of(self.models[0], self.backbone),
+                "states": [{k: v.detach().cpu() for k, v in s.items()} for s in states]}
+
+    @classmethod
+    def _from_payload(cls, saved: dict, path, device: torch.device, version: int) -> "Ensemble":
+        shape, k, arch = tuple(saved["input_shape"]), int(saved["num_classes"]), saved["arch"]
+        if is_pretrained(saved["backbone"]):
+            if version < 2:  # its features were computed differently: heads do not fit them
+                raise ArtefactError(f"{path}: this model file's pretrained heads predate format 2; re-run the analysis")
+            shared = PretrainedFeatures(saved["backbone"], side=arch["side"], weights=arch.get("weights", ""))
+            models = [HeadOnFeatures(shared, _loaded(FeatureHead(arch["width"], k), state, path))
+                      for state in saved["states"]]
+        else:
+            models = [_loaded(SmallCNN(shape[2], k, widths=tuple(arch["widths"]), embedding=arch["embedding"]),
+                              state, path) for state in saved["states"]]
+        return cls(models, backbone=saved["backbone"], input_shape=shape, num_classes=k, device=device,
+                   class_names=saved["class_names"])
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Ensemble":
-        """Read a file written by :meth:`save`; raises ArtefactError if it is not one."""
+        """The first view of a file written by :meth:`save` or :meth:`ModelSet.save`."""
+        return ModelSet.load(path, device).views[0]
+
+
+class ModelSet:
+    """The ensembles of every view of one analysis (e.g. the small CNN and a pretrained backbone),
+    trained on the same folds. Classifies by the mean of the views' softmax; the first view
+    explains (saliency) and embeds.
+
+    views : one or more :class:`Ensemble` of equal input_shape and num_classes.
+    """
+
+    def __init__(self, views: Sequence[Ensemble]) -> None:
+        if not views or len({(v.input_shape, v.num_classes) for v in views}) != 1:
+            raise ValueError("ModelSet needs one or more ensembles of equal input_shape and num_classes")
+        self.views = list(views)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.views[0].input_shape
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.views[0].class_names
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str]) -> None:
+        for view in self.views:
+            view.class_names = list(names)
+
+    @property
+    def backbones(self) -> list[str]:
+        return [v.backbone for v in self.views]
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """(M, H, W, C) uint8 -> (M, K) float32, the views' mean softmax (rows sum to 1)."""
+        return np.mean([v.predict_proba(images) for v in self.views], axis=0).astype(np.float32)
+
+    def saliency(self, images: np.ndarray, targets: np.ndarray, *, folds: np.ndarray) -> np.ndarray:
+        """Guided-backpropagation saliency of the first view (see :meth:`Ensemble.saliency`)."""
+        return self.views[0].saliency(images, targets, folds=folds)
+
+    def save(self, path: str | os.PathLike) -> None:
+        torch.save({"format": FORMAT, "version": FORMAT_VERSION, "views": [v._payload() for v in self.views]},
+                   Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "ModelSet":
+        """Read a file written by :meth:`save` (or a format-1 single ensemble); raises ArtefactError
+        if it is not one."""
         dev = resolve_device(device)
         try:
             saved = torch.load(Path(path), map_location=dev, weights_only=True)
@@ -181,24 +261,17 @@ class Ensemble:
             raise ArtefactError(f"{path}: cannot read the model file ({exc}); re-run the analysis") from None
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise ArtefactError(f"{path}: not a De-Confusion model file")
-        if saved.get("version") != FORMAT_VERSION:
-            raise ArtefactError(f"{path}: model file version {saved.get('version')} is not supported "
-                                f"(this code reads version {FORMAT_VERSION}); re-run the analysis")
-        shape, k, arch = tuple(saved["input_shape"]), int(saved["num_classes"]), saved["arch"]
-        if saved["backbone"] == "efficientnet_lite0":
-            shared = PretrainedFeatures()
-            heads = [_loaded(FeatureHead(arch["width"], k), state, path) for state in saved["states"]]
-            models = [HeadOnFeatures(shared, head) for head in heads]
-        else:
-            models = [_loaded(SmallCNN(shape[2], k, widths=tuple(arch["widths"]), embedding=arch["embedding"]),
-                              state, path) for state in saved["states"]]
-        return cls(models, backbone=saved["backbone"], input_shape=shape, num_classes=k, device=dev,
-                   class_names=saved["class_names"])
+        version = saved.get("version")
+        if version not in (1, FORMAT_VERSION):
+            raise ArtefactError(f"{path}: model file version {version} is not supported "
+                                f"(this code reads versions 1 and {FORMAT_VERSION}); re-run the analysis")
+        payloads = saved["views"] if version >= 2 else [saved]
+        return cls([Ensemble._from_payload(p, path, dev, version) for p in payloads])
 
 
 def _arch_of(model: nn.Module, backbone: str) -> dict:
-    if backbone == "efficientnet_lite0":
-        return {"width": EFFICIENTNET_WIDTH}
+    if is_pretrained(backbone):
+        return {"width": model.backbone.width, "side": model.backbone.side, "weights": model.backbone.weights}
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     return {"widths": [c.out_channels for c in convs], "embedding": model.embed[0].out_features}
 

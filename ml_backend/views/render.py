@@ -212,7 +212,7 @@ def pair_png(analysis: Analysis, a: int, b: int) -> bytes:
                   font=_font(11))
     pair = next((p for p in analysis.duplicates if {int(p["a"]), int(p["b"])} == {int(a), int(b)}), None)
     if pair:
-        caption = f"{'identical' if pair['kind'] == 'exact' else 'near'} duplicate, SSIM {float(pair['ssim']):.3f}"
+        caption = f"{'identical' if pair['kind'] == 'exact' else 'near'} duplicate, {similarity_text(pair)}"
         if pair.get("cross_split"):
             caption += " - train/val leak"
     else:
@@ -335,3 +335,10 @@ def render_png(analysis: Analysis, kind: str, params: dict) -> bytes:
     if kind == "pair":
         return pair_png(analysis, _index(params, "a", n), _index(params, "b", n))
     raise ValueError(f"unknown evidence image kind {kind!r}; expected thumb, prob, map or pair")
+
+
+def similarity_text(pair: dict) -> str:
+    """How alike a duplicate pair is, in the measure that confirmed it."""
+    if pair.get("measure") == "aligned_pixels":
+        return f"{float(pair['similarity']):.1%} of pixels equal within 12 grey levels (SSIM {float(pair['ssim']):.3f})"
+    return f"SSIM {float(pair['ssim']):.3f}"

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from .overview import FONT, INK, ImageUrl
+from .render import similarity_text
 
 VAL_BLUE = "#2962ff"
 LABEL_ORANGE = "#c35f0c"
@@ -116,8 +117,8 @@ def evidence_html(analysis: Analysis, i: int, *, image_url: ImageUrl) -> str:
         same = ("same label" if analysis.labels[other] == label
                 else f"labeled {_q(names[int(analysis.labels[other])])}")
         article = "An" if kind[0] in "aeiou" else "A"
-        parts.append(f'<div style="font-weight:600;margin-top:10px">{article} {kind} ({same}, similarity '
-                     f'{float(pair["ssim"]):.2f}).{where}</div>'
+        parts.append(f'<div style="font-weight:600;margin-top:10px">{article} {kind} ({same}, '
+                     f'{similarity_text(pair)}).{where}</div>'
                      f'<img src="{html.escape(image_url("pair", {"a": int(i), "b": other}))}" width="292" alt="" '
                      'style="max-width:100%;height:auto">')
 

@@ -18,5 +18,5 @@ def test_bad_values_name_the_variable():
         Settings.from_env({"DECONFUSION_FOLDS": "many"})
     with pytest.raises(ValueError, match="folds must be >= 2"):
         Settings.from_env({}, folds=1)
-    with pytest.raises(ValueError, match="backbone must be one of"):
+    with pytest.raises(ValueError, match="backbone must be auto, small_cnn"):
         Settings.from_env({}, backbone="resnet9000")

@@ -111,3 +111,35 @@ def test_similar_images_pad_with_minus_one_and_skip_self_among_equal_embeddings(
     for i, row in enumerate(sim):
         assert sorted(row[:2].tolist()) == sorted({0, 1, 2} - {i}) and row[2:].tolist() == [-1, -1]
     assert similar_images(emb, s=0).shape == (3, 0)
+
+
+def smooth_images(n=30, side=28, seed=0):
+    """Distinct pictures with flat regions and edges (digit-like): a few random bright rectangles."""
+    rng = np.random.default_rng(seed)
+    imgs = np.zeros((n, side, side, 1), np.uint8)
+    for img in imgs:
+        for _ in range(3):
+            y, x = rng.integers(0, side - 8, 2)
+            h, w = rng.integers(4, 12, 2)
+            img[y:y + h, x:x + w] = rng.integers(120, 256)
+    return imgs
+
+
+def test_copies_resaved_with_noise_or_shifted_are_near_duplicates_distinct_images_are_not():
+    from PIL import Image
+
+    imgs = smooth_images()
+    rng = np.random.default_rng(1)
+    noisy = np.clip(imgs[2].astype(float) + rng.normal(0, 3, imgs[2].shape), 0, 255).astype(np.uint8)
+    shifted = np.concatenate([imgs[5][:, :1], imgs[5][:, :-1]], axis=1)
+    small = Image.fromarray(imgs[8][..., 0]).resize((25, 25), Image.BILINEAR)
+    rescaled = np.asarray(small.resize((28, 28), Image.BILINEAR))[..., None]
+    imgs = np.concatenate([imgs, noisy[None], shifted[None], rescaled[None]])
+    assert ssim_pairs(imgs, np.array([2, 5]), np.array([30, 31])).max() < 0.95  # SSIM misses both
+    hashes = [str(hash(im.tobytes())) for im in imgs]
+    emb = imgs.reshape(len(imgs), -1).astype(np.float32)
+    pairs, _ = find_duplicates(imgs, hashes, emb, np.array(["train"] * len(imgs)), ssim_threshold=0.95, k=3)
+    found = {(p["a"], p["b"]): p for p in pairs}
+    assert {(2, 30), (5, 31)} <= set(found) <= {(2, 30), (5, 31), (8, 32)}
+    for pair in (found[(2, 30)], found[(5, 31)]):
+        assert pair["kind"] == "near" and pair["measure"] == "aligned_pixels" and pair["similarity"] >= 0.99

@@ -96,8 +96,27 @@ def test_error_score_formula_by_hand():
     knn, votes = np.array([0.0, 0.5]), np.array([0.25, 1.0])
     # normalized margin (p_label - max other + 1) / 2: 0.9 and 0.2 -> 1 - q = 0.1 and 0.8
     expected = [(0.8 * 0.1 + 0.1 * 0.0 + 0.1 * 0.25), (0.8 * 0.8 + 0.1 * 0.5 + 0.1 * 1.0)]
-    np.testing.assert_allclose(error_scores(probs, labels, knn_disagreement=knn, consensus=votes), expected, rtol=1e-6)
-    np.testing.assert_allclose(error_scores(probs, labels), [0.1, 0.8], rtol=1e-6)  # missing terms drop out
+    margin = {"quality": "normalized_margin"}
+    np.testing.assert_allclose(error_scores(probs, labels, knn_disagreement=knn, consensus=votes, **margin), expected,
+                               rtol=1e-6)
+    np.testing.assert_allclose(error_scores(probs, labels, **margin), [0.1, 0.8], rtol=1e-6)  # missing terms drop out
+    # self-confidence p_label: 0.9 and 0.2 -> 0.1 and 0.8 here too; 'both' is the mean of the two
+    probs3 = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
+    sc, mg = 1 - np.array([0.6, 0.2]), 1 - (np.array([0.6 - 0.3, 0.2 - 0.5]) + 1) / 2
+    np.testing.assert_allclose(error_scores(probs3, labels, quality="self_confidence"), sc, rtol=1e-6)
+    np.testing.assert_allclose(error_scores(probs3, labels), (sc + mg) / 2, rtol=1e-6)
+
+
+def test_views_are_averaged_with_their_weights_before_label_quality():
+    labels = np.array([0, 1])
+    strong = np.array([[[0.9, 0.1], [0.3, 0.7]]])  # (F=1, N, K)
+    weak = np.array([[[0.5, 0.5], [0.5, 0.5]]])
+    mixed = (2 * strong[0] + weak[0]) / 3
+    np.testing.assert_allclose(
+        error_scores(mixed, labels, fold_probs=[strong, weak], view_weights=[2, 1], weights=(1, 0, 0)),
+        error_scores(mixed, labels, weights=(1, 0, 0)), rtol=1e-6)
+    with pytest.raises(ValueError, match="view_weights"):
+        error_scores(mixed, labels, fold_probs=[strong, weak], view_weights=[1])
 
 
 def test_candidates_follow_the_estimated_noise_without_consensus():

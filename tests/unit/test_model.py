@@ -12,7 +12,8 @@ import torch
 
 from ml_backend.errors import ArtefactError
 from ml_backend.model import CrossFitResult, Ensemble, auto_epochs, choose_backbone, cross_fit, train_single
-from ml_backend.model.fit import stratified_folds
+from ml_backend.model.ensemble import ModelSet
+from ml_backend.model.fit import choose_views, fit_heads, stratified_folds
 
 SIDE = 16
 CORNERS = [(2, 2), (2, 10), (10, 6)]  # top-left of each class's square
@@ -206,6 +207,14 @@ def test_choose_backbone_auto_rule(shape, expected):
     assert choose_backbone(1000, shape) == expected
 
 
+@pytest.mark.parametrize("shape, expected", [
+    ((28, 28, 1), ["small_cnn"]), ((32, 32, 3), ["small_cnn", "efficientnet_lite0"]),
+    ((160, 120, 1), ["efficientnet_lite0"]), ((160, 120, 3), ["efficientnet_lite0"])])
+def test_auto_views_add_pretrained_features_to_colour_photos_of_any_size(shape, expected):
+    assert choose_views(shape) == expected
+    assert choose_views(shape, "small_cnn+efficientnet_lite2") == ["small_cnn", "efficientnet_lite2"]
+
+
 def test_choose_backbone_override_and_unknown():
     assert choose_backbone(10, (224, 224, 3), "small_cnn") == "small_cnn"
     assert choose_backbone(10, (28, 28, 1), "efficientnet_lite0") == "efficientnet_lite0"
@@ -274,7 +283,8 @@ def test_efficientnet_lite0_path_on_tiny_colour_set(tmp_path):
     result, ensemble = cross_fit(images, labels, 2, folds=2, epochs=1, backbone="efficientnet_lite0")
     assert result.backbone == "efficientnet_lite0"
     assert result.pred_probs.shape == (12, 2) and result.fold_probs.shape == (2, 12, 2)
-    assert result.embeddings.shape == (2, 12, 1280) and result.embeddings.dtype == np.float32
+    # pooled last feature map (1280) + pooled feature map at two thirds of the depth (112)
+    assert result.embeddings.shape == (2, 12, 1392) and result.embeddings.dtype == np.float32
     assert np.array_equal(result.pred_probs, result.fold_probs[result.fold_of, np.arange(12)])
     sal = ensemble.saliency(images[:2], np.array([0, 1]), folds=result.fold_of[:2])
     assert sal.shape == (2, 32, 32, 3) and sal.min() >= 0 and sal.max() > 0
@@ -282,3 +292,70 @@ def test_efficientnet_lite0_path_on_tiny_colour_set(tmp_path):
     loaded = Ensemble.load(tmp_path / "model.pt")
     assert np.allclose(loaded.predict_proba(images[:4]), ensemble.predict_proba(images[:4]), atol=1e-5)
     assert np.allclose(ensemble.predict_proba(images), result.fold_probs.mean(0), atol=1e-4)
+
+
+def tiny_colour_set():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 80, (12, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0, 1] * 6)
+    images[labels == 1, 8:24, 8:24, 0] = 230  # class 1: a red square
+    return images, labels
+
+
+def test_a_torchvision_backbone_loads_from_a_weights_file(tmp_path):
+    """What a user with a GPU box or a torch cache plugs in: torchvision:<arch> + a state-dict file."""
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+    images, labels = tiny_colour_set()
+    result, ensemble = cross_fit(images, labels, 2, folds=2, backbone="torchvision:resnet18",
+                                 backbone_weights=str(tmp_path / "resnet18.pth"))
+    assert result.embeddings.shape == (2, 12, 512)  # resnet18's pooled features: the input of its fc
+    ensemble.save(tmp_path / "model.pt")
+    again = ModelSet.load(tmp_path / "model.pt")
+    assert again.backbones == ["torchvision:resnet18"]
+    assert np.allclose(again.predict_proba(images[:3]), ensemble.predict_proba(images[:3]), atol=1e-5)
+    with pytest.raises(ValueError, match="cannot load weights"):
+        cross_fit(images, labels, 2, folds=2, backbone="torchvision:resnet34",
+                  backbone_weights=str(tmp_path / "resnet18.pth"))
+    with pytest.raises(ValueError, match="no model"):
+        cross_fit(images, labels, 2, folds=2, backbone="torchvision:resnet9000")
+
+
+def test_model_set_averages_views_round_trips_and_reads_format_1(tmp_path, data):
+    images, labels = tiny_colour_set()
+    cnn = cross_fit(images, labels, 2, folds=2, epochs=1, backbone="small_cnn")[1]
+    lite = cross_fit(images, labels, 2, folds=2, backbone="efficientnet_lite0")[1]
+    both = ModelSet([cnn, lite])
+    both.class_names = ["plain", "red"]
+    expected = (cnn.predict_proba(images) + lite.predict_proba(images)) / 2
+    assert np.allclose(both.predict_proba(images), expected, atol=1e-6)
+    both.save(tmp_path / "model.pt")
+    again = ModelSet.load(tmp_path / "model.pt")
+    assert again.backbones == ["small_cnn", "efficientnet_lite0"] and again.class_names == ["plain", "red"]
+    assert np.allclose(again.predict_proba(images), expected, atol=1e-5)
+    # A version-1 file (one small-CNN ensemble, written before views) still loads.
+    payload = cnn._payload()
+    torch.save({"format": "deconfusion-ensemble", "version": 1, **payload}, tmp_path / "v1.pt")
+    assert np.allclose(ModelSet.load(tmp_path / "v1.pt").predict_proba(images), cnn.predict_proba(images), atol=1e-6)
+    torch.save({"format": "deconfusion-ensemble", "version": 1, **lite._payload()}, tmp_path / "v1-lite.pt")
+    with pytest.raises(ArtefactError, match="re-run the analysis"):
+        ModelSet.load(tmp_path / "v1-lite.pt")
+
+
+def test_heads_trained_without_pruned_images_never_see_their_labels():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 8)).astype(np.float32)
+    labels = (features[:, 0] > 0).astype(np.int64)
+    fold_of = stratified_folds(labels, 2, seed=0)
+    wrong = np.flatnonzero(labels == 0)[:30]
+    noisy = labels.copy()
+    noisy[wrong] = 1
+    weights = np.ones(200, np.float32)
+    _, with_errors = fit_heads(features, noisy, weights, 2, fold_of)
+    weights[wrong] = 0.0
+    _, pruned = fit_heads(features, noisy, weights, 2, fold_of)
+    # Without the wrong labels pulling it, each held-out head is surer they are wrong.
+    held_out = fold_of[wrong], wrong
+    assert (pruned[held_out][:, 1] < with_errors[held_out][:, 1]).mean() > 0.8
