@@ -58,8 +58,8 @@ def run_analysis(
     *,
     model_version: str | None = None,
     progress: Progress | None = None,
-) -> tuple[Analysis, Ensemble]:
-    """Analyse ``dataset`` end to end; returns the artefact and the fitted fold models."""
+) -> tuple[Analysis, ModelSet]:
+    """Analyse ``dataset`` end to end; returns the artefact and the fitted fold models of every view."""
     progress = progress or _quiet
     timings: dict[str, float] = {}
     clock = time.perf_counter()

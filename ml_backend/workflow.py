@@ -127,8 +127,10 @@ def unpublish_project(project_id: int, settings: Settings) -> dict:
     client = LabelStudioClient(settings)
     store = ProjectStore(settings.model_dir, project_id)
     client.get_project(project_id)  # a clear error for a wrong id before anything changes
-    versions = client.delete_predictions(project_id)
+    # Fields first: each field write re-reads its task, and Label Studio answers a read of a task
+    # without predictions by asking the connected backend for one, which would come back.
     fields = client.sync_task_fields(project_id, {}, prefix=publish.FIELD_PREFIX)
+    versions = client.delete_predictions(project_id)
     tabs = client.delete_views(project_id, publish.VIEW_PREFIX)
     overview_id = store.project_info().get("overview_project")
     if _is_our_overview(client, overview_id):

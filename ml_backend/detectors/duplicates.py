@@ -29,6 +29,7 @@ SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 PIXEL_TOLERANCE = 12  # grey levels: 4 sigma of re-encoding noise of 3 levels
 ALIGNED_SHARE = 0.99  # share of pixel values within PIXEL_TOLERANCE that makes an aligned copy
 COARSE_SIDE = 8  # block means per side of the pixel space searched for near-copy candidates
+COARSE_K = 2  # neighbours per image there: a copy is the nearest
 
 
 def ssim_pairs(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -144,9 +145,9 @@ def find_duplicates(images: np.ndarray, pixel_hashes, embeddings: np.ndarray, sp
     star, so m copies give m - 1 pairs). Near pairs: each image's k nearest neighbours in
     ``embeddings`` (PCA to 16 dims, then a k-d tree: ~N log N, never all pairs) are confirmed
     when their SSIM (:func:`ssim_pairs`, identical to scikit-image's) is at least
-    ``ssim_threshold``; those and each image's k nearest neighbours in 8 x 8 block means of the
-    pixels also when their aligned pixel share (see the module docstring) is at least
-    ALIGNED_SHARE. Candidates with equal hashes are already exact.
+    ``ssim_threshold``; each image's COARSE_K nearest neighbours in 8 x 8 block means of the
+    pixels when their aligned pixel share (see the module docstring) is at least ALIGNED_SHARE.
+    Candidates with equal hashes are already exact.
 
     Parameters
     ----------
@@ -204,27 +205,24 @@ def _compute_duplicates(images, hashes, embeddings, splits, threshold: float, k:
     copies = np.flatnonzero(first_of_code[code] != np.arange(n))
     exact = np.stack([first_of_code[code[copies]], copies], axis=1)
 
-    # Near: the paper's SSIM on embedding neighbours; the aligned pixel share on those and on
-    # neighbours in a coarse pixel space, where a shifted or noisy copy is always close (its CNN
-    # embedding can sit behind look-alikes). SSIM is not tried on the coarse neighbours: on
-    # MNIST they add ~2,800 look-alike pairs (thin "1"s) at SSIM >= 0.95 and no copies.
+    # Near: the paper's SSIM on embedding neighbours; the aligned pixel share on each image's
+    # COARSE_K nearest neighbours in a coarse pixel space, where a shifted or noisy copy is the
+    # nearest (its CNN embedding can sit behind look-alikes). SSIM is not tried there: on MNIST
+    # those neighbours add ~2,800 look-alike pairs (thin "1"s) at SSIM >= 0.95 and no copies.
     near, near_ssim, near_similarity = np.zeros((0, 2), dtype=np.int64), np.zeros(0), np.zeros(0)
     near_measure = np.zeros(0, dtype=object)
     if n > 1:
         by_embedding = _candidate_pairs(pca_reduce(embeddings), code, k)
-        by_pixels = _candidate_pairs(pca_reduce(_coarse_pixels(images)), code, k)
-        candidates = np.unique(np.concatenate([by_embedding, by_pixels]), axis=0)
-        ssim = _compute_ssim_pairs(images, candidates[:, 0], candidates[:, 1])
-        from_embedding = _rows_in(candidates, by_embedding)
-        similarity, measures = ssim.copy(), np.full(len(ssim), "", dtype=object)
-        measures[from_embedding & (ssim >= threshold)] = "ssim"
-        retry = np.flatnonzero(measures == "")
-        share = _aligned_share(images, candidates[retry, 0], candidates[retry, 1])
+        ssim = _compute_ssim_pairs(images, by_embedding[:, 0], by_embedding[:, 1])
+        by_ssim = ssim >= threshold
+        by_pixels = _candidate_pairs(pca_reduce(_coarse_pixels(images)), code, COARSE_K)
+        by_pixels = by_pixels[~_rows_in(by_pixels, by_embedding[by_ssim])]
+        share = _aligned_share(images, by_pixels[:, 0], by_pixels[:, 1])
         aligned = share >= ALIGNED_SHARE
-        similarity[retry[aligned]], measures[retry[aligned]] = share[aligned], "aligned_pixels"
-        confirmed = measures != ""
-        near, near_ssim = candidates[confirmed], ssim[confirmed]
-        near_similarity, near_measure = similarity[confirmed], measures[confirmed]
+        near = np.concatenate([by_embedding[by_ssim], by_pixels[aligned]])
+        near_ssim = np.concatenate([ssim[by_ssim], _compute_ssim_pairs(images, *by_pixels[aligned].T)])
+        near_similarity = np.concatenate([ssim[by_ssim], share[aligned]])
+        near_measure = np.array(["ssim"] * int(by_ssim.sum()) + ["aligned_pixels"] * int(aligned.sum()), dtype=object)
 
     kinds = ["exact"] * len(exact) + ["near"] * len(near)
     measure = ["pixels"] * len(exact) + list(near_measure)

@@ -105,7 +105,7 @@ def world(label_studio, backend):
                   "annotations": [annotation("horizontal")]})
     truth.append("horizontal")
     tasks.append({"data": {"image": f"{host}/missing.png", "note": "broken"}, "annotations": [annotation("ring")]})
-    tasks.append({"data": {"image": f"/data/local-files/?d=shapes/horizontal-2.png", "note": "unlabeled"}})
+    tasks.append({"data": {"image": "/data/local-files/?d=shapes/horizontal-2.png", "note": "unlabeled"}})
     client.import_tasks(pid, tasks)
     before = {t["id"]: t for t in client.all_tasks(pid)}
     backend_id = client.connect_ml_backend(pid, backend_url)
@@ -148,7 +148,7 @@ def test_token_is_never_sent_to_another_host():
 
 
 def test_every_labeled_task_gets_one_prediction_with_the_setup_model_version(world):
-    client, pid = world["client"], world["pid"]
+    pid = world["pid"]
     version = world["job"]["model_version"]
     assert predictions_by_version(world) == {version: len(world["truth"])}
     status, _, body = get_json(world["backend"] + "/health")
