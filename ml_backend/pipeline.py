@@ -76,7 +76,7 @@ def run_analysis(
     fits, ensembles = _cross_fit_views(dataset, settings, progress)
     lap("train")
 
-    probs, scores, is_candidate, n_estimated, agreement, knn, evidence = _combine_views(fits, labels, settings)
+    probs, scores, agreement, knn, evidence = _combine_views(fits, labels, settings)
     predicted = probs.argmax(axis=1).astype(np.int64)
     mismatch = mismatch_score(probs, labels)
     models = ModelSet(ensembles)
@@ -92,6 +92,8 @@ def run_analysis(
     lap("duplicates")
 
     cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
+    is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement,
+                                                systematic=interpretation_members(cells, labels, predicted))
     map_xy = _inspection_maps(dataset, models, predicted, fits[0].fold_of, cells, settings.seed, progress)
     lap("maps")
 
@@ -125,8 +127,8 @@ def _cross_fit_views(dataset: ImageDataset, settings: Settings, progress: Progre
 
 
 def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Settings):
-    """The views' evidence combined: out-of-sample probabilities (N, K), error scores, candidates,
-    estimated number of errors, consensus, kNN disagreement, and each view's doubt alone."""
+    """The views' evidence combined: out-of-sample probabilities (N, K), error scores, consensus,
+    kNN disagreement, and each view's doubt alone."""
     view_weights = [VIEW_WEIGHT["pretrained" if is_pretrained(f.backbone) else "small_cnn"] for f in fits]
     probs = sum(w * f.pred_probs for w, f in zip(view_weights, fits)) / sum(view_weights)
     # The small CNN alone ranks the paper's MNIST swaps best by the normalized margin (AP 0.952;
@@ -144,11 +146,7 @@ def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Set
     agreement = consensus(np.concatenate([f.fold_probs for f in fits]), labels)
     scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights,
                           knn_disagreement=knn, consensus=agreement, quality=quality)
-    predicted = probs.argmax(axis=1)
-    cells = overview_cells(probs, labels, mismatch=mismatch_score(probs, labels))
-    is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement,
-                                                systematic=interpretation_members(cells, labels, predicted))
-    return probs, scores, is_candidate, n_estimated, agreement, knn, evidence
+    return probs, scores, agreement, knn, evidence
 
 
 def _inspection_maps(dataset, ensemble, predicted, fold_of, cells, seed, progress) -> np.ndarray:
