@@ -16,7 +16,8 @@ from tqdm import tqdm
 from .config import add_cli_flags, configure_logging, settings_from_args
 from .errors import DeConfusionError
 
-TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "backbone_weights", "device", "batch_size", "ssim_threshold", "knn_k"]
+TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "backbone_weights", "device", "batch_size",
+                  "ssim_threshold", "knn_k"]
 SERVICE_FLAGS = ["host", "port", "model_dir", "label_studio_url", "label_studio_api_key", "redis_url",
                  "public_url", "log_level"]
 

@@ -2,12 +2,13 @@
 
 Symbols: N images of shape (H, W, C), D embedding width, P pairs, S similar images kept
 per image. Never compares all pairs: exact duplicates come from equal pixel hashes, near
-duplicate candidates from each image's k nearest neighbours in embedding space and in a
-coarse pixel space (k-d tree on a PCA, ~N log N), confirmed by SSIM >= 0.95 (the paper's similarity marker, measure
-'ssim'), or else when, at the best of the nine one-pixel alignments, at least 99% of the
-overlapping pixel values lie within 12 grey levels (measure 'aligned_pixels'): copies
-re-saved with noise or moved by a pixel, which SSIM misses (noise of 3 grey levels takes a
-flat region's SSIM to about 0.76; a noisy MNIST copy scores 0.90). Measured on 3,000 test
+duplicates from each image's k nearest neighbours in embedding space (k-d tree on a PCA,
+~N log N) confirmed by SSIM >= 0.95 (the paper's similarity marker, measure 'ssim'), and
+from its nearest neighbours in a coarse pixel space confirmed when, at the best of the nine
+one-pixel alignments, at least 99% of the overlapping pixel values lie within 12 grey levels
+(measure 'aligned_pixels'): copies re-saved with noise or moved by a pixel, which SSIM
+misses (noise of 3 grey levels takes a flat region's SSIM to about 0.76; a noisy MNIST copy
+scores 0.90). Measured on 3,000 test
 images of each set, the aligned share is >= 0.999 for noisy and shifted copies and at most
 0.970 (MNIST), 0.906 (Fashion) and 0.764 (CIFAR) for an image's nearest distinct neighbour.
 SSIM after a 3 x 3 blur was tried and rejected: distinct MNIST digits reach 0.987 with it.
@@ -168,7 +169,8 @@ def find_duplicates(images: np.ndarray, pixel_hashes, embeddings: np.ndarray, sp
         ``{"a": int, "b": int, "kind": "exact" | "near", "ssim": float, "measure": str,
         "similarity": float, "cross_split": bool}`` with a < b, ``ssim`` the pair's SSIM,
         ``measure`` what confirmed it ('pixels' for exact copies, 'ssim' or 'aligned_pixels', see
-        the module docstring) and ``similarity`` that measure's value, each unordered pair once (exact wins over near), sorted by (a, b).
+        the module docstring) and ``similarity`` that measure's value; each unordered pair once
+        (exact wins over near), sorted by (a, b).
         ``cross_split`` = one image in train, one in val: leakage.
     duplicate_group : ndarray of shape (N,), int64
         Connected components of the pairs, each named by its lowest image index (so every
@@ -222,7 +224,8 @@ def _compute_duplicates(images, hashes, embeddings, splits, threshold: float, k:
         near = np.concatenate([by_embedding[by_ssim], by_pixels[aligned]])
         near_ssim = np.concatenate([ssim[by_ssim], _compute_ssim_pairs(images, *by_pixels[aligned].T)])
         near_similarity = np.concatenate([ssim[by_ssim], share[aligned]])
-        near_measure = np.array(["ssim"] * int(by_ssim.sum()) + ["aligned_pixels"] * int(aligned.sum()), dtype=object)
+        near_measure = np.array(["ssim"] * int(by_ssim.sum()) + ["aligned_pixels"] * int(aligned.sum()),
+                                dtype=object)
 
     kinds = ["exact"] * len(exact) + ["near"] * len(near)
     measure = ["pixels"] * len(exact) + list(near_measure)
@@ -244,7 +247,7 @@ def _candidate_pairs(space: np.ndarray, code: np.ndarray, k: int) -> np.ndarray:
     a, b = np.repeat(np.arange(n), idx.shape[1]), idx.ravel()
     keep = b >= 0
     pairs = np.unique(np.stack([np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])], axis=1), axis=0)
-    return pairs[code[pairs[:, 0]] != code[pairs[:, 1]]].reshape(-1, 2)
+    return pairs[code[pairs[:, 0]] != code[pairs[:, 1]]]
 
 
 def _rows_in(pairs: np.ndarray, subset: np.ndarray) -> np.ndarray:
