@@ -194,6 +194,9 @@ class Ensemble:
             if version < 2:  # its features were computed differently: heads do not fit them
                 raise ArtefactError(f"{path}: this model file's pretrained heads predate format 2; re-run the analysis")
             shared = PretrainedFeatures(saved["backbone"], side=arch["side"], weights=arch.get("weights", ""))
+            if shared.width != arch["width"]:  # this code computes other features than the heads were fit on
+                raise ArtefactError(f"{path}: its heads expect {arch['width']} features of {saved['backbone']}, this "
+                                    f"version computes {shared.width}; re-run the analysis")
             models = [HeadOnFeatures(shared, _loaded(FeatureHead(arch["width"], k), state, path))
                       for state in saved["states"]]
         else:

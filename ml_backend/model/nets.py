@@ -28,7 +28,7 @@ PRETRAINED = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2") 
 PRETRAINED_SIDE = 224  # input side for photos
 SMALL_IMAGE_SIDE = 64  # images up to this side (CIFAR, MNIST) are upscaled to SMALL_INPUT_SIDE only:
 SMALL_INPUT_SIDE = 128  # on CIFAR, 224 px cost 3x the time for no better features (measured)
-MID_DEPTH = 2 / 3  # EfficientNet-Lite block whose pooled output joins the features
+STAGE_TAPS = 3  # EfficientNet-Lite: the pooled outputs of the last 3 stages join the pooled head features
 
 SMALL_CNN_WIDTHS = (8, 24, 48)  # channels of the three conv blocks (MNIST: 99.0% held-out in 3 epochs)
 SMALL_CNN_GRID = 3  # the last feature map is max-pooled to GRID x GRID: keeps coarse layout (digits)
@@ -126,8 +126,10 @@ class PretrainedFeatures(nn.Module):
         the torch cache). side : the square input resolution images are resized to.
     Grey images are repeated to RGB, resizing and normalisation happen inside the module, so
     gradients (saliency) come back at the caller's resolution. EfficientNet-Lite features are
-    the pooled last feature map concatenated with the pooled feature map at two thirds of the
-    depth (mid-level features: +1.5 points linear-probe accuracy on CIFAR photos, measured).
+    the pooled head feature map concatenated with the pooled outputs of the last STAGE_TAPS
+    stages (Lite0: 1280 + 112 + 192 + 320 = 1904). On CIFAR-10N photos they raise the heads'
+    accuracy on the clean labels from 77.7% (head alone) to 79.0% and the error-ranking AP of
+    the combined evidence from 0.633 to 0.649 (majority-vote labels, measured on cached features).
     """
 
     def __init__(self, name: str = "efficientnet_lite0", *, side: int = PRETRAINED_SIDE, weights: str = "") -> None:
@@ -135,7 +137,7 @@ class PretrainedFeatures(nn.Module):
         self.name, self.side, self.weights = name, int(side), weights
         if name in PRETRAINED:
             self.net, mean, std = efficientnet_lite(name), LITE_MEAN, LITE_STD
-            self._mid = round(len(self.net._blocks) * MID_DEPTH) - 1
+            self._taps = stage_ends(self.net)[-STAGE_TAPS:]
         else:
             self.net, mean, std = external_backbone(name, weights), IMAGENET_MEAN, IMAGENET_STD
             self._last_linear = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
@@ -161,7 +163,7 @@ class PretrainedFeatures(nn.Module):
         pooled = []
         for i, block in enumerate(net._blocks):
             x = block(x)
-            if i == self._mid:
+            if i in self._taps:
                 pooled.append(F.adaptive_avg_pool2d(x, 1).flatten(1))
         x = net._swish(net._bn1(net._conv_head(x)))
         return torch.cat([F.adaptive_avg_pool2d(x, 1).flatten(1), *pooled], 1)
@@ -175,6 +177,12 @@ class PretrainedFeatures(nn.Module):
         finally:
             hook.remove()
         return captured[0].flatten(1)
+
+
+def stage_ends(net: nn.Module) -> list[int]:
+    """Indices of the EfficientNet blocks that end a stage (the next block changes the width)."""
+    widths = [block._block_args.output_filters for block in net._blocks]
+    return [i for i, w in enumerate(widths) if i == len(widths) - 1 or widths[i + 1] != w]
 
 
 def external_backbone(name: str, weights: str = "") -> nn.Module:

@@ -283,8 +283,8 @@ def test_efficientnet_lite0_path_on_tiny_colour_set(tmp_path):
     result, ensemble = cross_fit(images, labels, 2, folds=2, epochs=1, backbone="efficientnet_lite0")
     assert result.backbone == "efficientnet_lite0"
     assert result.pred_probs.shape == (12, 2) and result.fold_probs.shape == (2, 12, 2)
-    # pooled last feature map (1280) + pooled feature map at two thirds of the depth (112)
-    assert result.embeddings.shape == (2, 12, 1392) and result.embeddings.dtype == np.float32
+    # pooled head feature map (1280) + pooled outputs of the last three stages (112 + 192 + 320)
+    assert result.embeddings.shape == (2, 12, 1904) and result.embeddings.dtype == np.float32
     assert np.array_equal(result.pred_probs, result.fold_probs[result.fold_of, np.arange(12)])
     sal = ensemble.saliency(images[:2], np.array([0, 1]), folds=result.fold_of[:2])
     assert sal.shape == (2, 32, 32, 3) and sal.min() >= 0 and sal.max() > 0
@@ -342,6 +342,11 @@ def test_model_set_averages_views_round_trips_and_reads_format_1(tmp_path, data)
     torch.save({"format": "deconfusion-ensemble", "version": 1, **lite._payload()}, tmp_path / "v1-lite.pt")
     with pytest.raises(ArtefactError, match="re-run the analysis"):
         ModelSet.load(tmp_path / "v1-lite.pt")
+    # Heads fitted on features this code no longer computes (another width) are refused clearly.
+    views = [cnn._payload(), {**lite._payload(), "arch": {**lite._payload()["arch"], "width": 1392}}]
+    torch.save({"format": "deconfusion-ensemble", "version": 2, "views": views}, tmp_path / "old-width.pt")
+    with pytest.raises(ArtefactError, match="expect 1392 features"):
+        ModelSet.load(tmp_path / "old-width.pt")
 
 
 def test_heads_trained_without_pruned_images_never_see_their_labels():
