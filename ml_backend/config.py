@@ -43,6 +43,13 @@ class Settings:
         "(evidence images, report); default http://localhost:PORT.")
     basic_auth_user: str = _setting("BASIC_AUTH_USER", "", "Optional basic-auth user required on every route.")
     basic_auth_pass: str = _setting("BASIC_AUTH_PASS", "", "Password for BASIC_AUTH_USER.")
+    webhook_secret: str = _setting(
+        "WEBHOOK_SECRET", "", "Shared secret annotation webhooks must send in the X-DeConfusion-Secret header; the "
+        "webhook the backend registers in Label Studio sends it. Empty = not required.")
+    max_request_bytes: int = _setting(
+        "MAX_REQUEST_BYTES", 64_000_000, "Largest request body accepted; bigger ones are answered 413.")
+    max_predict_tasks: int = _setting(
+        "MAX_PREDICT_TASKS", 100_000, "Most tasks in one /predict call; more are answered 413.")
     log_level: str = _setting("LOG_LEVEL", "INFO", "Python logging level.")
     # Training
     folds: int = _setting("DECONFUSION_FOLDS", 4, "Cross-validation folds for out-of-sample probabilities (>= 2).")
@@ -69,6 +76,9 @@ class Settings:
     # Downloads
     download_timeout: float = _setting("DOWNLOAD_TIMEOUT", 30.0, "Seconds per image download.")
     max_image_bytes: int = _setting("MAX_IMAGE_BYTES", 50_000_000, "Largest image download accepted.")
+    download_allow: str = _setting(
+        "DOWNLOAD_ALLOW", "", "Comma-separated hosts, IP addresses or CIDR networks image downloads may reach "
+        "although they are private or loopback (Label Studio's own origin is always allowed).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -23,3 +23,7 @@ class LabelStudioUnavailable(DeConfusionError):
 
 class ArtefactError(DeConfusionError):
     """An analysis folder is missing, incomplete or of an unknown schema version."""
+
+
+class UnknownProject(DeConfusionError):
+    """Label Studio has no project with this id (answered 404; nothing is written for it)."""

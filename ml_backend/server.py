@@ -35,18 +35,19 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 import time
 from collections import Counter, deque
 from typing import Any, Callable, Mapping
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from .config import Settings
 from .errors import (ArtefactError, DatasetError, DeConfusionError, LabelConfigError, LabelStudioUnavailable,
-                     UnreadableImage)
-from .jobs import (ACTIVE, JobQueueUnavailable, JobRunner, JobState, check_project_id, list_jobs, local_status,
+                     UnknownProject, UnreadableImage)
+from .jobs import (ACTIVE, JobQueueUnavailable, JobRunner, JobState, list_jobs, local_status,
                    read_job, recover_interrupted)
 from .ls.schema import parse_label_config
 from .store import ProjectStore
@@ -62,13 +63,24 @@ LATENCY_WINDOW = 1000
 """Predict latencies kept for the /metrics percentiles (most recent requests)."""
 
 
-Predictor = Callable[[int, list, "str | None"], list]
-"""predictor(project_id, tasks, label_config) -> one prediction dict per task, same order."""
-VerdictHandler = Callable[[str, dict], "Mapping[str, Any] | None"]
-"""verdict_handler(action, payload) -> JSON-able answer; payload is the webhook body."""
+SECRET_HEADER = "X-DeConfusion-Secret"
+"""Header carrying WEBHOOK_SECRET; add it to the project's webhook in Label Studio."""
 
-_STATUS_FOR_ERROR = ((JobQueueUnavailable, 503), (LabelStudioUnavailable, 502), (LabelConfigError, 422),
-                     (DatasetError, 422), (UnreadableImage, 422), (ArtefactError, 500), (DeConfusionError, 500))
+
+Predictor = Callable[[int, list, "str | None"], list]
+"""predictor(project_id, tasks, label_config) -> one prediction dict per task, same order;
+every task has a valid integer ``id``."""
+VerdictHandler = Callable[[str, int, list], "Mapping[str, Any] | None"]
+"""verdict_handler(action, project_id, annotation_ids) -> JSON-able answer. The ids are only
+hints: the handler reads the annotations themselves from Label Studio."""
+ProjectCheck = Callable[[int], None]
+"""project_check(project_id) raises UnknownProject when Label Studio has no such project."""
+
+_STATUS_FOR_ERROR = ((JobQueueUnavailable, 503), (UnknownProject, 404), (LabelStudioUnavailable, 502),
+                     (LabelConfigError, 422), (DatasetError, 422), (UnreadableImage, 422), (ArtefactError, 500),
+                     (DeConfusionError, 500))
+_PROJECT_NAME = re.compile(r"[1-9][0-9]*(\.[0-9]+)?")  # "12" or "12.1700000000"
+_ID_TEXT = re.compile(r"[1-9][0-9]*")
 
 
 class InvalidRequest(Exception):
@@ -79,12 +91,36 @@ def project_id_of(value: Any) -> int:
     """Label Studio names a project as ``"<id>.<created timestamp>"``, an id, or a dict with ``id``."""
     if isinstance(value, Mapping):
         value = value.get("id")
-    head = value.split(".", 1)[0] if isinstance(value, str) else value
-    try:
-        return check_project_id(head)
-    except (TypeError, ValueError):
-        raise ValueError(f"'project' must be a positive project id like 12 or '12.1700000000', "
-                         f"got {value!r}") from None
+    if isinstance(value, str) and _PROJECT_NAME.fullmatch(value):
+        return int(value.split(".", 1)[0])
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"'project' must be a positive project id like 12 or '12.1700000000', got {value!r}")
+
+
+def object_id_of(value: Any, what: str) -> int:
+    """A task or annotation id: a positive integer (or its digits as text); 1.5, "1.5", True raise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and _ID_TEXT.fullmatch(value):
+        return int(value)
+    raise ValueError(f"{what} must be a positive integer id, got {value!r}")
+
+
+def annotation_ids_of(action: str, data: Mapping[str, Any]) -> list[int]:
+    """Ids of the annotations an event names: ``annotation`` (one, or a list for
+    ANNOTATIONS_CREATED) or ``annotations`` (ANNOTATIONS_DELETED)."""
+    key = "annotations" if action == "ANNOTATIONS_DELETED" else "annotation"
+    found = data.get(key)
+    items = [found] if isinstance(found, Mapping) else found
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{action} needs '{key}': an annotation object or a list of them, got {found!r}")
+    ids = []
+    for n, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"'{key}[{n}]' must be an annotation object with an 'id', got {item!r}")
+        ids.append(object_id_of(item.get("id"), f"'{key}[{n}].id'"))
+    return ids
 
 
 def current_model_version(settings: Settings, project_id: int) -> str:
@@ -107,18 +143,20 @@ def _percentile_ms(ordered: list[float], q: float) -> float | None:
 
 
 def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor: Predictor | None = None,
-               verdict_handler: VerdictHandler | None = None) -> Flask:
+               verdict_handler: VerdictHandler | None = None, project_check: ProjectCheck | None = None) -> Flask:
     """The backend's Flask app. Heavy work lives in ``runner`` (analysis jobs) and ``predictor``.
 
     Creating it is cheap: it marks jobs a dead process left running as interrupted (a few small
     files) and nothing else. Without ``runner``, training requests get 503; without ``predictor``,
-    /predict gets 503; without ``verdict_handler``, annotation events are answered ``ignored``.
+    /predict gets 503; without ``verdict_handler``, annotation events are answered ``ignored``;
+    ``project_check`` runs before an analysis is queued (nothing is written for unknown projects).
     """
     if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
         raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together (Label Studio sends basic "
                          "auth only when both are filled in), got only "
                          + ("BASIC_AUTH_USER" if settings.basic_auth_user else "BASIC_AUTH_PASS"))
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # werkzeug answers 413 beyond it
     app.extensions["deconfusion"] = {"settings": settings, "runner": runner, "predictor": predictor,
                                      "verdict_handler": verdict_handler}
     started = time.monotonic()
@@ -149,6 +187,18 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
         except ValueError as exc:
             raise InvalidRequest(str(exc).replace("'project'", where, 1)) from None
 
+    def checked(parse: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return parse(*args)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def secret_ok() -> bool:
+        if not settings.webhook_secret:
+            return True
+        sent = request.headers.get(SECRET_HEADER, "")
+        return hmac.compare_digest(sent.encode(), settings.webhook_secret.encode())
+
     # --- auth and errors ---------------------------------------------------------------------
     @app.before_request
     def basic_auth():
@@ -175,6 +225,12 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
     def invalid(exc: InvalidRequest):
         log.info("%s %s: 400 %s", request.method, request.path, exc)
         return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):
+        count("too_large")
+        return jsonify({"error": f"request body larger than MAX_REQUEST_BYTES={settings.max_request_bytes}; "
+                                 "send fewer tasks per request"}), 413
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -208,6 +264,11 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
         tasks = data.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise InvalidRequest("'tasks' must be a list of task objects ({'id': ..., 'data': {...}})")
+        if len(tasks) > settings.max_predict_tasks:
+            return jsonify({"error": f"{len(tasks)} tasks in one /predict call; at most MAX_PREDICT_TASKS="
+                                     f"{settings.max_predict_tasks}: select fewer tasks"}), 413
+        for n, task in enumerate(tasks):
+            checked(object_id_of, task.get("id"), f"'tasks[{n}].id'")
         project = data.get("project")
         if project is None and tasks:
             project = tasks[0].get("project")
@@ -240,6 +301,8 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
     def start_analysis(project_id: int, via: str):
         if runner is None:
             return jsonify({"error": "this backend has no job runner configured; analyses cannot start"}), 503
+        if project_check is not None:
+            project_check(project_id)  # UnknownProject -> 404, before any file is written
         try:
             state = runner.submit(project_id)
         except JobQueueUnavailable as exc:
@@ -260,14 +323,19 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
         if action == START_TRAINING:
             return start_analysis(project_from(data.get("project"), "'project.id'"), "webhook")
         if action in VERDICT_ACTIONS:
+            if not secret_ok():
+                count("webhook_secret_rejected")
+                return jsonify({"error": f"annotation events need the {SECRET_HEADER} header with WEBHOOK_SECRET: "
+                                         "add it to this webhook in Label Studio (Project Settings → Webhooks)"}), 401
             try:
-                project_from(data.get("project"), "'project.id'")
+                project_id = project_from(data.get("project"), "'project.id'")
             except InvalidRequest as exc:
                 raise InvalidRequest(f"{exc}; annotation events need the webhook payload "
                                      "(keep 'Send payload' on for this webhook in Label Studio)") from None
+            annotation_ids = checked(annotation_ids_of, action, data)
             if verdict_handler is None:
                 return jsonify({"status": "ignored", "action": action, "reason": "no verdict handler configured"})
-            answer = verdict_handler(action, data)
+            answer = verdict_handler(action, project_id, annotation_ids)
             return jsonify(dict(answer) if isinstance(answer, Mapping) else {"status": "ok", "action": action})
         return jsonify({"status": "ignored", "action": action})
 
@@ -295,6 +363,7 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
     # --- ours --------------------------------------------------------------------------------------
     @app.get("/jobs/<int:project_id>")
     def job(project_id: int):
+        project_id = project_from(project_id)
         state: JobState | None = runner.status(project_id) if runner is not None \
             else local_status(settings, project_id)
         if state is None:

@@ -19,11 +19,12 @@ from .analysis import Analysis
 from .config import Settings, configure_logging
 from .errors import ArtefactError
 from .jobs import make_runner
+from .ls.netpolicy import DownloadPolicy
 from .server import create_app
 from .store import ProjectStore
 from .views.render import render_png
 from .views.report import report_chart_png, report_html, report_json
-from .workflow import Predictor, VerdictHandler
+from .workflow import Predictor, VerdictHandler, check_project_exists
 
 log = logging.getLogger(__name__)
 ANALYZE_FN = "ml_backend.workflow:analyze_project"
@@ -31,9 +32,11 @@ IMAGE_CACHE_SECONDS = 3600  # evidence images of a version never change
 
 
 def build_app(settings: Settings) -> Flask:
+    DownloadPolicy.parse(settings.download_allow)  # a bad DOWNLOAD_ALLOW stops the start, naming the entry
     runner = make_runner(settings, ANALYZE_FN)
     app = create_app(settings, runner=runner, predictor=Predictor(settings),
-                     verdict_handler=VerdictHandler(settings, submit=runner.submit))
+                     verdict_handler=VerdictHandler(settings, submit=runner.submit),
+                     project_check=lambda project_id: check_project_exists(settings, project_id))
     app.register_blueprint(evidence_routes(settings))
     return app
 
@@ -67,7 +70,10 @@ def evidence_routes(settings: Settings) -> Blueprint:
 
     @routes.get("/report/<int:project_id>.json")
     def report_data(project_id: int):
-        return jsonify(report_json(ProjectStore(settings.model_dir, project_id).history()))
+        history = ProjectStore(settings.model_dir, project_id).history()
+        if not history:
+            abort(404, f"project {project_id} has no analysis yet: press Start Training in Label Studio")
+        return jsonify(report_json(history))
 
     @routes.get("/report/<int:project_id>/chart/<name>.png")
     def chart(project_id: int, name: str):

@@ -70,8 +70,12 @@ class ProjectStore:
         return load(self.version_dir(version)) if version else None
 
     def versions(self) -> list[str]:
+        """Analyses that were published completely (a job killed on the way leaves a folder that
+        is not listed; the next analysis replaces what it published)."""
+        finished = {h.get("model_version") for h in self.history()}
         base = self.root / "versions"
-        return sorted(p.name for p in base.iterdir() if (p / "analysis.json").exists()) if base.exists() else []
+        return sorted(p.name for p in base.iterdir() if p.name in finished and (p / "analysis.json").exists()) \
+            if base.exists() else []
 
     # verdicts -----------------------------------------------------------------
     def verdicts(self) -> dict[str, dict]:

@@ -17,6 +17,7 @@ import numpy as np
 from . import publish
 from .analysis import Analysis, save, write_exports
 from .config import Settings
+from .errors import LabelStudioUnavailable, UnknownProject
 from .dataset import build_dataset, decode_image, fit_to_shape
 from .ls.client import LabelStudioClient
 from .ls.schema import ClassSpec, parse_label_config
@@ -37,7 +38,11 @@ OVERVIEW_MARKER = 'name="dc_cell_status"'  # a control only our overview config 
 
 def analyze_project(project_id: int, settings: Settings, progress: Progress) -> str:
     """Fetch, analyse and publish one project; returns the new model version."""
-    client = LabelStudioClient(settings)
+    with LabelStudioClient(settings) as client:
+        return _analyze_and_publish(client, project_id, settings, progress)
+
+
+def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: Settings, progress: Progress) -> str:
     store = ProjectStore(settings.model_dir, project_id)
     project = client.get_project(project_id)
     spec = parse_label_config(project["label_config"])
@@ -68,6 +73,20 @@ def analyze_project(project_id: int, settings: Settings, progress: Progress) -> 
     store.append_history(history_entry(analysis, iteration, store.verdicts()))
     log.info("project %s: published %s (%d candidates)", project_id, version, int(analysis.is_candidate.sum()))
     return version
+
+
+def check_project_exists(settings: Settings, project_id: int) -> None:
+    """Raise UnknownProject when Label Studio says it has no such project, so a training request
+    for a made-up id writes nothing. An unreachable Label Studio or a refused token is left to the
+    job, whose status then says what is wrong (one try: the caller is waiting)."""
+    with LabelStudioClient(settings, retry_delays=()) as client:
+        try:
+            found = client.find_project(project_id)
+        except LabelStudioUnavailable:
+            return
+    if found is None:
+        raise UnknownProject(f"Label Studio at {settings.label_studio_url} has no project {project_id}: "
+                             "press Start Training in the project's Settings → Model")
 
 
 def _confirmed(verdict: dict | None, label: str) -> bool:
@@ -124,8 +143,11 @@ def unpublish_project(project_id: int, settings: Settings) -> dict:
     ``deconfusion`` model version), our ``dc_`` task fields, our tabs and the overview project.
     Annotations, the user's task data and other models' predictions stay; the analyses stay on
     disk under MODEL_DIR. Returns what was removed."""
-    client = LabelStudioClient(settings)
-    store = ProjectStore(settings.model_dir, project_id)
+    with LabelStudioClient(settings) as client:
+        return _unpublish(client, project_id, ProjectStore(settings.model_dir, project_id))
+
+
+def _unpublish(client: LabelStudioClient, project_id: int, store: ProjectStore) -> dict:
     client.get_project(project_id)  # a clear error for a wrong id before anything changes
     # Fields first: each field write re-reads its task, and Label Studio answers a read of a task
     # without predictions by asking the connected backend for one, which would come back.
@@ -213,14 +235,6 @@ def _resolved_duplicates(analysis: Analysis, verdicts: dict[str, dict]) -> int:
 
 # --- verdicts --------------------------------------------------------------------------
 
-def annotations_in(payload: dict) -> list[dict]:
-    """Annotation dicts of a webhook payload: one for ANNOTATION_*, a list for ANNOTATIONS_CREATED."""
-    found = payload.get("annotation", payload.get("annotations"))
-    if found is None:
-        return []
-    return found if isinstance(found, list) else [found]
-
-
 def classify_verdict(result: list[dict], spec: ClassSpec, human_label: str, suggested: str) -> tuple[str, str] | None:
     """(verdict, label now) from an annotation's result, or None if it carries no label."""
     label, explicit = None, None
@@ -241,57 +255,77 @@ def classify_verdict(result: list[dict], spec: ClassSpec, human_label: str, sugg
 
 
 class VerdictHandler:
-    """Turns annotation webhooks into verdicts; idempotent; may trigger a new analysis."""
+    """Turns annotation events into verdicts; idempotent; may trigger a new analysis.
+
+    An event only names annotations: each is read from Label Studio and must belong to the
+    event's project, so a made-up event cannot record a verdict or drop a task from training.
+    """
 
     def __init__(self, settings: Settings, submit: Callable[[int], object] | None = None) -> None:
         self.settings = settings
         self.submit = submit
 
-    def __call__(self, action: str, payload: dict) -> dict:
-        project_id = int((payload.get("project") or {}).get("id") or 0)
+    def __call__(self, action: str, project_id: int, annotation_ids: list[int]) -> dict:
         store = ProjectStore(self.settings.model_dir, project_id)
-        analysis = store.load_analysis() if project_id else None
+        analysis = store.load_analysis()
         if analysis is None:
             return {"status": "ignored", "reason": "no analysis for this project yet"}
-        if action == "ANNOTATIONS_DELETED":
-            return self._forget(store, payload)
-        spec = ClassSpec(**store.project_info()["spec"])
-        index = analysis.index_of_task()
-        changed = []
-        for annotation in annotations_in(payload):
-            task_id = int(annotation.get("task") if not isinstance(annotation.get("task"), dict)
-                          else annotation["task"]["id"])
-            if task_id not in index or annotation.get("was_cancelled"):
-                continue
-            i = index[task_id]
-            names = analysis.class_names
-            found = classify_verdict(annotation.get("result"), spec, names[analysis.labels[i]],
-                                     names[analysis.predicted[i]])
-            if found is None:
-                continue
-            verdict = {"verdict": found[0], "label": found[1], "annotation_id": annotation.get("id"),
-                       "version": analysis.model_version}
-            if store.record_verdict(task_id, verdict):
-                changed.append(task_id)
-        if changed:
-            self._mark_reviewed(project_id, store, changed)
-            self._maybe_retrain(project_id, store)
-        return {"status": "ok", "verdicts": len(changed)}
+        with LabelStudioClient(self.settings) as client:
+            found = client.find_annotations(annotation_ids)
+            if action == "ANNOTATIONS_DELETED":
+                return self._forget(store, {a for a, annotation in found.items() if annotation is None})
+            genuine = [a for a in found.values() if a is not None and self._in_project(client, a, project_id)]
+            index, spec = analysis.index_of_task(), ClassSpec(**store.project_info()["spec"])
+            changed = [t for t in (self._record(store, analysis, index, spec, a) for a in genuine) if t is not None]
+            if changed:
+                self._mark_reviewed(client, project_id, store, changed)
+                self._maybe_retrain(project_id, store)
+        unknown = len(found) - len(genuine)
+        if unknown:
+            log.warning("project %s: %s for %d annotation(s) Label Studio does not hold in this project: ignored",
+                        project_id, action, unknown)
+        return {"status": "ok", "verdicts": len(changed), "ignored": unknown}
 
-    def _forget(self, store: ProjectStore, payload: dict) -> dict:
-        deleted = {a.get("id") for a in annotations_in(payload)}
+    @staticmethod
+    def _in_project(client: LabelStudioClient, annotation: dict, project_id: int) -> bool:
+        project = annotation.get("project")
+        if project is None:  # annotations made before Label Studio stored their project
+            project = client.get_task(int(annotation["task"])).get("project")
+        return project == project_id
+
+    @staticmethod
+    def _record(store: ProjectStore, analysis: Analysis, index: dict[int, int], spec: ClassSpec,
+                annotation: dict) -> int | None:
+        """Store the verdict an annotation gives; the task id if the verdict changed."""
+        task_id = int(annotation["task"])
+        i = index.get(task_id)
+        if i is None or annotation.get("was_cancelled"):
+            return None
+        names = analysis.class_names
+        found = classify_verdict(annotation.get("result"), spec, names[analysis.labels[i]],
+                                 names[analysis.predicted[i]])
+        if found is None:
+            return None
+        verdict = {"verdict": found[0], "label": found[1], "annotation_id": annotation["id"],
+                   "version": analysis.model_version}
+        return task_id if store.record_verdict(task_id, verdict) else None
+
+    @staticmethod
+    def _forget(store: ProjectStore, deleted: set[int]) -> dict:
+        """Verdicts of annotations Label Studio no longer holds are forgotten."""
         forgotten = [int(t) for t, v in store.verdicts().items() if v.get("annotation_id") in deleted]
         for task_id in forgotten:
             store.forget_verdict(task_id)
         return {"status": "ok", "forgotten": len(forgotten)}
 
-    def _mark_reviewed(self, project_id: int, store: ProjectStore, task_ids: list[int]) -> None:
+    def _mark_reviewed(self, client: LabelStudioClient, project_id: int, store: ProjectStore,
+                       task_ids: list[int]) -> None:
         """Reviewed tasks leave the review queue at once; removed ones go to the excluded tab."""
         verdicts = store.verdicts()
         updates = {t: {"dc_candidate": 0, "dc_unreviewed": 0, "dc_reviewed": verdicts[str(t)]["verdict"],
                        "dc_excluded": int(verdicts[str(t)]["verdict"] == "removed")} for t in task_ids}
         try:
-            LabelStudioClient(self.settings).merge_task_fields(project_id, updates)
+            client.merge_task_fields(project_id, updates)
         except Exception as exc:  # the verdict is stored; the next analysis republishes the fields
             log.warning("project %s: could not update reviewed tasks yet: %s", project_id, exc)
 
@@ -355,7 +389,8 @@ class Predictor:
         if model is None:
             model = self._models[version] = ModelSet.load(store.version_dir(version) / "model.pt")
         try:
-            data = LabelStudioClient(self.settings).fetch_image(task, spec)
+            with LabelStudioClient(self.settings) as client:
+                data = client.fetch_image(task, spec)
             pixels, _ = decode_image(data, name=f"task {task.get('id')}")
         except Exception as exc:  # an unreadable new image gets an empty answer, not a failed request
             log.warning("predict: task %s: %s", task.get("id"), exc)

@@ -4,7 +4,8 @@ Run through ``scripts/demo`` (which sets up the virtualenvs first). Starts Label
 (from .venv-ls) and the backend on 127.0.0.1, creates a project from scikit-learn's bundled
 digits (or MNIST with ``--mnist PATH``), plants class-interpretation and instance errors and
 duplicates, connects the backend, presses "Start Training", waits for the analysis and
-prints where to look. Ctrl-C stops both servers.
+prints where to look. ``--servers-only`` starts just the two servers, for your own projects.
+Ctrl-C or SIGTERM (``kill PID``, also of a background ``scripts/demo &``) stops both servers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -76,16 +79,23 @@ def write_images(images: np.ndarray, folder: Path) -> list[str]:
     return names
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mnist", type=Path, help="MNIST idx folder (default: scikit-learn digits, offline)")
-    parser.add_argument("--limit", type=int, default=3000, help="images taken from MNIST")
-    parser.add_argument("--workdir", type=Path, default=ROOT / "demo-data")
-    parser.add_argument("--ls-port", type=int, default=8080)
-    parser.add_argument("--backend-port", type=int, default=9090)
-    parser.add_argument("--exit", action="store_true", help="stop the servers after printing the results")
-    args = parser.parse_args()
+def stop_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM unwind main()'s with-blocks, which stop the backend and Label
+    Studio (each runs in its own session, so no signal reaches them otherwise). Set explicitly:
+    a background job (``scripts/demo &``) inherits SIGINT ignored, and Python's default for
+    SIGTERM exits without any cleanup."""
+    def stop(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+        print(f"{signal.Signals(signum).name}: stopping the backend and Label Studio", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
 
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+def build_demo(args, ls: LabelStudioServer, settings: Settings, backend_url: str) -> dict:
+    """The demo project: planted errors, imported, analysed; returns where to look."""
     rng = np.random.default_rng(0)
     images, truth = mnist(args.mnist, args.limit) if args.mnist else digits()
     noisy, planted = plant_errors(truth, rng)
@@ -96,46 +106,64 @@ def main() -> None:
     image_dir = args.workdir / "images"
     names = write_images(images, image_dir)
 
+    client = LabelStudioClient(settings)
+    choices = "\n".join(f'    <Choice value="{d}"/>' for d in range(10))
+    pid = client.create_project("Digits (demo)", CONFIG.format(choices=choices))
+    client.add_local_storage(pid, image_dir)
+    tasks = [{"data": {"image": f"/data/local-files/?d={image_dir.relative_to(args.workdir)}/{name}",
+                       "split": str(s)},
+              "annotations": [{"result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                                           "value": {"choices": [str(int(y))]}}]}]}
+             for name, y, s in zip(names, noisy, split)]
+    client.import_tasks(pid, tasks)
+    backend_id = client.connect_ml_backend(pid, backend_url, "De-Confusion")
+    client.ensure_webhook(pid, f"{backend_url}/webhook")
+    started = time.perf_counter()
+    client.start_training(backend_id)
+    job = wait_for_job(backend_url, pid, timeout=1800)
+    views = {v["title"]: v["id"] for v in client.list_views(pid)}
+    queue = views.get("De-Confusion: review queue")
+    project = json.loads((Path(settings.model_dir) / "projects" / str(pid) / "project.json").read_text())
+    return {
+        "analysis": job.get("status"), "seconds": round(time.perf_counter() - started, 1),
+        "review_queue": f"{ls.url}/projects/{pid}/data?tab={queue}",
+        "overview_project": f"{ls.url}/projects/{project.get('overview_project')}",
+        "report": f"{backend_url}/report/{pid}",
+        "planted": {"class_interpretation": len(planted["class_interpretation"]),
+                    "instance": len(planted["instance"]), "duplicates": 3},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", type=Path, help="MNIST idx folder (default: scikit-learn digits, offline)")
+    parser.add_argument("--limit", type=int, default=3000, help="images taken from MNIST")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "demo-data")
+    parser.add_argument("--ls-port", type=int, default=8080)
+    parser.add_argument("--backend-port", type=int, default=9090)
+    parser.add_argument("--exit", action="store_true", help="stop the servers after printing the results")
+    parser.add_argument("--servers-only", action="store_true",
+                        help="start Label Studio and the backend, without the demo project")
+    args = parser.parse_args()
+    stop_on_signals()
+
+    # A personal access token, legacy tokens off; the admin's password is random per workdir.
     with LabelStudioServer(port=args.ls_port, data_dir=args.workdir / "label-studio",
-                           files_root=args.workdir) as ls:
+                           files_root=args.workdir, legacy_token=False) as ls:
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
                                      model_dir=str(args.workdir / "model_dir"), port=args.backend_port,
                                      public_url=f"http://127.0.0.1:{args.backend_port}")
         with start_backend(settings) as backend_url:
-            client = LabelStudioClient(settings)
-            choices = "\n".join(f'    <Choice value="{d}"/>' for d in range(10))
-            pid = client.create_project("Digits (demo)", CONFIG.format(choices=choices))
-            client.add_local_storage(pid, image_dir)
-            tasks = [{"data": {"image": f"/data/local-files/?d={image_dir.relative_to(args.workdir)}/{name}",
-                               "split": str(s)},
-                      "annotations": [{"result": [{"from_name": "label", "to_name": "image", "type": "choices",
-                                                   "value": {"choices": [str(int(y))]}}]}]}
-                     for name, y, s in zip(names, noisy, split)]
-            client.import_tasks(pid, tasks)
-            backend_id = client.connect_ml_backend(pid, backend_url, "De-Confusion")
-            client.ensure_webhook(pid, f"{backend_url}/webhook")
-            started = time.perf_counter()
-            client.start_training(backend_id)
-            job = wait_for_job(backend_url, pid, timeout=1800)
-            views = {v["title"]: v["id"] for v in client.list_views(pid)}
-            queue = views.get("De-Confusion: review queue")
-            print(json.dumps({
-                "analysis": job.get("status"), "seconds": round(time.perf_counter() - started, 1),
-                "review_queue": f"{ls.url}/projects/{pid}/data?tab={queue}",
-                "overview_project": f"{ls.url}/projects/{json.loads((Path(settings.model_dir) / 'projects' / str(pid) / 'project.json').read_text()).get('overview_project')}",
-                "report": f"{backend_url}/report/{pid}",
-                "login": {"email": ls.username, "password": ls.password},
-                "planted": {"class_interpretation": len(planted["class_interpretation"]),
-                            "instance": len(planted["instance"]), "duplicates": 3},
-            }, indent=1), flush=True)
+            result = {"label_studio": ls.url, "backend": backend_url}
+            if not args.servers_only:
+                result.update(build_demo(args, ls, settings, backend_url))
+            result["login"] = {"email": ls.username, "password": ls.password}
+            print(json.dumps(result, indent=1), flush=True)
             if args.exit:
                 return
-            print("Label Studio and the backend keep running; Ctrl-C stops them.", flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            print(f"Label Studio and the backend keep running; Ctrl-C or kill {os.getpid()} stops them.", flush=True)
+            while True:
+                time.sleep(3600)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the service benchmark and the integration tests. Context managers: both stop on 
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import json
 import os
 import secrets
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -54,16 +56,23 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class LabelStudioServer:
-    """``with LabelStudioServer() as ls: ls.url, ls.token`` (a legacy token), ls.username/password."""
+    """``with LabelStudioServer() as ls: ls.url, ls.token, ls.username, ls.password``.
+
+    Listens on 127.0.0.1 only. ``ls.token`` is a legacy token by default (the integration tests
+    exercise both kinds); with ``legacy_token=False`` it is a new personal access token (a JWT
+    refresh token) and the organization refuses legacy tokens. The password is random per data
+    dir; data_dir/token.json (mode 0600) keeps it and the token, so a reused data dir keeps its
+    admin."""
 
     def __init__(self, port: int | None = None, data_dir: Path | None = None, files_root: Path | None = None,
-                 startup_timeout: float = 240) -> None:
+                 startup_timeout: float = 240, legacy_token: bool = True) -> None:
         self.port = port or free_port()
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ls-data-"))
         self.files_root = Path(files_root or self.data_dir)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.username, self.password = "admin@example.com", "deconfusion-demo"
+        self.username, self.password = "admin@example.com", secrets.token_urlsafe(16)
         self.token = secrets.token_hex(20)
+        self.legacy_token = legacy_token
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "label-studio.log"
@@ -74,23 +83,30 @@ class LabelStudioServer:
             raise FileNotFoundError(f"{binary} missing: run scripts/setup first")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         token_file = self.data_dir / "token.json"
-        if token_file.exists():  # a data dir reused (demo restarts) keeps its first user and token
+        if token_file.exists():  # a reused data dir (demo restarts) keeps its admin: same password
             saved = json.loads(token_file.read_text())
             self.token, self.password = saved["token"], saved["password"]
-        token_file.write_text(json.dumps({"token": self.token, "password": self.password}))
+        self._save(token_file)  # before the first start creates the admin with this password
         env = {**os.environ, "LABEL_STUDIO_USERNAME": self.username, "LABEL_STUDIO_PASSWORD": self.password,
-               "LABEL_STUDIO_USER_TOKEN": self.token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
                "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
                "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
                "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(self.files_root),
                "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
                "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false"}
+        if self.legacy_token:  # the admin's legacy token is ours, and the new organization accepts it
+            env.update(LABEL_STUDIO_USER_TOKEN=self.token, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true")
+        # --host only names the server in generated URLs; --internal-host is the bind address
+        # (Label Studio's default is 0.0.0.0: every interface).
+        command = [str(binary), "start", "--no-browser", "--host", "127.0.0.1", "--internal-host", "127.0.0.1",
+                   "--port", str(self.port)]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(binary), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         try:
             wait_http(f"{self.url}/health", self.startup_timeout, self.proc, self.log)
+            if not self.legacy_token:
+                self.token = self._personal_access_token()
+                self._save(token_file)
         except BaseException:
             self.__exit__()
             raise
@@ -100,6 +116,41 @@ class LabelStudioServer:
         if self.proc is not None:
             _stop(self.proc)
             self.proc = None
+
+    def _save(self, token_file: Path) -> None:
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also for a file an older version wrote world-readable
+        with os.fdopen(fd, "w") as out:
+            json.dump({"token": self.token, "password": self.password}, out)
+
+    def _personal_access_token(self) -> str:
+        """Log in as the admin like a browser (session cookie + CSRF token), turn legacy tokens
+        off for the organization (also one a reused data dir had) and make a new personal access
+        token. Label Studio allows one per user and shows it only once, so older ones are revoked."""
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def csrf() -> str:
+            return next(cookie.value for cookie in jar if cookie.name == "csrftoken")
+
+        opener.open(f"{self.url}/user/login/", timeout=30).close()
+        form = {"email": self.username, "password": self.password, "csrfmiddlewaretoken": csrf()}
+        opener.open(f"{self.url}/user/login/", urllib.parse.urlencode(form).encode(), timeout=30).close()
+        if not any(cookie.name == "sessionid" for cookie in jar):
+            raise RuntimeError(f"could not log in to {self.url} as {self.username}: wrong password in token.json?")
+
+        def api(method: str, path: str, body: dict | None = None):
+            request = urllib.request.Request(
+                f"{self.url}{path}", None if body is None else json.dumps(body).encode(), method=method,
+                headers={"Content-Type": "application/json", "X-CSRFToken": csrf()})
+            with opener.open(request, timeout=30) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+
+        api("POST", "/api/jwt/settings", {"api_tokens_enabled": True, "legacy_api_tokens_enabled": False})
+        for old in api("GET", "/api/token/"):
+            api("POST", "/api/token/blacklist/", {"refresh": old["token"]})
+        return api("POST", "/api/token/")["token"]
 
 
 @contextlib.contextmanager

@@ -10,8 +10,11 @@ answer; 401/403 raise at once, naming LABEL_STUDIO_API_KEY.
 Images are downloaded from wherever task data points: Label Studio's own media (/data/upload/,
 /data/local-files/), cloud URIs (s3://, gs://, azure-blob://; presigned or proxied by Label Studio
 at /tasks/<id>/resolve/?fileuri=<base64>) and plain http(s) URLs. The token is only ever sent to
-Label Studio's own origin (scheme, host and port of LABEL_STUDIO_URL), never to another host named
-in task data or in a redirect. Redirects are followed by hand, one hop at a time, for that reason.
+Label Studio's media routes (MEDIA_ROUTES, under LABEL_STUDIO_URL's sub-path) on its own origin
+(scheme, host and port of LABEL_STUDIO_URL): never to its API through an image URL, never to another
+host named in task data or in a redirect. Other hosts are reached only as netpolicy allows (public
+addresses, or what DOWNLOAD_ALLOW names), at the address it checked. Redirects are followed by hand,
+one hop at a time, so that both rules hold for every hop. DOWNLOAD_TIMEOUT bounds a whole download.
 
 Our task fields all start with ``dc_``; Label Studio replaces ``data`` wholesale on PATCH, so
 every write sends the user's keys back untouched.
@@ -20,13 +23,17 @@ every write sends the user's keys back untouched.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import hashlib
 import logging
 import os
+import re
+import ssl
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from json import JSONDecodeError
@@ -41,6 +48,7 @@ from label_studio_sdk.core.api_error import ApiError
 from ..config import Settings
 from ..dataset import Record, SkippedItem
 from ..errors import DeConfusionError, LabelStudioUnavailable
+from .netpolicy import Address, AddressRefused, DownloadPolicy
 from .schema import ClassSpec, parse_label_config
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,10 @@ IMPORT_BATCH = 1000  # tasks or predictions per import request
 IMPORT_PARAMS = {"commit_to_project": "true", "return_task_ids": "true"}
 WORKERS = 8  # concurrent downloads and task PATCHes
 MAX_REDIRECTS = 5
+# Label Studio 1.23's routes that serve task media (data_import/urls.py, io_storages/urls.py): the
+# only paths downloads send the token to. /presign/ is the older name of /resolve/.
+MEDIA_ROUTES = re.compile(r"/(data/upload/.+|data/local-files/|storage-data/uploaded/|"
+                          r"(tasks|projects)/\d+/(resolve|presign)/)")
 OWN_PREFIX = "dc_"  # our task-data keys
 OUR_VERSIONS = "deconfusion"  # our predictions' model_version prefix
 SPLITS = ("train", "val")
@@ -78,8 +90,8 @@ class ImageFetchError(DeConfusionError):
 class LabelStudioClient:
     """Label Studio's REST API as De-Confusion uses it. Thread-safe; build one per job or request.
 
-    settings : Settings, reads label_studio_url, label_studio_api_key, download_timeout and
-        max_image_bytes.
+    settings : Settings, reads label_studio_url, label_studio_api_key, download_timeout,
+        max_image_bytes and download_allow (a bad DOWNLOAD_ALLOW entry raises ValueError here).
     retry_delays : seconds slept between tries of a failing call (connection error or 5xx).
     """
 
@@ -87,14 +99,17 @@ class LabelStudioClient:
         self.settings = settings
         self.base = settings.label_studio_url.rstrip("/")
         self.origin = _origin(self.base)
+        self._policy = DownloadPolicy.parse(settings.download_allow)
         self.retry_delays = tuple(retry_delays)
         self._prefix = urlsplit(self.base).path.rstrip("/")  # Label Studio served under a sub-path
         self._sdk_lock = threading.Lock()
         self._sdk_client: LabelStudio | None = None
-        # Keeps no cookies: they ignore ports, so one Label Studio sets on its host would be sent
-        # to every other server on that host an image URL names.
-        self._media = httpx.Client(follow_redirects=False, cookies=CookieJar(policy=DefaultCookiePolicy(
-            allowed_domains=[])))
+        self._media = _download_client()  # Label Studio's own origin
+        # Other hosts, asked at the address netpolicy checked. No keep-alive: the pool keys
+        # connections by that address, so a TLS connection verified for one name could carry a
+        # request for another name on the same address. No proxy: through an HTTP proxy, httpcore
+        # checks the certificate against the address instead of the name.
+        self._pinned = _download_client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
 
     # --- transport ----------------------------------------------------------------------
     @property
@@ -195,6 +210,7 @@ class LabelStudioClient:
     def close(self) -> None:
         """Close the HTTP connections; a `with LabelStudioClient(...)` block does it on exit."""
         self._media.close()
+        self._pinned.close()
         with self._sdk_lock:
             if self._sdk_client is not None:
                 self._sdk_client._client_wrapper.httpx_client.httpx_client.close()
@@ -233,6 +249,20 @@ class LabelStudioClient:
 
     def project_exists(self, project_id: int) -> bool:
         return self.find_project(project_id) is not None
+
+    # --- annotations ------------------------------------------------------------------------
+    def find_annotations(self, annotation_ids: Iterable[int]) -> dict[int, dict | None]:
+        """Each annotation as Label Studio holds it now (``task``, ``project``, ``result``,
+        ``was_cancelled``, ...), or None for an id it does not have."""
+        def find(annotation_id: int) -> dict | None:
+            try:
+                return self.request("GET", f"/api/annotations/{int(annotation_id)}/")
+            except LabelStudioRequestFailed as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        ids = list(dict.fromkeys(int(a) for a in annotation_ids))
+        return dict(zip(ids, self._parallel(find, ids)))
 
     def class_spec(self, project_id: int) -> ClassSpec:
         """The project's Image + Choices pair; LabelConfigError says what to change."""
@@ -420,39 +450,96 @@ class LabelStudioClient:
         return self.download(url, task_id=int(task.get("id", 0)))
 
     def download(self, url: str, *, task_id: int) -> bytes:
-        """Image bytes from Label Studio's media, a cloud URI (through Label Studio) or any
-        http(s) URL. At most settings.max_image_bytes, within settings.download_timeout seconds,
-        image content only. Raises ImageFetchError (or LabelStudioUnavailable for a token
-        Label Studio refuses to refresh)."""
+        """Image bytes from Label Studio's media, a cloud URI (through Label Studio) or an http(s)
+        URL the download policy allows. At most settings.max_image_bytes, image content only, and
+        within settings.download_timeout seconds all told (redirects and slow bodies included).
+        Raises ImageFetchError (or LabelStudioUnavailable for a token Label Studio refuses to refresh)."""
         url = url.strip()
         if url.startswith("data:"):
             return _data_uri(url, self.settings.max_image_bytes)
         if _is_storage_uri(url):  # presigned or proxied by Label Studio, as its own frontend does
             fileuri = base64.urlsafe_b64encode(url.encode()).decode()
             url = f"/tasks/{int(task_id)}/resolve/?fileuri={fileuri}"
-        current = self._absolute(url)
         deadline = time.monotonic() + self.settings.download_timeout
+        return self._by_deadline(deadline, lambda: self._fetch(self._absolute(url), deadline))
+
+    def _by_deadline(self, deadline: float, fetch: Callable[[], bytes]) -> bytes:
+        """fetch() run in a daemon thread, waited for until ``deadline``. httpx's timeouts bound each
+        network operation, not their sum (a server sending a byte just before each read timeout
+        never trips one) and name resolution has none, so only this is a hard bound for the caller.
+        A fetch left behind stops at its next network read (see _read_image)."""
+        result: Future[bytes] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fetch())
+            except BaseException as exc:  # handed to the caller
+                result.set_exception(exc)
+
+        threading.Thread(target=run, name="image-download", daemon=True).start()
+        try:
+            return result.result(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ImageFetchError(self._timed_out()) from None
+
+    def _fetch(self, url: str, deadline: float) -> bytes:
+        current = url
         for _ in range(MAX_REDIRECTS + 1):
-            if urlsplit(current).scheme not in ("http", "https"):
-                raise ImageFetchError(f"unsupported URL scheme in {current!r}")
-            own = _origin(current) == self.origin
-            headers = self._auth_headers() if own else {}
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ImageFetchError(self._timed_out())
             try:
-                with self._media.stream("GET", current, headers=headers, timeout=remaining) as resp:
+                with contextlib.closing(self._get(current, remaining)) as resp:
                     if resp.is_redirect and "location" in resp.headers:
                         current = urljoin(current, resp.headers["location"])
                         continue
                     if resp.status_code >= 400:
-                        raise ImageFetchError(self._http_failure(resp.status_code, current, own))
+                        raise ImageFetchError(self._http_failure(resp.status_code, current))
                     return self._read_image(resp, deadline)
             except httpx.TimeoutException:
                 raise ImageFetchError(self._timed_out()) from None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
         raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _get(self, url: str, timeout: float) -> httpx.Response:
+        """The streamed answer to GET ``url`` (the caller closes it). Label Studio's own origin is
+        asked directly, with the token on its media routes only; any other host only at an address
+        the download policy checked, with the name in the Host header and, for https, in SNI and
+        the certificate check."""
+        target = httpx.URL(url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ImageFetchError(f"not an http(s) URL with a host: {url!r}")
+        scheme, host, port = _origin(target)
+        if (scheme, host, port) == self.origin:
+            headers = self._auth_headers() if self._is_media_route(target) else {}
+            return self._media.send(self._media.build_request("GET", target, headers=headers, timeout=timeout),
+                                    stream=True)
+        try:
+            addresses = self._policy.addresses(host, port)
+        except AddressRefused as exc:
+            raise ImageFetchError(str(exc)) from None
+        except OSError as exc:
+            raise ImageFetchError(f"could not resolve {host} ({exc})") from None
+
+        def send(address: Address) -> httpx.Response:
+            return self._pinned.send(self._pinned.build_request(
+                "GET", target.copy_with(host=str(address)), headers={"Host": target.netloc.decode("ascii")},
+                extensions={"sni_hostname": host} if scheme == "https" else None, timeout=timeout), stream=True)
+
+        for address in addresses[:-1]:
+            with contextlib.suppress(httpx.ConnectError):  # else the next address, as browsers do
+                return send(address)
+        return send(addresses[-1])
+
+    def _is_media_route(self, url: httpx.URL) -> bool:
+        """Whether ``url`` (on Label Studio's origin) is one of its media routes, judged on the path
+        as Label Studio, or a proxy before it, routes it: percent-decoded (httpx's URL.path), and
+        no dot segments (a proxy may resolve /data/upload/%2e%2e/ to /)."""
+        path = url.path
+        if not path.startswith(self._prefix + "/") or {".", ".."} & set(path.split("/")):
+            return False
+        return MEDIA_ROUTES.fullmatch(path[len(self._prefix):]) is not None
 
     def _absolute(self, url: str) -> str:
         """Absolute URL; a relative one is Label Studio media (under its sub-path, if any)."""
@@ -467,13 +554,18 @@ class LabelStudioClient:
     def _timed_out(self) -> str:
         return f"timed out after {self.settings.download_timeout:g} s (DOWNLOAD_TIMEOUT)"
 
-    def _http_failure(self, status: int, url: str, own: bool) -> str:
-        if status in (401, 403) and own:
+    def _http_failure(self, status: int, url: str) -> str:
+        target = httpx.URL(url)
+        own = _origin(target) == self.origin
+        if status in (401, 403) and own and self._is_media_route(target):
             return f"HTTP {status}: Label Studio refused the token for this file; check LABEL_STUDIO_API_KEY"
+        if status in (401, 403) and own:
+            return (f"HTTP {status}: {target.path} is not one of Label Studio's media routes (/data/upload/, "
+                    "/data/local-files/, /tasks/<id>/resolve/, ...), so it gets no token")
         if status in (401, 403):
-            return (f"HTTP {status} from {_origin_text(url)}, which gets no Label Studio token; if that is Label "
-                    "Studio under another address, set LABEL_STUDIO_URL to it")
-        if status == 404 and own and "/resolve/" in url:
+            return (f"HTTP {status} from {_origin_text(target)}, which gets no Label Studio token; if that is "
+                    "Label Studio under another address, set LABEL_STUDIO_URL to it")
+        if status == 404 and own and "/resolve/" in target.path:
             return ("HTTP 404: Label Studio could not resolve this storage URI; connect the cloud storage holding it "
                     "to the project (Project Settings → Cloud Storage)")
         return f"HTTP {status}"
@@ -487,12 +579,12 @@ class LabelStudioClient:
         if declared.isdigit() and int(declared) > limit:
             raise ImageFetchError(f"{int(declared)} bytes is larger than MAX_IMAGE_BYTES={limit}")
         chunks, size = [], 0
-        for chunk in resp.iter_bytes(64 * 1024):
+        for chunk in resp.iter_bytes():  # no chunk size: one chunk per network read, so a trickle is seen
+            if time.monotonic() > deadline:
+                raise ImageFetchError(self._timed_out())
             size += len(chunk)
             if size > limit:
                 raise ImageFetchError(f"larger than MAX_IMAGE_BYTES={limit}")
-            if time.monotonic() > deadline:
-                raise ImageFetchError(self._timed_out())
             chunks.append(chunk)
         data = b"".join(chunks)
         if not data:
@@ -667,25 +759,31 @@ class LabelStudioClient:
         """What the "Start Training" button does: Label Studio posts START_TRAINING to the backend."""
         self.request("POST", f"/api/ml/{int(backend_id)}/train", json={})
 
-    def ensure_webhook(self, project_id: int, url: str, actions: Iterable[str] | None = None) -> int:
-        """A project webhook to ``url`` with payloads for ``actions`` (None: all actions).
-        Idempotent: an existing webhook to ``url`` is reused, widened to ``actions`` if needed."""
+    def ensure_webhook(self, project_id: int, url: str, actions: Iterable[str] | None = None, *,
+                       headers: Mapping[str, str] | None = None) -> int:
+        """A project webhook to ``url`` with payloads for ``actions`` (None: all actions) that
+        sends ``headers`` (e.g. the backend's WEBHOOK_SECRET). Idempotent: an existing webhook to
+        ``url`` is reused, widened to ``actions`` and given ``headers`` if needed."""
         wanted = None if actions is None else sorted(set(actions))
         for hook in self.request("GET", "/api/webhooks/", params={"project": int(project_id)}) or []:
             if hook.get("url") != url or hook.get("project") not in (None, int(project_id)):
                 continue
             covered = hook.get("send_for_all_actions") or (
                 wanted is not None and set(wanted) <= set(hook.get("actions") or []))
+            patch = {}
             if not (covered and hook.get("send_payload") and hook.get("is_active", True)):
                 patch = {"send_payload": True, "is_active": True}
                 if wanted is None:
                     patch["send_for_all_actions"] = True
                 elif not hook.get("send_for_all_actions"):
                     patch["actions"] = sorted(set(wanted) | set(hook.get("actions") or []))
+            if headers and not dict(headers).items() <= (hook.get("headers") or {}).items():
+                patch["headers"] = {**(hook.get("headers") or {}), **headers}
+            if patch:
                 self.request("PATCH", f"/api/webhooks/{int(hook['id'])}/", json=patch)
             return int(hook["id"])
         body = {"project": int(project_id), "url": url, "send_payload": True, "is_active": True,
-                "send_for_all_actions": wanted is None, "actions": wanted or []}
+                "send_for_all_actions": wanted is None, "actions": wanted or [], "headers": dict(headers or {})}
         return int(self.request("POST", "/api/webhooks/", json=body)["id"])
 
 
@@ -750,19 +848,33 @@ def _filter_item(spec: tuple | Mapping) -> dict:
     return {"filter": "filter:" + _column(field), "operator": operator, "type": kind, "value": value}
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+def _origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
+    """Scheme, host and port, parsed as httpx parses the URL it connects to (so that no URL can
+    look like Label Studio's to us and lead httpx elsewhere)."""
     try:
-        port = parts.port
-    except ValueError:
-        port = -1  # a malformed port is nobody's origin
-    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+        url = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "", "", None  # a malformed URL is nobody's origin
+    return url.scheme, url.raw_host.decode("ascii").lower(), url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
-def _origin_text(url: str) -> str:
+def _origin_text(url: httpx.URL | str) -> str:
     scheme, host, port = _origin(url)
     return f"{scheme}://{host}:{port}"
+
+
+def _download_client(**options: Any) -> httpx.Client:
+    """An httpx client for image downloads. Keeps no cookies: they ignore ports, so one Label
+    Studio sets on its host would be sent to every other server on that host an image URL names."""
+    return httpx.Client(follow_redirects=False, verify=_tls(), **options,
+                         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """httpx's default TLS settings (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), built once: that
+    takes ~20 ms and a client is made per job and per /predict image."""
+    return httpx.create_ssl_context()
 
 
 def _is_storage_uri(url: str) -> bool:

@@ -1,14 +1,18 @@
 """A real Label Studio server (from .venv-ls) and a real backend process, on 127.0.0.1.
 
-Every test here is marked ``live_ls``; without Label Studio installed they skip, saying why.
+Every test here is marked ``live_ls``; without Label Studio installed they skip, saying why,
+and fail under CI=true (tests/components.py).
 """
 
 import shutil
 
 import pytest
 
+from tests.components import missing
+
 from tests.integration.labelstudio import (  # also puts scripts/ on sys.path for lsserver
-    LS_VENV, create_personal_access_token, ls_installed, revoke_personal_access_tokens, running_label_studio)
+    LOOPBACK, LS_VENV, create_personal_access_token, ls_installed, revoke_personal_access_tokens,
+    running_label_studio)
 
 from lsserver import free_port, start_backend  # noqa: E402
 
@@ -25,7 +29,7 @@ def pytest_collection_modifyitems(items):
 def label_studio(tmp_path_factory):
     """The running server: ``.url``, ``.token`` (legacy token), ``.files`` (local-files root)."""
     if not ls_installed():
-        pytest.skip(f"Label Studio is not installed in {LS_VENV} (set LS_VENV or run scripts/setup)")
+        missing("Label Studio", f"nothing in {LS_VENV} (set LS_VENV or run scripts/setup)")
     root = tmp_path_factory.mktemp("ls")
     with running_label_studio(root / "data", files_root=root / "files") as server:
         yield server
@@ -40,13 +44,19 @@ def personal_access_token(label_studio):
     revoke_personal_access_tokens(label_studio.url, label_studio.token)
 
 
+WEBHOOK_SECRET = "webhook-secret-for-tests"
+
+
 @pytest.fixture(scope="session")
 def backend(label_studio, tmp_path_factory):
+    """The backend process; annotation webhooks must carry WEBHOOK_SECRET. Its downloads may reach
+    the tests' image hosts on 127.0.0.1 (DOWNLOAD_ALLOW)."""
     port = free_port()
     settings = Settings.from_env({}, label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,
                                  model_dir=str(tmp_path_factory.mktemp("model_dir")), port=port,
-                                 public_url=f"http://127.0.0.1:{port}")
-    with start_backend(settings) as url:
+                                 public_url=f"http://127.0.0.1:{port}", webhook_secret=WEBHOOK_SECRET,
+                                 download_allow=LOOPBACK)
+    with start_backend(settings, extra_env={"WEBHOOK_SECRET": WEBHOOK_SECRET, "DOWNLOAD_ALLOW": LOOPBACK}) as url:
         yield url, settings
 
 
@@ -54,5 +64,5 @@ def backend(label_studio, tmp_path_factory):
 def chromium():
     binary = shutil.which("chromium")
     if binary is None:
-        pytest.skip("Debian's chromium is not installed: run scripts/setup as root")
+        missing("Debian's chromium", "run scripts/setup as root")
     return binary

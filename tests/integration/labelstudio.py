@@ -34,7 +34,10 @@ if str(ROOT / "scripts") not in sys.path:
 from lsserver import LS_VENV, LabelStudioServer, free_port  # noqa: E402
 
 __all__ = ["LS_VENV", "LabelStudioServer", "free_port", "ls_installed", "running_label_studio",
-           "create_personal_access_token", "revoke_personal_access_tokens", "ImageHost", "Route", "png_bytes"]
+           "create_personal_access_token", "revoke_personal_access_tokens", "ImageHost", "Route", "png_bytes",
+           "LOOPBACK"]
+
+LOOPBACK = "127.0.0.1"  # DOWNLOAD_ALLOW for test image hosts, which the download policy refuses by default
 
 
 def ls_installed() -> bool:
@@ -101,6 +104,7 @@ class Route:
     content_type: str = "image/png"
     body: bytes = b""
     delay: float = 0.0  # seconds before the body: a slow host
+    trickle: float = 0.0  # seconds between the body's bytes, sent one at a time: no read ever times out
     location: str = ""  # set with a 3xx status: a redirect
     cookie: str = ""  # a Set-Cookie header, as Label Studio sends csrftoken/sessionid
 
@@ -109,7 +113,8 @@ class Route:
 class ImageHost:
     """Another origin (127.0.0.1, its own port) serving ``routes`` to GET and POST; ``seen`` keeps
     (path, headers) of every request, ``posts`` (path, body) of POSTs.
-    ``with ImageHost(routes) as host: host.url + "/a.png"``."""
+    ``with ImageHost(routes) as host: host.url + "/a.png"``. A loopback address: image downloads
+    reach it only with Settings(download_allow=LOOPBACK)."""
 
     routes: dict[str, Route] = field(default_factory=dict)
     seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
@@ -141,7 +146,10 @@ class ImageHost:
                 self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
                 try:
-                    self.wfile.write(route.body)
+                    step = 1 if route.trickle else max(len(route.body), 1)
+                    for start in range(0, len(route.body), step):
+                        self.wfile.write(route.body[start:start + step])
+                        time.sleep(route.trickle)
                 except OSError:  # the client gave up (timeout, size limit)
                     pass
 

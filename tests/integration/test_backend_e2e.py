@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,11 +22,13 @@ from PIL import Image
 
 from lsserver import wait_for_job  # noqa: E402  (scripts/ is on the path via conftest)
 from tests.integration.browser import Browser, login_label_studio
+from tests.integration.labelstudio import LOOPBACK
 
 from tests.shapes import CLASSES, pattern
 from ml_backend.config import Settings
 from ml_backend.errors import LabelStudioUnavailable
 from ml_backend.ls.client import LabelStudioClient
+from ml_backend.server import SECRET_HEADER
 from ml_backend.views.configs import review_config
 
 CONFIG = """<View>
@@ -109,6 +112,8 @@ def world(label_studio, backend):
     client.import_tasks(pid, tasks)
     before = {t["id"]: t for t in client.all_tasks(pid)}
     backend_id = client.connect_ml_backend(pid, backend_url)
+    # Label Studio made a webhook to <backend>/webhook; the README tells users to add the secret to it.
+    client.ensure_webhook(pid, backend_url + "/webhook", headers={SECRET_HEADER: settings.webhook_secret})
     started = time.perf_counter()
     client.start_training(backend_id)
     job = wait_for_job(backend_url, pid, timeout=600)
@@ -297,6 +302,60 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert history[1]["verdicts"]["relabeled_to_model"] == len(reviewed) + len(cell)
 
 
+def post_webhook(backend_url: str, body: dict, secret: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({SECRET_HEADER: secret} if secret else {})}
+    request = urllib.request.Request(backend_url + "/webhook", data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def verdict_of(world, task_id: int) -> dict | None:
+    path = stored_file(world, "verdicts.json")
+    return json.loads(path.read_text()).get(str(task_id)) if path.exists() else None
+
+
+def wait_until(check, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return found
+
+
+def test_made_up_annotation_events_change_no_verdict(world, label_studio):
+    client, pid, url, secret = world["client"], world["pid"], world["backend"], world["settings"].webhook_secret
+    task_id = next(t["id"] for t in client.all_tasks(pid)
+                   if t["data"]["note"].startswith("user key") and verdict_of(world, t["id"]) is None)
+    forged = {"action": "ANNOTATION_CREATED", "project": {"id": pid},
+              "annotation": {"id": 987654, "task": task_id, "result": annotation("ring")["result"]}}
+    status, answer = post_webhook(url, forged)
+    assert status == 401 and SECRET_HEADER in answer["error"]
+    assert post_webhook(url, forged, secret) == (200, {"status": "ok", "verdicts": 0, "ignored": 1})
+    other = client.create_project("someone else's project", CONFIG)
+    other_task = client.import_tasks(other, [{"data": {"image": "/data/local-files/?d=shapes/ring-1.png"}}])[0]
+    foreign = client.create_annotation(other_task, annotation("ring")["result"])
+    forged["annotation"]["id"] = foreign  # a real annotation, of another project
+    assert post_webhook(url, forged, secret)[1]["verdicts"] == 0 and verdict_of(world, task_id) is None
+
+    # A reviewer's real annotation counts; a made-up deletion of it does not; the real deletion does.
+    label = client.request("GET", f"/api/tasks/{task_id}/")["annotations"][-1]["result"][0]["value"]["choices"][0]
+    real = client.create_annotation(task_id, annotation(label)["result"])
+    assert wait_until(lambda: verdict_of(world, task_id))["verdict"] == "kept"
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": pid}, "annotations": [{"id": real}]}
+    assert post_webhook(url, deleted, secret) == (200, {"status": "ok", "forgotten": 0})
+    assert verdict_of(world, task_id)["annotation_id"] == real
+    client.request("DELETE", f"/api/annotations/{real}/")
+    assert wait_until(lambda: verdict_of(world, task_id) is None)
+
+
+def test_training_for_a_project_label_studio_does_not_have_writes_nothing(world):
+    status, answer = post_webhook(world["backend"], {"action": "START_TRAINING", "project": {"id": 424242}})
+    assert status == 404 and "no project 424242" in answer["error"]
+    assert not (Path(world["settings"].model_dir) / "projects" / "424242").exists()
+
+
 def press_start_training(backend_url: str, project_id: int) -> None:
     """What Label Studio posts to the backend when someone presses Start Training."""
     request = urllib.request.Request(backend_url + "/webhook", data=json.dumps(
@@ -377,8 +436,8 @@ def test_label_studio_going_down_mid_job_fails_the_job_clearly_and_the_service_s
     proxy = CuttableProxy(label_studio.url)
     port = free_port()
     settings = Settings.from_env({}, model_dir=str(tmp_path), port=port, label_studio_url=proxy.url,
-                                 label_studio_api_key=label_studio.token)
-    with start_backend(settings) as url:
+                                 label_studio_api_key=label_studio.token, download_allow=LOOPBACK)
+    with start_backend(settings, extra_env={"DOWNLOAD_ALLOW": LOOPBACK}) as url:  # the world's image host
         press_start_training(url, world["pid"])
         deadline = time.monotonic() + 120
         while json.loads(get_json(f"{url}/jobs/{world['pid']}")[2]).get("stage") in (None, "starting", "download",
@@ -396,12 +455,23 @@ def test_personal_access_tokens_work_and_bad_tokens_are_refused(world, label_stu
     client = world["client"]
     pat = client.request("POST", "/api/token/")
     token = pat.get("token") if isinstance(pat, dict) else None
-    if not token:
-        pytest.skip(f"this Label Studio did not issue a personal access token: {pat}")
+    assert token, f"this Label Studio did not issue a personal access token: {pat}"
     settings = world["settings"].replace(label_studio_api_key=token)
     assert LabelStudioClient(settings).get_project(world["pid"])["id"] == world["pid"]
     with pytest.raises(LabelStudioUnavailable, match="rejected the token"):
         LabelStudioClient(world["settings"].replace(label_studio_api_key="f" * 40)).check()
+
+
+def test_a_task_added_after_the_analysis_gets_a_class_name_from_the_saved_models(world):
+    """Label Studio asks the connected backend (/predict) for a task without predictions when it
+    is opened; the answer comes from the saved fold models and names a class, not its index."""
+    client, pid = world["client"], world["pid"]
+    version = client.request("GET", f"/api/ml/{world['backend_id']}")["model_version"]
+    new = client.import_tasks(pid, [{"data": {"image": "/data/local-files/?d=shapes/ring-3.png", "note": "new"}}])[0]
+    client.request("GET", f"/api/tasks/{new}/")  # what opening it in the labeling view does
+    predictions = wait_until(lambda: client.request("GET", "/api/predictions/", params={"task": new}))
+    assert [p["model_version"] for p in predictions] == [version]
+    assert predictions[0]["result"][0]["value"]["choices"][0] in CLASSES
 
 
 def test_unpublish_takes_out_everything_the_backend_wrote_and_nothing_else(world):

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import ssl
+import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -14,9 +19,10 @@ from PIL import Image
 
 from ml_backend.config import Settings
 from ml_backend.errors import LabelStudioUnavailable
-from ml_backend.ls.client import LabelStudioClient, LabelStudioRequestFailed, newest_label
+from ml_backend.ls import client as client_module
+from ml_backend.ls.client import ImageFetchError, LabelStudioClient, LabelStudioRequestFailed, newest_label
 from ml_backend.ls.schema import parse_label_config
-from tests.integration.labelstudio import ImageHost, Route, free_port, png_bytes
+from tests.integration.labelstudio import LOOPBACK, ImageHost, Route, free_port, png_bytes
 
 CONFIG = """<View>
   <Image name="picture" value="$img"/>
@@ -55,7 +61,7 @@ def host():
 @pytest.fixture(scope="module")
 def world(label_studio, host, tmp_path_factory):
     settings = Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,
-                        download_timeout=TIMEOUT, max_image_bytes=MAX_BYTES)
+                        download_timeout=TIMEOUT, max_image_bytes=MAX_BYTES, download_allow=LOOPBACK)
     client = LabelStudioClient(settings)
     pid = client.create_project("adapter", CONFIG)
     spec = client.class_spec(pid)
@@ -147,11 +153,124 @@ def test_cookies_label_studio_sets_never_reach_another_host(host):
     127.0.0.1 host an image URL names, unless the download client keeps none."""
     media = {"/data/upload/1/a.png": Route(body=png_bytes(pixels(30)), cookie="sessionid=secret; Path=/")}
     with ImageHost(media) as label_studio:
-        client = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key="0" * 40))
+        client = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key="0" * 40,
+                                            download_allow=LOOPBACK))
         assert client.download("/data/upload/1/a.png", task_id=1) == media["/data/upload/1/a.png"].body
         before = len(host.seen)
         client.download(f"{host.url}/url-good.png", task_id=2)
     assert [k for _, headers in host.seen[before:] for k in headers if k.lower() in ("cookie", "authorization")] == []
+
+
+def elsewhere(port: int = 0) -> Settings:
+    """Settings for downloads from ``host`` alone: Label Studio (never asked) on another port."""
+    return Settings(label_studio_url=f"http://127.0.0.1:{port or free_port()}", label_studio_api_key="0" * 40,
+                    download_timeout=TIMEOUT, max_image_bytes=MAX_BYTES)
+
+
+def test_private_hosts_are_refused_unless_download_allow_names_them(host):
+    url = f"{host.url}/url-good.png"
+    before = len(host.requests_for("/url-good.png"))
+    with pytest.raises(ImageFetchError, match=r"127\.0\.0\.1 is not a public address \(loopback\).*DOWNLOAD_ALLOW"):
+        LabelStudioClient(elsewhere()).download(url, task_id=1)
+    assert len(host.requests_for("/url-good.png")) == before  # refused before connecting
+    localhost = url.replace("127.0.0.1", "localhost")
+    with pytest.raises(ImageFetchError, match=r"localhost resolves to (127\.0\.0\.1|::1), which is not a public"):
+        LabelStudioClient(elsewhere()).download(localhost, task_id=1)
+    for allow, target in [("127.0.0.1", url), ("127.0.0.0/8", url), ("10.0.0.0/8, localhost", localhost)]:
+        client = LabelStudioClient(elsewhere().replace(download_allow=allow))
+        assert client.download(target, task_id=1) == host.routes["/url-good.png"].body, allow
+    assert host.requests_for("/url-good.png")[-1]["Host"] == localhost.split("/")[2]  # the name, not the address
+
+
+def test_every_redirect_hop_is_checked(host):
+    """A host the policy allows (here by name) redirects into loopback, or to a cloud metadata
+    service: the next hop is refused, unasked. The same holds for Label Studio's own origin."""
+    host.routes["/to-loopback"] = Route(status=302, location=f"{host.url}/url-good.png", content_type="text/plain")
+    host.routes["/to-metadata"] = Route(status=307, location="http://169.254.169.254/latest/meta-data/",
+                                        content_type="text/plain")
+    allowed_by_name = host.url.replace("127.0.0.1", "localhost")
+    client = LabelStudioClient(elsewhere().replace(download_allow="localhost"))
+    before = len(host.requests_for("/url-good.png"))
+    with pytest.raises(ImageFetchError, match=r"^127\.0\.0\.1 is not a public address \(loopback\)"):
+        client.download(f"{allowed_by_name}/to-loopback", task_id=1)
+    with pytest.raises(ImageFetchError, match="169.254.169.254 is a cloud metadata service"):
+        client.download(f"{allowed_by_name}/to-metadata", task_id=1)
+    assert host.requests_for("/to-loopback") and len(host.requests_for("/url-good.png")) == before
+    as_label_studio = LabelStudioClient(elsewhere(port=int(host.url.rsplit(":", 1)[1])))  # host is its own origin
+    with pytest.raises(ImageFetchError, match="169.254.169.254 is a cloud metadata service"):
+        as_label_studio.download("/to-metadata", task_id=1)
+
+
+def test_download_timeout_bounds_a_server_that_trickles(host):
+    """One byte every 0.2 s: no read ever times out, yet the call ends at DOWNLOAD_TIMEOUT."""
+    host.routes["/trickle.png"] = Route(body=png_bytes(pixels(40))[:60], trickle=0.2)
+    client = LabelStudioClient(elsewhere().replace(download_allow=LOOPBACK, download_timeout=2))
+    started = time.monotonic()
+    with pytest.raises(ImageFetchError, match="timed out after 2 s"):
+        client.download(f"{host.url}/trickle.png", task_id=1)
+    assert time.monotonic() - started < 3
+
+
+def test_https_at_the_checked_address_still_verifies_the_certificate_for_the_name(tmp_path, monkeypatch):
+    """Downloads connect to the address the policy checked, but TLS (SNI and the certificate
+    check) and the Host header still use the name in the URL."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    image = png_bytes(pixels(41))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(image)))
+            self.send_header("X-Host-Seen", self.headers["Host"])
+            self.end_headers()
+            self.wfile.write(image)
+
+        def log_message(self, *args):
+            pass
+
+    def served_with_certificate_for(name: str) -> tuple[ThreadingHTTPServer, ssl.SSLContext]:
+        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key), "-out",
+                        str(cert)], check=True, capture_output=True)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, ssl.create_default_context(cafile=str(cert))
+
+    for name, works in [("localhost", True), ("other.test", False)]:
+        server, trust = served_with_certificate_for(name)
+        monkeypatch.setattr(client_module, "_tls", lambda context=trust: context)  # trust this certificate alone
+        client = LabelStudioClient(elsewhere().replace(download_allow="localhost"))
+        url = f"https://localhost:{server.server_address[1]}/a.png"
+        try:
+            if works:
+                assert client.download(url, task_id=1) == image
+            else:
+                with pytest.raises(ImageFetchError, match="CERTIFICATE_VERIFY_FAILED.*not valid for 'localhost'"):
+                    client.download(url, task_id=1)
+        finally:
+            server.shutdown()
+
+
+def test_token_goes_only_to_label_studios_media_routes(world, host, label_studio):
+    """An image URL naming Label Studio's API, directly or through a redirect, is fetched without
+    the token, so Label Studio refuses it: no API answer becomes an "image"."""
+    client = world["client"]
+    host.routes["/to-api"] = Route(status=302, location=f"{label_studio.url}/api/projects/", content_type="text/plain")
+    for url in ("/api/projects/", f"{label_studio.url}/api/projects/", f"{host.url}/to-api",
+                "/data/upload/../../api/projects/", "/data/upload/%2e%2e/%2e%2e/api/projects/"):
+        with pytest.raises(ImageFetchError, match=r"HTTP 401: \S*/api/projects/ is not one of Label Studio's "
+                                                  "media routes.*so it gets no token"):
+            client.download(url, task_id=1)
+    tasks = {t["id"]: t for t in client.all_tasks(world["pid"])}
+    for name, seed in (("up0", 0), ("local", 20)):  # its media routes still get the token
+        data = client.fetch_image(tasks[world["tasks"][name]], world["spec"])
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels(seed)), name
 
 
 def test_downloads_are_cached_by_url(world, host):

@@ -14,6 +14,7 @@ from redis import Redis
 
 from ml_backend.config import Settings
 from ml_backend.errors import DatasetError
+from tests.components import missing
 
 # --- analysis stand-ins an RQ worker imports as "tests.service.conftest:<name>" --------------------
 RQ_CALLS: list[tuple[int, str]] = []
@@ -90,10 +91,11 @@ def free_port() -> int:
 
 @pytest.fixture()
 def redis_url(tmp_path):
-    """A redis-server of our own on a free port; the test skips if Debian's redis-server is missing."""
+    """A redis-server of our own on a free port; without Debian's redis-server the test skips
+    (fails under CI=true)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        missing("redis-server", "apt-get install redis-server")
     port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

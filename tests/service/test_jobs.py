@@ -170,7 +170,7 @@ def test_bad_arguments_are_refused_with_clear_errors(settings):
     with pytest.raises(ValueError, match="package.module:function"):
         make_runner(settings, "no_colon")
     with pytest.raises(ValueError, match="cannot import"):
-        make_runner(settings, "tests.service.conftest:missing")
+        make_runner(settings, "tests.service.conftest:no_such_function")
     assert isinstance(make_runner(settings, OK_PATH), LocalRunner)
 
 

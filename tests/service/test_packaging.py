@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ml_backend.cli import build_parser
@@ -78,3 +79,13 @@ def test_compose_runs_label_studio_backend_redis_and_a_worker_that_agree():
     assert services["backend"]["volumes"] == services["worker"]["volumes"]  # one MODEL_DIR for both
     args = build_parser().parse_args(services["worker"]["command"][3:])
     assert services["worker"]["command"][:3] == ["python", "-m", "ml_backend"] and args.command == "worker"
+
+
+def test_a_missing_component_skips_locally_and_fails_under_ci(monkeypatch):
+    from tests.components import missing
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        missing("redis-server", "apt-get install redis-server")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        missing("redis-server", "apt-get install redis-server")

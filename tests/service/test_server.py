@@ -4,10 +4,11 @@ handler are stand-ins; Label Studio's side is exercised for real in tests/integr
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.errors import LabelStudioUnavailable, UnknownProject
 from ml_backend.jobs import LocalRunner, RQRunner, job_path, update_job
 from ml_backend.server import UNTRAINED, create_app, project_id_of
 from ml_backend.store import ProjectStore
@@ -30,8 +31,8 @@ class Verdicts:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, action, payload):
-        self.calls.append((action, payload))
+    def __call__(self, action, project_id, annotation_ids):
+        self.calls.append((action, project_id, annotation_ids))
         return {"status": "ok", "verdicts": 1}
 
 
@@ -170,26 +171,27 @@ def test_a_failing_analysis_is_reported_and_the_service_stays_up(settings):
     assert client.get("/health").get_json()["status"] == "UP"
 
 
-def test_annotation_events_reach_the_verdict_handler_with_their_payload(service):
+def test_annotation_events_reach_the_verdict_handler_as_project_and_annotation_ids(service):
     client, _, _, verdicts = service
     payloads = {
         "ANNOTATION_CREATED": {"annotation": {"id": 1, "task": 10, "result": []}, "task": {"id": 10}},
-        "ANNOTATIONS_CREATED": {"annotation": [{"id": 1, "task": 10}], "task": [{"id": 10}]},
+        "ANNOTATIONS_CREATED": {"annotation": [{"id": 1, "task": 10}, {"id": "2"}], "task": [{"id": 10}]},
         "ANNOTATION_UPDATED": {"annotation": {"id": 1, "task": 10, "result": []}, "task": {"id": 10}},
         "ANNOTATIONS_DELETED": {"annotations": [{"id": 1}]},
     }
     for action, payload in payloads.items():
         resp = client.post("/webhook", json={"action": action, "project": {"id": 3}, **payload})
         assert resp.status_code == 200 and resp.get_json() == {"status": "ok", "verdicts": 1}
-    assert [a for a, _ in verdicts.calls] == list(payloads)
-    assert verdicts.calls[3][1] == {"action": "ANNOTATIONS_DELETED", "project": {"id": 3}, "annotations": [{"id": 1}]}
+    assert verdicts.calls == [("ANNOTATION_CREATED", 3, [1]), ("ANNOTATIONS_CREATED", 3, [1, 2]),
+                              ("ANNOTATION_UPDATED", 3, [1]), ("ANNOTATIONS_DELETED", 3, [1])]
     resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED"})  # webhook without payload
     assert resp.status_code == 400 and "Send payload" in resp.get_json()["error"]
 
 
 def test_annotation_events_without_a_handler_are_answered(settings):
     client = create_app(settings).test_client()
-    resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}})
+    resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                                         "annotation": {"id": 5}})
     assert resp.status_code == 200 and resp.get_json()["status"] == "ignored"
     resp = start_training(client, 1)
     assert resp.status_code == 503 and "no job runner" in resp.get_json()["error"]
@@ -242,11 +244,12 @@ def test_basic_auth_is_enforced_on_every_route_when_configured(settings):
 
 
 def test_errors_are_json_without_tracebacks(settings):
-    def broken(action, payload):
+    def broken(action, project_id, annotation_ids):
         raise RuntimeError("secret internals at /srv/x.py line 3")
 
     client = create_app(settings, verdict_handler=broken).test_client()
-    resp = client.post("/webhook", json={"action": "ANNOTATION_UPDATED", "project": {"id": 1}})
+    resp = client.post("/webhook", json={"action": "ANNOTATION_UPDATED", "project": {"id": 1},
+                                         "annotation": {"id": 5}})
     assert resp.status_code == 500 and resp.get_json() == {"error": "internal error (RuntimeError); see the "
                                                                      "backend's log"}
     resp = client.get("/nowhere")
@@ -278,7 +281,7 @@ def test_metrics_report_jobs_and_counts(service, slow):
 def test_project_ids_in_every_shape_label_studio_sends():
     assert project_id_of("12.1700000000") == 12 and project_id_of(12) == 12 and project_id_of({"id": 12}) == 12
     assert project_id_of("12") == 12
-    for bad in (None, "", "abc", True, 0, "-1.5", {"title": "x"}, 1.5):
+    for bad in (None, "", "abc", True, 0, "-1.5", {"title": "x"}, 1.5, " 1", "1.abc", "1.", "01", "1 ", {"id": "x"}):
         with pytest.raises(ValueError, match="project"):
             project_id_of(bad)
 
@@ -290,3 +293,112 @@ def test_redis_down_answers_start_training_with_503_and_health_stays_up(settings
     resp = start_training(client, 4)
     assert resp.status_code == 503 and "Redis did not answer" in resp.get_json()["error"]
     assert client.get("/health").status_code == 200
+
+
+# --- hostile input and careless clients: 4xx with a message, never 500 ------------------------------
+WRONG_TYPES = [
+    ("post", "/predict", {"tasks": [{"id": None}], "project": PROJECT}, "'tasks[0].id'"),
+    ("post", "/predict", {"tasks": [{"id": "abc"}], "project": PROJECT}, "'tasks[0].id'"),
+    ("post", "/predict", {"tasks": [{"id": {}}], "project": PROJECT}, "'tasks[0].id'"),
+    ("post", "/predict", {"tasks": [{"id": 1}, {"id": 1.5}], "project": PROJECT}, "'tasks[1].id'"),
+    ("post", "/predict", {"tasks": [{"id": True}], "project": PROJECT}, "'tasks[0].id'"),
+    ("post", "/predict", {"tasks": [{"data": {}}], "project": PROJECT}, "'tasks[0].id'"),
+    ("post", "/webhook", {"action": "ANNOTATION_CREATED", "project": "x", "annotation": {"id": 1}}, "'project.id'"),
+    ("post", "/webhook", {"action": "ANNOTATION_CREATED", "project": 3.5, "annotation": {"id": 1}}, "'project.id'"),
+    ("post", "/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 3}, "annotation": "x"}, "'annotation'"),
+    ("post", "/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 3}}, "'annotation'"),
+    ("post", "/webhook", {"action": "ANNOTATION_UPDATED", "project": {"id": 3}, "annotation": {"task": 1}},
+     "'annotation[0].id'"),
+    ("post", "/webhook", {"action": "ANNOTATIONS_CREATED", "project": {"id": 3}, "annotation": [{"id": 1}, 7]},
+     "'annotation[1]'"),
+    ("post", "/webhook", {"action": "ANNOTATIONS_DELETED", "project": {"id": 3}, "annotations": [None]},
+     "'annotations[0]'"),
+    ("post", "/webhook", {"action": "ANNOTATIONS_DELETED", "project": {"id": 3}, "annotations": {"id": "1.5"}},
+     "'annotations[0].id'"),
+    ("post", "/webhook", {"action": 5, "project": {"id": 3}}, "'action'"),
+    ("post", "/setup", {"project": " 1"}, "'project'"),
+    ("post", "/setup", {"project": "1.abc"}, "'project'"),
+    ("post", "/train", {"project": [1]}, "'project'"),
+    ("get", "/jobs/0", None, "positive project id"),
+    ("get", "/versions?project=1.x", None, "'project'"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, words", WRONG_TYPES)
+def test_wrong_types_get_a_400_naming_the_field(service, method, path, body, words):
+    client, _, predictor, verdicts = service
+    resp = getattr(client, method)(path, json=body)
+    assert resp.status_code == 400 and words in resp.get_json()["error"], resp.get_json()
+    assert predictor.calls == [] and verdicts.calls == []
+
+
+def test_bodies_over_the_size_limit_and_too_many_tasks_get_413(settings, slow):
+    settings = settings.replace(max_request_bytes=10_000, max_predict_tasks=50)
+    predictor = FakePredictor()
+    client = create_app(settings, predictor=predictor).test_client()
+    big = {"tasks": [{"id": 1, "data": {"image": "x" * 20_000}}], "project": PROJECT}
+    for path in ("/predict", "/webhook", "/setup"):
+        resp = client.post(path, json=big)
+        assert resp.status_code == 413 and "MAX_REQUEST_BYTES=10000" in resp.get_json()["error"]
+    resp = client.post("/predict", json={"tasks": [{"id": n + 1} for n in range(51)], "project": PROJECT})
+    assert resp.status_code == 413 and "MAX_PREDICT_TASKS=50" in resp.get_json()["error"]
+    assert predictor.calls == []
+    resp = client.post("/predict", json={"tasks": [{"id": n + 1} for n in range(50)], "project": PROJECT})
+    assert resp.status_code == 200 and len(resp.get_json()["results"]) == 50
+
+
+def test_annotation_events_need_the_webhook_secret_when_one_is_set(settings, slow):
+    settings = settings.replace(webhook_secret="s3cret")
+    verdicts = Verdicts()
+    runner = LocalRunner(settings, slow)
+    client = create_app(settings, runner=runner, verdict_handler=verdicts).test_client()
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 3}, "annotation": {"id": 4}}
+    for headers in ({}, {"X-DeConfusion-Secret": "wrong"}, {"X-DeConfusion-Secret": ""}):
+        resp = client.post("/webhook", json=event, headers=headers)
+        assert resp.status_code == 401 and "X-DeConfusion-Secret" in resp.get_json()["error"]
+    assert verdicts.calls == []
+    resp = client.post("/webhook", json=event, headers={"X-DeConfusion-Secret": "s3cret"})
+    assert resp.status_code == 200 and verdicts.calls == [("ANNOTATION_CREATED", 3, [4])]
+    # Label Studio's Start Training button cannot send custom headers: basic auth guards it.
+    assert start_training(client, 3).status_code == 201
+    slow.release()
+    runner.shutdown(timeout=5)
+
+
+def test_training_for_an_unknown_project_is_404_and_writes_nothing(settings, slow):
+    def project_check(project_id):
+        if project_id == 424242:
+            raise UnknownProject(f"Label Studio at http://ls has no project {project_id}")
+
+    runner = LocalRunner(settings, slow)
+    client = create_app(settings, runner=runner, project_check=project_check).test_client()
+    for resp in (start_training(client, 424242), client.post("/train", json={"project": "424242.17"})):
+        assert resp.status_code == 404 and "no project 424242" in resp.get_json()["error"]
+    assert not (Path(settings.model_dir) / "projects" / "424242").exists() and slow.calls == []
+    assert start_training(client, 3).status_code == 201
+    slow.release()
+    runner.shutdown(timeout=5)
+
+
+def test_unknown_projects_reports_and_unfinished_versions_are_not_listed(settings):
+    from ml_backend.service import evidence_routes
+    app = create_app(settings)
+    app.register_blueprint(evidence_routes(settings))
+    client = app.test_client()
+    for path in ("/report/424242", "/report/424242.json"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and "Start Training" in resp.get_json()["error"]
+    store = ProjectStore(settings.model_dir, 3)
+    for version in ("deconfusion-v1", "deconfusion-v2"):  # v2: a job killed while publishing
+        store.version_dir(version).mkdir(parents=True)
+        (store.version_dir(version) / "analysis.json").write_text("{}")
+    store.append_history({"model_version": "deconfusion-v1", "iteration": 1})
+    store.set_current("deconfusion-v2", 2)
+    assert client.get("/versions?project=3").get_json()["versions"] == ["deconfusion-v1"]
+    assert client.get("/report/3.json").status_code == 200
+
+
+def test_a_bad_download_allow_entry_stops_the_start_naming_it(settings):
+    from ml_backend.service import build_app
+    with pytest.raises(ValueError, match="DOWNLOAD_ALLOW"):
+        build_app(settings.replace(download_allow="10.0.0.0/33"))
