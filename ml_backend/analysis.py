@@ -62,6 +62,8 @@ class Analysis:
     evidence : dict of str -> (N,) float32 in [0, 1], each evidence source on its own (higher =
         label more likely wrong): ``doubt_<backbone>`` = 1 - label quality of that view.
         Exported as scores.csv columns.
+    reviewed : (N,) bool, a reviewer's verdict was an input (``reviews``); never a candidate.
+        All False when not given (and in analyses saved before the field existed).
     """
 
     model_version: str
@@ -87,7 +89,12 @@ class Analysis:
     summary: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)
+    reviewed: np.ndarray | None = None
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.reviewed is None:
+            self.reviewed = np.zeros(len(self.items), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -114,6 +121,7 @@ def save(analysis: Analysis, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "arrays.npz", **{name: getattr(analysis, name) for name in ARRAY_FIELDS},
+                        reviewed=analysis.reviewed,
                         **{EVIDENCE_KEY + name: values for name, values in analysis.evidence.items()})
     meta = {
         "schema_version": analysis.schema_version,
@@ -145,10 +153,11 @@ def load(folder: str | os.PathLike) -> Analysis:
     with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
         data = {name: arrays[name] for name in ARRAY_FIELDS}
         evidence = {key[len(EVIDENCE_KEY):]: arrays[key] for key in arrays.files if key.startswith(EVIDENCE_KEY)}
+        reviewed = arrays["reviewed"] if "reviewed" in arrays.files else None
     return Analysis(
         model_version=meta["model_version"], items=meta["items"], class_names=meta["class_names"],
         cells=meta["cells"], duplicates=meta["duplicates"], summary=meta["summary"], params=meta["params"],
-        schema_version=version, evidence=evidence, **data)
+        schema_version=version, evidence=evidence, reviewed=reviewed, **data)
 
 
 def _jsonable(value: Any) -> Any:
@@ -167,7 +176,7 @@ def _jsonable(value: Any) -> Any:
 
 SCORES_COLUMNS = (
     "item", "split", "label", "predicted", "p_label", "p_predicted", "mismatch_score", "error_score",
-    "is_candidate", "knn_disagreement", "consensus", "cell",
+    "is_candidate", "knn_disagreement", "consensus", "cell", "reviewed",
 )
 CELLS_COLUMNS = (
     "label", "predicted", "count", "share_of_row", "mean_mismatch", "score_wrong", "saturation",
@@ -193,7 +202,7 @@ def write_exports(analysis: Analysis, folder: str | os.PathLike) -> None:
                 f"{p_label[i]:.6f}", f"{p_pred[i]:.6f}", f"{analysis.mismatch[i]:.6f}",
                 f"{analysis.error_score[i]:.6f}", int(analysis.is_candidate[i]),
                 f"{analysis.knn_disagreement[i]:.6f}", f"{analysis.consensus[i]:.6f}", analysis.cell_name(i),
-                *(f"{analysis.evidence[name][i]:.6f}" for name in evidence),
+                int(analysis.reviewed[i]), *(f"{analysis.evidence[name][i]:.6f}" for name in evidence),
             ])
     with open(folder / "cells.csv", "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)

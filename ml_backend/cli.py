@@ -17,7 +17,7 @@ from .config import add_cli_flags, configure_logging, settings_from_args
 from .errors import DeConfusionError
 
 TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "backbone_weights", "device", "batch_size",
-                  "ssim_threshold", "knn_k"]
+                  "ssim_threshold", "knn_k", "confirmed_weight"]
 SERVICE_FLAGS = ["host", "port", "model_dir", "label_studio_url", "label_studio_api_key", "redis_url",
                  "public_url", "log_level"]
 
@@ -48,6 +48,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import save, write_exports
     from .dataset import load_folder
     from .pipeline import run_analysis
+    from .reviews import apply_reviews, read_verdicts
     from .views.overview import overview_html
 
     settings = settings_from_args(args)
@@ -55,7 +56,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     bar = StageBar()
     try:
         dataset = load_folder(args.root, progress=lambda done, total: bar("load", done, total))
-        analysis, ensemble = run_analysis(dataset, settings, progress=bar)
+        reviews = read_verdicts(args.verdicts, dataset.items, dataset.class_names) if args.verdicts else {}
+        dataset, reviewed = apply_reviews(dataset, reviews, settings.confirmed_weight)
+        analysis, ensemble = run_analysis(dataset, settings, progress=bar, reviewed=reviewed)
     finally:
         bar.close()
     save(analysis, out)
@@ -65,6 +68,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     s = analysis.summary
     print(json.dumps({
         "out": str(out), "images": s["images"], "skipped": len(s["skipped"]), "candidates": s["candidates"],
+        "reviewed": s["reviewed"],
         "estimated_error_rate": s["estimated_error_rate"], "duplicate_pairs": s["duplicate_pairs"],
         "leakage_pairs": s["leakage_pairs"], "model_version": analysis.model_version,
     }, indent=1))
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="Find label errors and duplicates in an image folder.")
     analyze.add_argument("root", help="ROOT/<label>/<image> or ROOT/{train,val}/<label>/<image>")
     analyze.add_argument("--out", required=True, help="Output folder (created).")
+    analyze.add_argument("--verdicts", help="CSV of reviewers' verdicts (columns item, verdict, label; verdict: "
+                                            "confirmed | relabeled | removed | ambiguous) to analyse with.")
     add_cli_flags(analyze, TRAINING_FLAGS)
     analyze.set_defaults(func=cmd_analyze)
 

@@ -165,7 +165,6 @@ def build_dataset(
     records: Iterable[Record],
     *,
     class_names: Sequence[str] | None = None,
-    weights: dict[str, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ImageDataset:
     """Decode records into an ImageDataset; unreadable ones go to ``skipped``.
@@ -176,7 +175,7 @@ def build_dataset(
 
     class_names : the classes to index labels by (e.g. from a labeling config); default
         the sorted set of labels seen. A label outside it is skipped with a reason.
-    weights : optional training weight per item id (confirmed images weigh more).
+    Every image weighs 1.0 in training (``reviews.apply_reviews`` changes that).
     """
     records = list(records)
     known = sorted(set(class_names) if class_names is not None else {r.label for r in records})
@@ -211,7 +210,6 @@ def build_dataset(
     images = np.empty((len(decoded), *shape), dtype=np.uint8)
     for i, (_, pixels, _) in enumerate(decoded):
         images[i] = pixels if pixels.shape == shape else fit_to_shape(pixels, shape)
-    weights = weights or {}
     return ImageDataset(
         items=[rec.item for rec, _, _ in decoded],
         images=images,
@@ -220,7 +218,7 @@ def build_dataset(
         splits=np.array([rec.split for rec, _, _ in decoded], dtype="<U5"),
         pixel_hashes=[digest for _, _, digest in decoded],
         task_ids=np.array([rec.task_id for rec, _, _ in decoded], dtype=np.int64),
-        weights=np.array([weights.get(rec.item, 1.0) for rec, _, _ in decoded], dtype=np.float32),
+        weights=np.ones(len(decoded), dtype=np.float32),
         skipped=skipped,
     )
 

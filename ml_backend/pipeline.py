@@ -59,8 +59,11 @@ def run_analysis(
     *,
     model_version: str | None = None,
     progress: Progress | None = None,
+    reviewed: np.ndarray | None = None,
 ) -> tuple[Analysis, ModelSet]:
-    """Analyse ``dataset`` end to end; returns the artefact and the fitted fold models of every view."""
+    """Analyse ``dataset`` end to end; returns the artefact and the fitted fold models of every view.
+    ``reviewed`` (N,) bool marks images a reviewer decided (``reviews.apply_reviews``): they are
+    scored like any other but never candidates."""
     progress = progress or _quiet
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -94,6 +97,10 @@ def run_analysis(
     cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
     is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement,
                                                 systematic=interpretation_members(cells, labels, predicted))
+    reviewed = np.zeros(n, dtype=bool) if reviewed is None else np.asarray(reviewed, dtype=bool)
+    if reviewed.shape != (n,):
+        raise ValueError(f"reviewed must be an ({n},) bool array, one per image; got shape {reviewed.shape}")
+    is_candidate &= ~reviewed
     map_xy = _inspection_maps(dataset, models, predicted, fits[0].fold_of, cells, settings.seed, progress)
     lap("maps")
 
@@ -106,7 +113,7 @@ def run_analysis(
         knn_disagreement=knn.astype(np.float32), consensus=agreement.astype(np.float32),
         duplicate_group=duplicate_group, neighbors=neighbors, map_xy=map_xy,
         representatives=representatives(probs, labels), thumbs=dataset.thumbnails(), cells=cells,
-        duplicates=pairs, summary=summary, evidence=evidence,
+        duplicates=pairs, summary={**summary, "reviewed": int(reviewed.sum())}, evidence=evidence, reviewed=reviewed,
         params={**{k: v for k, v in asdict(settings).items() if k in ANALYSIS_PARAMS},
                 "backbone_used": "+".join(f.backbone for f in fits), "epochs_used": [f.epochs for f in fits]})
     return analysis, models

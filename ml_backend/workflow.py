@@ -18,11 +18,12 @@ from . import publish
 from .analysis import Analysis, save, write_exports
 from .config import Settings
 from .errors import LabelStudioUnavailable, UnknownProject
-from .dataset import build_dataset, decode_image, fit_to_shape
+from .dataset import ImageDataset, build_dataset, decode_image, fit_to_shape
 from .ls.client import LabelStudioClient
 from .ls.schema import ClassSpec, parse_label_config
 from .model.ensemble import ModelSet
 from .pipeline import new_model_version, run_analysis
+from .reviews import Review, apply_reviews
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
 from .views.review import evidence_html
@@ -30,7 +31,6 @@ from .views.review import evidence_html
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-CONFIRMING = ("kept", "relabeled_to_model", "relabeled_other")
 OVERVIEW_SUFFIX = " · De-Confusion overview"
 OVERVIEW_CONFIG = Path(__file__).resolve().parent.parent / "label_studio_config" / "overview.xml"
 OVERVIEW_MARKER = 'name="dc_cell_status"'  # a control only our overview config has
@@ -47,22 +47,18 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     project = client.get_project(project_id)
     spec = parse_label_config(project["label_config"])
     store.update_project_info(title=project.get("title", ""), spec=spec.__dict__)
-    verdicts = store.verdicts()
-
     records, skipped = client.labeled_records(
         project_id, spec, Path(settings.model_dir) / "cache",
         progress=lambda done, total: progress("download", done, total))
-    removed = {int(t) for t, v in verdicts.items() if v["verdict"] == "removed"}
-    records = [r for r in records if r.task_id not in removed]
-    weights = {r.item: settings.confirmed_weight for r in records if _confirmed(verdicts.get(str(r.task_id)), r.label)}
-    dataset = build_dataset(records, class_names=spec.labels, weights=weights,
+    dataset = build_dataset(records, class_names=spec.labels,
                             progress=lambda done, total: progress("decode", done, total))
     dataset.skipped[:0] = skipped
+    dataset, reviewed = apply_reviews(dataset, reviews_from_verdicts(store.verdicts(), dataset),
+                                      settings.confirmed_weight)
 
     iteration = store.next_iteration()
     version = new_model_version(f"deconfusion-v{iteration}")
-    analysis, ensemble = run_analysis(dataset, settings, model_version=version, progress=progress)
-    _declutter(analysis, verdicts)
+    analysis, ensemble = run_analysis(dataset, settings, model_version=version, progress=progress, reviewed=reviewed)
     folder = store.version_dir(version)
     save(analysis, folder)
     write_exports(analysis, folder)
@@ -89,19 +85,21 @@ def check_project_exists(settings: Settings, project_id: int) -> None:
                              "press Start Training in the project's Settings → Model")
 
 
-def _confirmed(verdict: dict | None, label: str) -> bool:
-    """A reviewer confirmed this label (and nobody changed it since)."""
-    return bool(verdict and verdict["verdict"] in CONFIRMING and verdict.get("label") == label)
-
-
-def _declutter(analysis: Analysis, verdicts: dict[str, dict]) -> None:
-    """Confirmed images leave the candidate list and its counts (the paper's decluttering)."""
-    names = analysis.class_names
-    for i, task_id in enumerate(analysis.task_ids):
-        if _confirmed(verdicts.get(str(int(task_id))), names[analysis.labels[i]]):
-            analysis.is_candidate[i] = False
-    analysis.summary["candidates"] = int(analysis.is_candidate.sum())
-    analysis.summary["confirmed_by_reviewers"] = sum(1 for v in verdicts.values() if v["verdict"] in CONFIRMING)
+def reviews_from_verdicts(verdicts: dict[str, dict], dataset: ImageDataset) -> dict[str, Review]:
+    """The verdicts the backend stored (by task id) as reviews of ``dataset``'s images: kept ->
+    confirmed, relabeled_to_model / relabeled_other -> relabeled, removed and ambiguous as they
+    are. A kept or relabeled verdict whose label is no longer the task's label (changed in Label
+    Studio since) is stale and left out: the image is unreviewed again."""
+    reviews = {}
+    for item, task_id, label in zip(dataset.items, dataset.task_ids, dataset.labels):
+        verdict = verdicts.get(str(int(task_id)))
+        if verdict is None:
+            continue
+        if verdict["verdict"] in ("removed", "ambiguous"):
+            reviews[item] = Review(verdict["verdict"])
+        elif verdict.get("label") == dataset.class_names[label]:
+            reviews[item] = Review("confirmed" if verdict["verdict"] == "kept" else "relabeled", verdict["label"])
+    return reviews
 
 
 def image_url(settings: Settings, project_id: int, version: str) -> Callable[[str, dict], str]:

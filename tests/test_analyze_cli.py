@@ -108,3 +108,45 @@ def test_saved_models_answer_with_the_class_names(analysed):
     _, (cls, _, img) = next((k, v) for k, v in truth.items() if v[0] == v[1])
     probs = models.predict_proba(img[None, ..., None] if img.ndim == 2 else img[None])
     assert models.class_names[int(probs.argmax())] == cls
+
+
+def write_verdicts(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("item", "verdict", "label"), *rows])
+    return path
+
+
+def test_verdicts_are_an_input_reviewed_images_train_as_decided_and_leave_the_candidates(analysed, tmp_path):
+    root, out, truth = analysed
+    scores = read_csv(out / "scores.csv")
+    fixed, kept = [r["item"] for r in scores if r["is_candidate"] == "1"][:2]
+    gone = next(r["item"] for r in scores if r["is_candidate"] == "0")
+    verdicts = write_verdicts(tmp_path / "verdicts.csv", [
+        (fixed, "relabeled", truth[fixed][0]), (kept, "confirmed", next(r["label"] for r in scores if r["item"] == kept)),
+        (gone, "removed", "")])
+    again = tmp_path / "again"
+    assert main(["analyze", str(root), "--out", str(again), "--folds", "3", "--seed", "0",
+                 "--verdicts", str(verdicts)]) == 0
+    after = {r["item"]: r for r in read_csv(again / "scores.csv")}
+    assert gone not in after and len(after) == len(scores) - 1
+    assert after[fixed]["label"] == truth[fixed][0]
+    assert [after[i]["reviewed"] for i in (fixed, kept)] == ["1", "1"]
+    assert [after[i]["is_candidate"] for i in (fixed, kept)] == ["0", "0"]
+    assert json.loads((again / "summary.json").read_text())["reviewed"] == 3 - 1  # the removed one is not scored
+
+
+def test_an_analysis_with_every_image_confirmed_still_runs(analysed, tmp_path, capsys):
+    root, out, _ = analysed
+    rows = [(r["item"], "confirmed", r["label"]) for r in read_csv(out / "scores.csv")]
+    verdicts = write_verdicts(tmp_path / "all.csv", rows)
+    assert main(["analyze", str(root), "--out", str(tmp_path / "all"), "--folds", "3", "--epochs", "1",
+                 "--verdicts", str(verdicts)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["candidates"] == 0 and printed["reviewed"] == len(rows)
+
+
+def test_a_bad_verdicts_file_stops_with_the_row_named(analysed, tmp_path, capsys):
+    root, _, _ = analysed
+    verdicts = write_verdicts(tmp_path / "bad.csv", [("no/such/item.png", "confirmed", "ring")])
+    assert main(["analyze", str(root), "--out", str(tmp_path / "x"), "--verdicts", str(verdicts)]) == 2
+    assert "row 2: item 'no/such/item.png' is not in the data set" in capsys.readouterr().err

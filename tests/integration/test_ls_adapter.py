@@ -22,6 +22,7 @@ from ml_backend.errors import LabelStudioUnavailable
 from ml_backend.ls import client as client_module
 from ml_backend.ls.client import ImageFetchError, LabelStudioClient, LabelStudioRequestFailed, newest_label
 from ml_backend.ls.schema import parse_label_config
+from tests.components import missing
 from tests.integration.labelstudio import LOOPBACK, ImageHost, Route, free_port, png_bytes
 
 CONFIG = """<View>
@@ -215,7 +216,7 @@ def test_https_at_the_checked_address_still_verifies_the_certificate_for_the_nam
     """Downloads connect to the address the policy checked, but TLS (SNI and the certificate
     check) and the Host header still use the name in the URL."""
     if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
+        missing("the openssl command", "apt-get install openssl (it makes the test certificate)")
     image = png_bytes(pixels(41))
 
     class Handler(BaseHTTPRequestHandler):

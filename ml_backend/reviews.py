@@ -1,0 +1,97 @@
+"""Reviewers' verdicts as input to an analysis: one code path for ``analyze --verdicts`` and
+for the service, which turns its stored verdicts into the same :class:`Review` records.
+
+Verdicts and what an analysis does with them:
+
+- ``confirmed``: the given label is right; it trains with CONFIRMED_WEIGHT and is never a
+  candidate again;
+- ``relabeled``: the label after review replaces the given one; trusted like a confirmed one;
+- ``removed``: the image is left out of the analysis;
+- ``ambiguous``: kept out of training (weight 0), still scored, not a candidate again.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .dataset import ImageDataset
+from .errors import DatasetError
+
+VERDICTS = ("confirmed", "relabeled", "removed", "ambiguous")
+COLUMNS = ("item", "verdict", "label")
+
+
+@dataclass(frozen=True)
+class Review:
+    """One reviewer's verdict on one image; ``label`` is the label after review ('' when the
+    verdict needs none: removed, ambiguous)."""
+
+    verdict: str
+    label: str = ""
+
+
+def read_verdicts(path: str | os.PathLike, items: list[str], class_names: list[str]) -> dict[str, Review]:
+    """``{item: Review}`` from a CSV with columns item, verdict, label. Every bad row raises
+    DatasetError naming the file, the row and what to change; an item may appear once."""
+    known, classes = set(items), set(class_names)
+    reviews: dict[str, Review] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{path}: no column {', '.join(missing)}; the header must be {','.join(COLUMNS)}")
+        for row_number, row in enumerate(reader, start=2):
+            where = f"{path}, row {row_number}"
+            item, verdict, label = (row[c].strip() for c in COLUMNS)
+            if item not in known:
+                raise DatasetError(f"{where}: item {item!r} is not in the data set (use the item names of scores.csv)")
+            if item in reviews:
+                raise DatasetError(f"{where}: item {item!r} has a verdict already; keep one row per item")
+            if verdict not in VERDICTS:
+                raise DatasetError(f"{where}: verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+            if verdict in ("confirmed", "relabeled") and label not in classes:
+                raise DatasetError(f"{where}: label {label!r} is not a class of the data set "
+                                   f"({', '.join(class_names)}); {verdict} needs the label after review")
+            reviews[item] = Review(verdict, label)
+    return reviews
+
+
+def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
+                  confirmed_weight: float) -> tuple[ImageDataset, np.ndarray]:
+    """The data set to analyse under ``reviews`` and which of its images were reviewed, (N',) bool.
+
+    Removed images are left out; relabeled ones take their new label; confirmed and relabeled
+    ones train with ``confirmed_weight``, ambiguous ones with 0. A confirmed label that is not
+    the image's label raises DatasetError (the label changed after the review).
+    """
+    labels, weights = dataset.labels.copy(), dataset.weights.copy()
+    reviewed, keep = np.zeros(len(dataset), bool), np.ones(len(dataset), bool)
+    index_of = {name: k for k, name in enumerate(dataset.class_names)}
+    for i, item in enumerate(dataset.items):
+        review = reviews.get(item)
+        if review is None:
+            continue
+        reviewed[i] = True
+        if review.verdict == "removed":
+            keep[i] = False
+        elif review.verdict == "ambiguous":
+            weights[i] = 0.0
+        else:
+            if review.verdict == "confirmed" and index_of[review.label] != labels[i]:
+                raise DatasetError(f"{item}: confirmed as {review.label!r} but labeled "
+                                   f"{dataset.class_names[labels[i]]!r}; give it as relabeled")
+            labels[i], weights[i] = index_of[review.label], confirmed_weight
+    if not keep.any():
+        raise DatasetError("every image is marked removed; nothing is left to analyse")
+    subset = dataclasses.replace(
+        dataset, items=[x for x, k in zip(dataset.items, keep) if k], images=dataset.images[keep],
+        labels=labels[keep], splits=dataset.splits[keep],
+        pixel_hashes=[h for h, k in zip(dataset.pixel_hashes, keep) if k], task_ids=dataset.task_ids[keep],
+        weights=weights[keep])
+    return subset, reviewed[keep]

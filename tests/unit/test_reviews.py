@@ -1,0 +1,80 @@
+"""Reviewers' verdicts as input to an analysis (``reviews``): the CSV and what each verdict does."""
+
+import numpy as np
+import pytest
+
+from ml_backend.dataset import ImageDataset
+from ml_backend.errors import DatasetError
+from ml_backend.reviews import Review, apply_reviews, read_verdicts
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def dataset(n=6) -> ImageDataset:
+    return ImageDataset(items=[f"i{k}" for k in range(n)], images=np.arange(n * 4, dtype=np.uint8).reshape(n, 2, 2, 1),
+                        labels=np.array([0, 1, 2, 0, 1, 2][:n]), class_names=CLASSES,
+                        splits=np.array(["train"] * n), pixel_hashes=[f"h{k}" for k in range(n)],
+                        task_ids=np.arange(10, 10 + n), weights=np.ones(n, np.float32))
+
+
+def write(tmp_path, text):
+    path = tmp_path / "verdicts.csv"
+    path.write_text(text)
+    return path
+
+
+def test_a_verdicts_csv_gives_one_review_per_item(tmp_path):
+    path = write(tmp_path, "item,verdict,label\ni0,confirmed,cat\ni1,relabeled,fox\ni2,removed,\ni3,ambiguous,\n")
+    assert read_verdicts(path, dataset().items, CLASSES) == {
+        "i0": Review("confirmed", "cat"), "i1": Review("relabeled", "fox"), "i2": Review("removed"),
+        "i3": Review("ambiguous")}
+
+
+@pytest.mark.parametrize("rows, words", [
+    ("i9,confirmed,cat", "row 2: item 'i9' is not in the data set"),
+    ("i0,confirmed,cat\ni0,removed,", "row 3: item 'i0' has a verdict already"),
+    ("i0,wrong,cat", "row 2: verdict 'wrong' is not one of confirmed, relabeled, removed, ambiguous"),
+    ("i0,relabeled,wolf", "row 2: label 'wolf' is not a class"),
+    ("i0,confirmed,", "row 2: label '' is not a class"),
+])
+def test_bad_rows_name_the_row_and_what_to_change(tmp_path, rows, words):
+    path = write(tmp_path, "item,verdict,label\n" + rows + "\n")
+    with pytest.raises(DatasetError, match=words):
+        read_verdicts(path, dataset().items, CLASSES)
+
+
+def test_a_missing_column_names_the_header(tmp_path):
+    with pytest.raises(DatasetError, match="no column label; the header must be item,verdict,label"):
+        read_verdicts(write(tmp_path, "item,verdict\ni0,removed\n"), dataset().items, CLASSES)
+
+
+def test_each_verdict_changes_what_the_analysis_trains_on():
+    data = dataset()
+    reviews = {"i0": Review("confirmed", "cat"), "i1": Review("relabeled", "fox"), "i2": Review("removed"),
+               "i3": Review("ambiguous")}
+    subset, reviewed = apply_reviews(data, reviews, confirmed_weight=2.0)
+    assert subset.items == ["i0", "i1", "i3", "i4", "i5"]  # removed: left out
+    assert subset.labels.tolist() == [0, 2, 0, 1, 2]  # relabeled: the new label
+    assert subset.weights.tolist() == [2.0, 2.0, 0.0, 1.0, 1.0]  # trusted; ambiguous out of training
+    assert reviewed.tolist() == [True, True, True, False, False]
+    assert subset.task_ids.tolist() == [10, 11, 13, 14, 15] and subset.pixel_hashes[2] == "h3"
+    assert subset.images.shape == (5, 2, 2, 1) and subset.images[2, 0, 0, 0] == data.images[3, 0, 0, 0]
+    assert data.labels.tolist() == [0, 1, 2, 0, 1, 2] and data.weights.tolist() == [1.0] * 6  # input untouched
+
+
+def test_a_confirmed_label_that_changed_since_and_an_all_removed_set_are_refused():
+    with pytest.raises(DatasetError, match="i1: confirmed as 'cat' but labeled 'dog'"):
+        apply_reviews(dataset(), {"i1": Review("confirmed", "cat")}, confirmed_weight=2.0)
+    with pytest.raises(DatasetError, match="every image is marked removed"):
+        apply_reviews(dataset(2), {"i0": Review("removed"), "i1": Review("removed")}, confirmed_weight=2.0)
+
+
+def test_the_service_turns_its_stored_verdicts_into_the_same_reviews():
+    from ml_backend.workflow import reviews_from_verdicts
+    stored = {"10": {"verdict": "kept", "label": "cat"}, "11": {"verdict": "relabeled_to_model", "label": "dog"},
+              "12": {"verdict": "relabeled_other", "label": "cat"},  # the label changed again since: stale
+              "13": {"verdict": "removed", "label": "cat"}, "14": {"verdict": "ambiguous", "label": "dog"},
+              "99": {"verdict": "kept", "label": "cat"}}  # a task no longer in the data set
+    assert reviews_from_verdicts(stored, dataset()) == {
+        "i0": Review("confirmed", "cat"), "i1": Review("relabeled", "dog"), "i3": Review("removed"),
+        "i4": Review("ambiguous")}
