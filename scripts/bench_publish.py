@@ -1,0 +1,72 @@
+"""Where publishing spends its time in a real Label Studio: bulk prediction import by request
+size, deleting a model version, and writing our fields on the flagged share of the tasks.
+
+    .venv/bin/python scripts/bench_publish.py --tasks 20000 --batches 1000 50000
+
+Starts its own Label Studio (from .venv-ls, SQLite) on 127.0.0.1 with a project of image-less
+tasks, and prints one table row per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from lsserver import LabelStudioServer  # noqa: E402
+
+from ml_backend.config import Settings  # noqa: E402
+from ml_backend.ls import client as client_module  # noqa: E402
+from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+
+CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+          '<Choice value="a"/><Choice value="b"/></Choices></View>')
+
+
+def prediction(task_id: int, version: str) -> dict:
+    return {"task": task_id, "score": 0.5, "model_version": version,
+            "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]}
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1000, client_module.PREDICTION_BATCH],
+                        help="predictions per import request")
+    parser.add_argument("--flagged", type=float, default=0.15, help="share of tasks that get our fields")
+    args = parser.parse_args()
+    with LabelStudioServer(data_dir=Path(tempfile.mkdtemp(prefix="bench-publish-"))) as ls:
+        client = LabelStudioClient(Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token))
+        pid = client.create_project("publish benchmark", CONFIG)
+        rows = []
+        ids: list[int] = []
+        rows.append((f"import {args.tasks} tasks", timed(lambda: ids.extend(
+            client.import_tasks(pid, [{"data": {"image": f"/x/{i}.png"}} for i in range(args.tasks)])))))
+        for batch in args.batches:
+            client_module.PREDICTION_BATCH = batch
+            version = f"deconfusion-bench-{batch}"
+            rows.append((f"create {len(ids)} predictions, {batch} per request",
+                         timed(lambda: client.create_predictions(pid, [prediction(t, version) for t in ids]))))
+            rows.append(("delete that model version", timed(lambda: client.delete_predictions(pid))))
+        flagged = {t: {"dc_error_score": 0.9, "dc_candidate": 1} for t in ids[:int(args.flagged * len(ids))]}
+        rows.append((f"write fields on {len(flagged)} tasks (re-read + PATCH each)",
+                     timed(lambda: client.sync_task_fields(pid, flagged))))
+    print("\n| step | seconds |\n|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
