@@ -30,6 +30,7 @@ from lsserver import LabelStudioServer, start_backend, wait_for_job  # noqa: E40
 
 from ml_backend.config import Settings  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.store import ProjectStore  # noqa: E402
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -115,12 +116,13 @@ def build_demo(args, ls: LabelStudioServer, settings: Settings, backend_url: str
               "annotations": [{"result": [{"from_name": "label", "to_name": "image", "type": "choices",
                                            "value": {"choices": [str(int(y))]}}]}]}
              for name, y, s in zip(names, noisy, split)]
-    client.import_tasks(pid, tasks)
+    task_ids = client.import_tasks(pid, tasks)
     backend_id = client.connect_ml_backend(pid, backend_url, "De-Confusion")
     client.ensure_webhook(pid, f"{backend_url}/webhook")
+    print(f"project {pid}: {len(tasks)} images imported; Start Training pressed", file=sys.stderr, flush=True)
     started = time.perf_counter()
     client.start_training(backend_id)
-    job = wait_for_job(backend_url, pid, timeout=1800)
+    job = wait_for_job(backend_url, pid, timeout=1800, on_progress=StageLog())
     views = {v["title"]: v["id"] for v in client.list_views(pid)}
     queue = views.get("De-Confusion: review queue")
     project = json.loads((Path(settings.model_dir) / "projects" / str(pid) / "project.json").read_text())
@@ -131,7 +133,39 @@ def build_demo(args, ls: LabelStudioServer, settings: Settings, backend_url: str
         "report": f"{backend_url}/report/{pid}",
         "planted": {"class_interpretation": len(planted["class_interpretation"]),
                     "instance": len(planted["instance"]), "duplicates": 3},
+        "found": found_against_planted(settings, pid, task_ids, planted, copies=[(0, len(tasks) - 3),
+                                       (1, len(tasks) - 2), (2, len(tasks) - 1)]),
     }
+
+
+class StageLog:
+    """Prints the job's stage, counts and ETA whenever the stage changes, and every 10 s within one."""
+
+    def __init__(self) -> None:
+        self.last: tuple[str, float] = ("", 0.0)
+
+    def __call__(self, job: dict) -> None:
+        stage, now = str(job.get("stage") or job.get("status")), time.monotonic()
+        if stage == self.last[0] and now - self.last[1] < 10:
+            return
+        self.last = (stage, now)
+        eta = job.get("eta_seconds")
+        counts = f" {job.get('done')}/{job.get('total')}" if job.get("total") else ""
+        print(f"  {stage}{counts}" + (f", about {eta:.0f} s left in this stage" if eta else ""),
+              file=sys.stderr, flush=True)
+
+
+def found_against_planted(settings: Settings, pid: int, task_ids: list[int], planted: dict,
+                          copies: list[tuple[int, int]]) -> dict:
+    """How many planted errors are review candidates and how many planted copies were paired."""
+    analysis = ProjectStore(settings.model_dir, pid).load_analysis()
+    index = analysis.index_of_task()
+    flagged = {int(analysis.task_ids[i]) for i in range(len(analysis)) if analysis.is_candidate[i]}
+    paired = {frozenset((int(analysis.task_ids[p["a"]]), int(analysis.task_ids[p["b"]]))) for p in analysis.duplicates}
+    in_queue = {kind: sum(task_ids[i] in flagged for i in members) for kind, members in planted.items()}
+    return {**{kind: f"{n}/{len(planted[kind])} in the review queue" for kind, n in in_queue.items()},
+            "duplicates": f"{sum(frozenset((task_ids[a], task_ids[b])) in paired for a, b in copies)}/{len(copies)} "
+                          f"paired", "candidates": len(flagged), "images": len(index)}
 
 
 def main() -> None:
@@ -147,6 +181,8 @@ def main() -> None:
     args = parser.parse_args()
     stop_on_signals()
 
+    print(f"starting Label Studio (:{args.ls_port}) and the backend (:{args.backend_port}) on 127.0.0.1",
+          file=sys.stderr, flush=True)
     # A personal access token, legacy tokens off; the admin's password is random per workdir.
     with LabelStudioServer(port=args.ls_port, data_dir=args.workdir / "label-studio",
                            files_root=args.workdir, legacy_token=False) as ls:

@@ -17,7 +17,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_VENV = Path(os.environ.get("LS_VENV", ROOT / ".venv-ls"))
@@ -173,8 +173,10 @@ def start_backend(settings, *, extra_env: dict[str, str] | None = None) -> Itera
         _stop(proc)
 
 
-def wait_for_job(backend_url: str, project_id: int, timeout: float = 1800) -> dict:
-    """Poll the backend's job status until the project's analysis has finished."""
+def wait_for_job(backend_url: str, project_id: int, timeout: float = 1800,
+                 on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Poll the backend's job status until the project's analysis has finished; ``on_progress``
+    gets each polled state (once a second)."""
     deadline = time.monotonic() + timeout
     job: dict = {}
     while time.monotonic() < deadline:
@@ -185,5 +187,7 @@ def wait_for_job(backend_url: str, project_id: int, timeout: float = 1800) -> di
             job = {}
         if job.get("status") in ("done", "failed", "interrupted") and not job.get("requested_again"):
             return job
+        if on_progress and job:
+            on_progress(job)
         time.sleep(1)
     raise TimeoutError(f"analysis of project {project_id} not finished after {timeout:.0f} s: {job}")
