@@ -17,7 +17,7 @@ from .config import add_cli_flags, configure_logging, settings_from_args
 from .errors import DeConfusionError
 
 TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "backbone_weights", "device", "batch_size",
-                  "ssim_threshold", "knn_k", "confirmed_weight"]
+                  "ssim_threshold", "knn_k", "confirmed_weight", "verifier"]
 SERVICE_FLAGS = ["host", "port", "model_dir", "label_studio_url", "label_studio_api_key", "redis_url",
                  "public_url", "log_level"]
 
@@ -57,8 +57,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     try:
         dataset = load_folder(args.root, progress=lambda done, total: bar("load", done, total))
         reviews = read_verdicts(args.verdicts, dataset.items, dataset.class_names) if args.verdicts else {}
-        dataset, reviewed = apply_reviews(dataset, reviews, settings.confirmed_weight)
-        analysis, ensemble = run_analysis(dataset, settings, progress=bar, reviewed=reviewed)
+        dataset, outcome = apply_reviews(dataset, reviews, settings.confirmed_weight)
+        analysis, ensemble = run_analysis(dataset, settings, progress=bar, reviews=outcome if reviews else None)
     finally:
         bar.close()
     save(analysis, out)

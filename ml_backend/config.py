@@ -72,6 +72,9 @@ class Settings:
         "DECONFUSION_RETRAIN_AFTER", 0, "Start a new analysis after this many new verdicts; 0 = only on request.")
     confirmed_weight: float = _setting(
         "DECONFUSION_CONFIRMED_WEIGHT", 2.0, "Training weight of images whose label a reviewer confirmed.")
+    verifier: int = _setting(
+        "DECONFUSION_VERIFIER", 1, "1: reviewers' verdicts re-rank the unreviewed images through a learned verifier "
+        "(used only when it validates on the verdicts); 0: verdicts only retrain.")
     max_cell_tabs: int = _setting("DECONFUSION_CELL_TABS", 5, "Data Manager tabs made for the leading cells.")
     # Downloads
     download_timeout: float = _setting("DOWNLOAD_TIMEOUT", 30.0, "Seconds per image download.")
@@ -101,6 +104,8 @@ class Settings:
             raise ValueError(f"epochs must be >= 0 (0 = automatic), got {self.epochs}")
         if not 0.0 < self.ssim_threshold <= 1.0:
             raise ValueError(f"ssim_threshold must be in (0, 1], got {self.ssim_threshold}")
+        if self.verifier not in (0, 1):
+            raise ValueError(f"verifier must be 0 or 1, got {self.verifier}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         views = self.backbone.split("+")

@@ -26,9 +26,11 @@ from .detectors.duplicates import find_duplicates, similar_images
 from .detectors.label_errors import consensus, error_scores, find_candidates, knn_disagreement
 from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import interpretation_members, mismatch_score, overview_cells, representatives
+from .detectors.verifier import verified_scores, verifier_evidence
 from .model import ModelSet, choose_views, cross_fit
 from .model.ensemble import is_pretrained
 from .model.fit import CrossFitResult
+from .reviews import ReviewOutcome
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ SALIENCY_BATCH = 256
 VIEW_WEIGHT = {"pretrained": 2.0, "small_cnn": 1.0}
 PRETRAINED_KNN_DIMS = 64  # wide pretrained features keep their classes in more PCA dimensions than a CNN's
 ANALYSIS_PARAMS = ("folds", "epochs", "seed", "backbone", "device", "batch_size", "ssim_threshold", "knn_k",
-                   "confirmed_weight", "backbone_weights")
+                   "confirmed_weight", "backbone_weights", "verifier")
 
 
 def new_model_version(prefix: str = "deconfusion") -> str:
@@ -59,11 +61,11 @@ def run_analysis(
     *,
     model_version: str | None = None,
     progress: Progress | None = None,
-    reviewed: np.ndarray | None = None,
+    reviews: ReviewOutcome | None = None,
 ) -> tuple[Analysis, ModelSet]:
     """Analyse ``dataset`` end to end; returns the artefact and the fitted fold models of every view.
-    ``reviewed`` (N,) bool marks images a reviewer decided (``reviews.apply_reviews``): they are
-    scored like any other but never candidates."""
+    ``reviews`` (from ``reviews.apply_reviews``): reviewed images are scored like any other but
+    are never candidates, and their verdicts re-rank the rest through the verifier."""
     progress = progress or _quiet
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -80,6 +82,12 @@ def run_analysis(
     lap("train")
 
     probs, scores, agreement, knn, evidence = _combine_views(fits, labels, settings)
+    reviewed = np.zeros(n, dtype=bool) if reviews is None else np.asarray(reviews.reviewed, dtype=bool)
+    if reviewed.shape != (n,):
+        raise ValueError(f"reviews must describe the {n} images of the data set; got {reviewed.shape[0]}")
+    verifier_weight = 0.0
+    if reviews is not None and settings.verifier:
+        scores, verifier_weight = _verify(fits, probs, scores, reviews, settings)
     predicted = probs.argmax(axis=1).astype(np.int64)
     mismatch = mismatch_score(probs, labels)
     models = ModelSet(ensembles)
@@ -97,9 +105,6 @@ def run_analysis(
     cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
     is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement,
                                                 systematic=interpretation_members(cells, labels, predicted))
-    reviewed = np.zeros(n, dtype=bool) if reviewed is None else np.asarray(reviewed, dtype=bool)
-    if reviewed.shape != (n,):
-        raise ValueError(f"reviewed must be an ({n},) bool array, one per image; got shape {reviewed.shape}")
     is_candidate &= ~reviewed
     map_xy = _inspection_maps(dataset, models, predicted, fits[0].fold_of, cells, settings.seed, progress)
     lap("maps")
@@ -113,7 +118,9 @@ def run_analysis(
         knn_disagreement=knn.astype(np.float32), consensus=agreement.astype(np.float32),
         duplicate_group=duplicate_group, neighbors=neighbors, map_xy=map_xy,
         representatives=representatives(probs, labels), thumbs=dataset.thumbnails(), cells=cells,
-        duplicates=pairs, summary={**summary, "reviewed": int(reviewed.sum())}, evidence=evidence, reviewed=reviewed,
+        duplicates=pairs, summary={**summary, "reviewed": int(reviewed.sum()),
+                                   "verifier_weight": round(verifier_weight, 4)},
+        evidence=evidence, reviewed=reviewed,
         params={**{k: v for k, v in asdict(settings).items() if k in ANALYSIS_PARAMS},
                 "backbone_used": "+".join(f.backbone for f in fits), "epochs_used": [f.epochs for f in fits]})
     return analysis, models
@@ -154,6 +161,22 @@ def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Set
     scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights,
                           knn_disagreement=knn, consensus=agreement, quality=quality)
     return probs, scores, agreement, knn, evidence
+
+
+def _verify(fits: list[CrossFitResult], probs: np.ndarray, scores: np.ndarray, reviews: ReviewOutcome,
+            settings: Settings) -> tuple[np.ndarray, float]:
+    """Error scores re-ranked by the verifier learned from the verdicts (``detectors.verifier``),
+    and its weight. Its evidence is computed for each image's label *before* review, as the
+    reviewer saw it: a relabeled image teaches what a wrong label looks like."""
+    given = np.asarray(reviews.given_labels, dtype=np.int64)
+    _, given_scores, given_agreement, given_knn, _ = _combine_views(fits, given, settings)
+    features = verifier_evidence(probs, given, given_scores, given_knn, given_agreement)
+    blended, weight = verified_scores(features, given_scores, reviews.verdicts, seed=settings.seed)
+    log.info("verifier: %d verdicts, weight %.2f", int((reviews.verdicts >= 0).sum()), weight)
+    if weight == 0:
+        return scores, 0.0
+    # Reviewed images keep the score of the label they have now; they are never candidates.
+    return np.where(reviews.reviewed, scores, blended), weight
 
 
 def _inspection_maps(dataset, ensemble, predicted, fold_of, cells, seed, progress) -> np.ndarray:

@@ -28,6 +28,21 @@ COLUMNS = ("item", "verdict", "label")
 
 
 @dataclass(frozen=True)
+class ReviewOutcome:
+    """What the reviews say about each image of the data set an analysis gets (N images).
+
+    reviewed : (N,) bool, a reviewer decided; never a candidate again.
+    verdicts : (N,) int8, 1 = the label was wrong (relabeled), 0 = right (confirmed), -1 = no
+        verdict on the label (unreviewed or ambiguous): what the verifier learns from.
+    given_labels : (N,) int64, each image's label before review.
+    """
+
+    reviewed: np.ndarray
+    verdicts: np.ndarray
+    given_labels: np.ndarray
+
+
+@dataclass(frozen=True)
 class Review:
     """One reviewer's verdict on one image; ``label`` is the label after review ('' when the
     verdict needs none: removed, ambiguous)."""
@@ -63,8 +78,8 @@ def read_verdicts(path: str | os.PathLike, items: list[str], class_names: list[s
 
 
 def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
-                  confirmed_weight: float) -> tuple[ImageDataset, np.ndarray]:
-    """The data set to analyse under ``reviews`` and which of its images were reviewed, (N',) bool.
+                  confirmed_weight: float) -> tuple[ImageDataset, ReviewOutcome]:
+    """The data set to analyse under ``reviews`` and what the reviews say about its images.
 
     Removed images are left out; relabeled ones take their new label; confirmed and relabeled
     ones train with ``confirmed_weight``, ambiguous ones with 0. A confirmed label that is not
@@ -72,6 +87,7 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
     """
     labels, weights = dataset.labels.copy(), dataset.weights.copy()
     reviewed, keep = np.zeros(len(dataset), bool), np.ones(len(dataset), bool)
+    verdicts = np.full(len(dataset), -1, dtype=np.int8)
     index_of = {name: k for k, name in enumerate(dataset.class_names)}
     for i, item in enumerate(dataset.items):
         review = reviews.get(item)
@@ -86,6 +102,7 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
             if review.verdict == "confirmed" and index_of[review.label] != labels[i]:
                 raise DatasetError(f"{item}: confirmed as {review.label!r} but labeled "
                                    f"{dataset.class_names[labels[i]]!r}; give it as relabeled")
+            verdicts[i] = int(index_of[review.label] != labels[i])
             labels[i], weights[i] = index_of[review.label], confirmed_weight
     if not keep.any():
         raise DatasetError("every image is marked removed; nothing is left to analyse")
@@ -94,4 +111,4 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
         labels=labels[keep], splits=dataset.splits[keep],
         pixel_hashes=[h for h, k in zip(dataset.pixel_hashes, keep) if k], task_ids=dataset.task_ids[keep],
         weights=weights[keep])
-    return subset, reviewed[keep]
+    return subset, ReviewOutcome(reviewed[keep], verdicts[keep], dataset.labels[keep])

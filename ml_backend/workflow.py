@@ -53,12 +53,12 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     dataset = build_dataset(records, class_names=spec.labels,
                             progress=lambda done, total: progress("decode", done, total))
     dataset.skipped[:0] = skipped
-    dataset, reviewed = apply_reviews(dataset, reviews_from_verdicts(store.verdicts(), dataset),
-                                      settings.confirmed_weight)
+    dataset, outcome = apply_reviews(dataset, reviews_from_verdicts(store.verdicts(), dataset),
+                                     settings.confirmed_weight)
 
     iteration = store.next_iteration()
     version = new_model_version(f"deconfusion-v{iteration}")
-    analysis, ensemble = run_analysis(dataset, settings, model_version=version, progress=progress, reviewed=reviewed)
+    analysis, ensemble = run_analysis(dataset, settings, model_version=version, progress=progress, reviews=outcome)
     folder = store.version_dir(version)
     save(analysis, folder)
     write_exports(analysis, folder)

@@ -143,25 +143,30 @@ def review_rounds(title: str, x, noisy, truth, split, *, rounds: int, share: flo
     def fixed_share(labels: np.ndarray) -> float:
         return float((errors & (labels == truth)).sum() / errors.sum())
 
-    def analyse(reviews: dict[str, Review]):
-        subset, reviewed = apply_reviews(data, reviews, Settings.from_env({}).confirmed_weight)
+    def analyse(reviews: dict[str, Review], verifier: int = 1):
+        subset, outcome = apply_reviews(data, reviews, Settings.from_env({}).confirmed_weight)
         start = time.perf_counter()
-        analysis, _ = run_analysis(subset, Settings.from_env({}), reviewed=reviewed)
-        return analysis, reviewed, time.perf_counter() - start
+        analysis, _ = run_analysis(subset, Settings.from_env({}, verifier=verifier), reviews=outcome)
+        return analysis, outcome.reviewed, time.perf_counter() - start
 
     first, reviewed, seconds = analyse({})
     static = noisy.copy()
     for i, label in look(first, reviewed, truth, rounds * budget, np.random.default_rng(0)).items():
         static[i] = label
     rows = [("static ranking", f"{rounds} x {share:.0%} on round 1's order", fixed_share(static), seconds)]
-    labels, reviews, analysis = noisy.copy(), {}, first
-    for r in range(1, rounds + 1):
-        if r > 1:
-            analysis, reviewed, seconds = analyse(reviews)
-        for i, label in look(analysis, reviewed, truth, budget, np.random.default_rng(r)).items():
-            reviews[data.items[i]] = Review("confirmed" if label == labels[i] else "relabeled", names[label])
-            labels[i] = label
-        rows.append((f"with verdicts, round {r}", f"{r} x {share:.0%}", fixed_share(labels), seconds))
+    for verifier in (0, 1):
+        labels, reviews, analysis = noisy.copy(), {}, first
+        for r in range(1, rounds + 1):
+            if r > 1:
+                analysis, reviewed, seconds = analyse(reviews, verifier)
+            for i, label in look(analysis, reviewed, truth, budget, np.random.default_rng(r)).items():
+                reviews[data.items[i]] = Review("confirmed" if label == labels[i] else "relabeled", names[label])
+                labels[i] = label
+            if r > 1 or not verifier:
+                how = "retrained" + (f" + verifier (weight {analysis.summary['verifier_weight']:.2f})"
+                                     if verifier else "")
+                rows.append((f"with verdicts, round {r}" + (f", {how}" if r > 1 else ""), f"{r} x {share:.0%}",
+                             fixed_share(labels), seconds))
     print(f"\n{title}: {len(x)} images, {int(errors.sum())} wrong labels\n")
     print("| ranking | looked at | wrong labels fixed | analysis time |")
     print("|---|---|---|---|")
@@ -181,6 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds:
         sets = [("CIFAR-10N aggre", args.cifar10n, lambda f: load_cifar10n(f, "aggre", seed=0)),
+                ("CIFAR-10N random1", args.cifar10n, lambda f: load_cifar10n(f, "random1", seed=0)),
                 ("Fashion-MNIST (our corruption)", args.fashion,
                  lambda f: corrupt(*load_set(f), FASHION_SWAPS, seed=0, limit=args.limit)),
                 ("MNIST (the paper's corruption)", args.mnist,

@@ -132,7 +132,9 @@ def test_verdicts_are_an_input_reviewed_images_train_as_decided_and_leave_the_ca
     assert after[fixed]["label"] == truth[fixed][0]
     assert [after[i]["reviewed"] for i in (fixed, kept)] == ["1", "1"]
     assert [after[i]["is_candidate"] for i in (fixed, kept)] == ["0", "0"]
-    assert json.loads((again / "summary.json").read_text())["reviewed"] == 3 - 1  # the removed one is not scored
+    summary = json.loads((again / "summary.json").read_text())
+    assert summary["reviewed"] == 3 - 1  # the removed one is not scored
+    assert summary["verifier_weight"] == 0.0  # two verdicts teach the verifier nothing: the ranking is the model's
 
 
 def test_an_analysis_with_every_image_confirmed_still_runs(analysed, tmp_path, capsys):

@@ -631,8 +631,8 @@ class LabelStudioClient:
     # --- our task fields ------------------------------------------------------------------------
     # Label Studio replaces ``data`` wholesale on PATCH and offers no conditional write, so every
     # write re-reads its task right before it and sends back the user's keys as just read: an edit
-    # made while we publish (minutes for a big project) is kept. What is left is the few
-    # milliseconds between that GET and the PATCH; an export is only used to pick the tasks to touch.
+    # made while we publish (minutes for a big project) is kept. What is left is one request's
+    # latency between that GET and the PATCH; an export is only used to pick the tasks to touch.
     def update_task_data(self, task_id: int, fields: Mapping[str, Any], *, prefix: str = OWN_PREFIX) -> bool:
         """Add or replace our ``prefix`` keys in a task's data, keeping every user key as it is.
         Returns whether the task changed."""

@@ -52,11 +52,13 @@ def test_each_verdict_changes_what_the_analysis_trains_on():
     data = dataset()
     reviews = {"i0": Review("confirmed", "cat"), "i1": Review("relabeled", "fox"), "i2": Review("removed"),
                "i3": Review("ambiguous")}
-    subset, reviewed = apply_reviews(data, reviews, confirmed_weight=2.0)
+    subset, outcome = apply_reviews(data, reviews, confirmed_weight=2.0)
     assert subset.items == ["i0", "i1", "i3", "i4", "i5"]  # removed: left out
     assert subset.labels.tolist() == [0, 2, 0, 1, 2]  # relabeled: the new label
     assert subset.weights.tolist() == [2.0, 2.0, 0.0, 1.0, 1.0]  # trusted; ambiguous out of training
-    assert reviewed.tolist() == [True, True, True, False, False]
+    assert outcome.reviewed.tolist() == [True, True, True, False, False]
+    assert outcome.verdicts.tolist() == [0, 1, -1, -1, -1]  # right, wrong, no verdict on the label
+    assert outcome.given_labels.tolist() == [0, 1, 0, 1, 2]  # as labeled before the review
     assert subset.task_ids.tolist() == [10, 11, 13, 14, 15] and subset.pixel_hashes[2] == "h3"
     assert subset.images.shape == (5, 2, 2, 1) and subset.images[2, 0, 0, 0] == data.images[3, 0, 0, 0]
     assert data.labels.tolist() == [0, 1, 2, 0, 1, 2] and data.weights.tolist() == [1.0] * 6  # input untouched

@@ -1,0 +1,52 @@
+"""The verifier learned from reviewers' verdicts: it helps only where it validates."""
+
+import numpy as np
+import pytest
+
+from ml_backend.detectors.verifier import MIN_EACH, verified_scores, verifier_evidence
+
+
+def project(seed=0, n=3000):
+    """Base scores that cannot tell two kinds of disagreement apart; a feature that can."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 2, n)  # kind 1: disagreements that are real errors here
+    wrong = (rng.random(n) < np.where(kind == 1, 0.8, 0.1)).astype(int)
+    base = np.clip(0.5 + 0.1 * rng.normal(size=n), 0, 1)
+    evidence = np.column_stack([kind + 0.3 * rng.normal(size=n), rng.normal(size=n)])
+    return evidence, base, wrong
+
+
+def test_verdicts_teach_which_disagreements_are_errors_and_rerank_the_rest():
+    evidence, base, wrong = project()
+    verdicts = np.full(len(base), -1)
+    verdicts[:400] = wrong[:400]  # 400 reviewed
+    scores, weight = verified_scores(evidence, base, verdicts)
+    rest = slice(400, None)
+    top = lambda s: wrong[rest][np.argsort(-s[rest])[:500]].mean()  # noqa: E731
+    assert 0 < weight <= 0.5 and top(scores) > top(base) + 0.15
+    assert scores.min() >= 0 and scores.max() <= 1
+
+
+@pytest.mark.parametrize("reviewed", [2 * MIN_EACH - 2, 400])
+def test_too_few_verdicts_of_a_kind_or_a_verifier_that_does_not_validate_change_nothing(reviewed):
+    evidence, base, wrong = project()
+    verdicts = np.full(len(base), -1)
+    if reviewed == 400:  # enough verdicts, but the evidence carries nothing about them
+        evidence = np.random.default_rng(1).normal(size=evidence.shape)
+        base = np.clip(0.5 + 0.3 * (wrong - 0.5) + 0.05 * np.random.default_rng(2).normal(size=len(base)), 0, 1)
+        verdicts[:reviewed] = wrong[:reviewed]
+    else:  # all but one kind: too few right labels to learn from
+        verdicts[:reviewed] = 1
+        verdicts[reviewed:reviewed + MIN_EACH - 1] = 0
+    scores, weight = verified_scores(evidence, base, verdicts)
+    assert weight == 0.0 and np.array_equal(scores, base.astype(np.float32))
+
+
+def test_evidence_has_the_error_terms_probabilities_and_both_classes_one_hot():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    x = verifier_evidence(probs, np.array([1, 1]), np.array([0.8, 0.1]), np.array([0.5, 0.0]), np.array([1.0, 0.0]))
+    assert x.shape == (2, 7 + 2 * 3)
+    assert x[0, :6].tolist() == pytest.approx([0.8, 0.5, 1.0, 0.2, 0.7, 0.5])  # p_label, p_max, margin
+    assert x[0, 7:].tolist() == [0, 1, 0, 1, 0, 0]  # label 1, predicted 0
+    with pytest.raises(ValueError, match="verdicts"):
+        verified_scores(x, np.array([0.8, 0.1]), np.array([2, 0]))
