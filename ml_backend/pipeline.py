@@ -26,7 +26,7 @@ from .detectors.duplicates import find_duplicates, similar_images
 from .detectors.label_errors import consensus, error_scores, find_candidates, knn_disagreement
 from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import interpretation_members, mismatch_score, overview_cells, representatives
-from .detectors.verifier import verified_scores, verifier_evidence
+from .detectors.verifier import enough_verdicts, verified_scores, verifier_evidence
 from .model import ModelSet, choose_views, cross_fit
 from .model.ensemble import is_pretrained
 from .model.fit import CrossFitResult
@@ -168,6 +168,8 @@ def _verify(fits: list[CrossFitResult], probs: np.ndarray, scores: np.ndarray, r
     """Error scores re-ranked by the verifier learned from the verdicts (``detectors.verifier``),
     and its weight. Its evidence is computed for each image's label *before* review, as the
     reviewer saw it: a relabeled image teaches what a wrong label looks like."""
+    if not enough_verdicts(reviews.verdicts):  # skip the given-label evidence: it could not be used
+        return scores, 0.0
     given = np.asarray(reviews.given_labels, dtype=np.int64)
     _, given_scores, given_agreement, given_knn, _ = _combine_views(fits, given, settings)
     features = verifier_evidence(probs, given, given_scores, given_knn, given_agreement)

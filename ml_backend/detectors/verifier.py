@@ -20,6 +20,12 @@ L2 = 10.0  # ridge penalty on standardised features (few verdicts, many correlat
 FOLDS = 5  # folds of the reviewed images that validate the verifier before it is used
 
 
+def enough_verdicts(verdicts: np.ndarray) -> bool:
+    """Whether ``verdicts`` ((N,) in {-1, 0, 1}) hold MIN_EACH of each kind, wrong and right."""
+    verdicts = np.asarray(verdicts)
+    return min(int((verdicts == 1).sum()), int((verdicts == 0).sum())) >= MIN_EACH
+
+
 def verifier_evidence(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.ndarray,
                       knn_disagreement: np.ndarray, consensus: np.ndarray) -> np.ndarray:
     """(N, 7 + 2K) features of each image's label for the verifier: the error score and its
@@ -76,10 +82,10 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
     verdicts = np.asarray(verdicts)
     if verdicts.shape != (n,) or not np.isin(verdicts, (-1, 0, 1)).all():
         fail("verdicts", caller, f"an ({n},) array of -1, 0 and 1", f"shape {verdicts.shape}")
+    if not enough_verdicts(verdicts):
+        return base.astype(np.float32), 0.0
     known = np.flatnonzero(verdicts >= 0)
     wrong = verdicts[known].astype(np.float64)
-    if min(wrong.sum(), len(wrong) - wrong.sum()) < MIN_EACH:
-        return base.astype(np.float32), 0.0
     z = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
     if _out_of_fold_auc(z[known], wrong, seed) <= _auc(base[known], wrong):
         return base.astype(np.float32), 0.0
