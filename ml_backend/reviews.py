@@ -106,9 +106,12 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
             labels[i], weights[i] = index_of[review.label], confirmed_weight
     if not keep.any():
         raise DatasetError("every image is marked removed; nothing is left to analyse")
+    outcome = ReviewOutcome(reviewed[keep], verdicts[keep], dataset.labels[keep])
+    if keep.all():  # the images stay shared: copying them would double the largest array for nothing
+        return dataclasses.replace(dataset, labels=labels, weights=weights), outcome
     subset = dataclasses.replace(
         dataset, items=[x for x, k in zip(dataset.items, keep) if k], images=dataset.images[keep],
         labels=labels[keep], splits=dataset.splits[keep],
         pixel_hashes=[h for h, k in zip(dataset.pixel_hashes, keep) if k], task_ids=dataset.task_ids[keep],
         weights=weights[keep])
-    return subset, ReviewOutcome(reviewed[keep], verdicts[keep], dataset.labels[keep])
+    return subset, outcome
