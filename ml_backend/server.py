@@ -91,20 +91,26 @@ def project_id_of(value: Any) -> int:
     """Label Studio names a project as ``"<id>.<created timestamp>"``, an id, or a dict with ``id``."""
     if isinstance(value, Mapping):
         value = value.get("id")
-    if isinstance(value, str) and _PROJECT_NAME.fullmatch(value):
-        return int(value.split(".", 1)[0])
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    raise ValueError(f"'project' must be a positive project id like 12 or '12.1700000000', got {value!r}")
+    found = _positive_id(value.split(".", 1)[0] if isinstance(value, str) and _PROJECT_NAME.fullmatch(value)
+                         else value)
+    if found is None:
+        raise ValueError(f"'project' must be a positive project id like 12 or '12.1700000000', got {value!r}")
+    return found
 
 
 def object_id_of(value: Any, what: str) -> int:
     """A task or annotation id: a positive integer (or its digits as text); 1.5, "1.5", True raise."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    found = _positive_id(value)
+    if found is None:
+        raise ValueError(f"{what} must be a positive integer id, got {value!r}")
+    return found
+
+
+def _positive_id(value: Any) -> int | None:
+    """``value`` as a positive integer id when it is one (an int, not a bool, or its digits as text)."""
     if isinstance(value, str) and _ID_TEXT.fullmatch(value):
         return int(value)
-    raise ValueError(f"{what} must be a positive integer id, got {value!r}")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def annotation_ids_of(action: str, data: Mapping[str, Any]) -> list[int]:
