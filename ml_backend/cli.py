@@ -76,21 +76,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .service import serve
+    from .service.entrypoints import serve
 
     serve(settings_from_args(args))
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .service import run_worker
+    from .service.entrypoints import run_worker
 
     run_worker(settings_from_args(args))
     return 0
 
 
 def cmd_unpublish(args: argparse.Namespace) -> int:
-    from .workflow import unpublish_project
+    from .publish import unpublish_project
 
     print(json.dumps(unpublish_project(args.project, settings_from_args(args)), indent=1))
     return 0

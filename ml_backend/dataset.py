@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import DatasetError, UnreadableImage
+from .vocabulary import SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
 PROGRESS_EVERY = 500  # images decoded between progress reports
 MIN_SIDE = 8  # smaller images carry no usable content (1x1 tracking pixels, icons)
 MAX_WORKING_SIDE = 160  # cap for the working copy; photos are resized, small images kept

@@ -11,7 +11,6 @@ import platform
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Callable
 
 import cleanlab
 import numpy as np
@@ -31,12 +30,12 @@ from .model import ModelSet, choose_views, cross_fit
 from .model.ensemble import is_pretrained
 from .model.fit import CrossFitResult
 from .reviews import ReviewOutcome
+from .vocabulary import VERSION_PREFIX, Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 SIMILAR_PER_IMAGE = 5
-SALIENCY_BATCH = 256
+MAPS_BATCH = 256  # misclassified images whose saliency is computed and reduced together
 # Weight of each view in the combined probabilities and label quality: on CIFAR-10N photos the
 # pretrained view alone ranks errors with AP 0.60 and the small CNN 0.43; 2:1 ranked better
 # than 1:1 (0.628 vs 0.619, measured offline with self-confidence as the label quality).
@@ -46,7 +45,7 @@ ANALYSIS_PARAMS = ("folds", "epochs", "seed", "backbone", "device", "batch_size"
                    "confirmed_weight", "backbone_weights", "verifier")
 
 
-def new_model_version(prefix: str = "deconfusion") -> str:
+def new_model_version(prefix: str = VERSION_PREFIX) -> str:
     """A sortable, unique-enough version tag: every published object carries it."""
     return f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
@@ -188,12 +187,12 @@ def _inspection_maps(dataset, ensemble, predicted, fold_of, cells, seed, progres
     if off_diagonal.size == 0:
         return map_xy
     features = np.empty((len(dataset),), dtype=object)
-    for start in range(0, off_diagonal.size, SALIENCY_BATCH):
-        batch = off_diagonal[start:start + SALIENCY_BATCH]
+    for start in range(0, off_diagonal.size, MAPS_BATCH):
+        batch = off_diagonal[start:start + MAPS_BATCH]
         saliency = ensemble.saliency(dataset.images[batch], predicted[batch], folds=fold_of[batch])
         for i, row in zip(batch, saliency_features(saliency)):
             features[i] = row
-        progress("saliency", min(start + SALIENCY_BATCH, off_diagonal.size), off_diagonal.size)
+        progress("saliency", min(start + MAPS_BATCH, off_diagonal.size), off_diagonal.size)
     for done, cell in enumerate(cells, 1):
         members = np.flatnonzero((dataset.labels == cell["label"]) & (predicted == cell["predicted"]))
         map_xy[members] = cell_map(np.stack(features[members]), seed=seed)

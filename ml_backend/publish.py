@@ -1,5 +1,8 @@
-"""Map an Analysis to what Label Studio shows: predictions, our ``dc_`` task fields and
-Data Manager tabs. Pure functions here; writes go through ``ls.client`` in ``workflow``.
+"""Publish an Analysis to Label Studio: predictions, our ``dc_`` task fields, Data Manager tabs
+and the overview project (:func:`publish_analysis`), and take it all out again
+(:func:`unpublish_project`). The mapping from an analysis to those objects is pure functions
+(:func:`prediction`, :func:`task_fields`, :func:`data_manager_tabs`, ...); the writes go through
+``ls.client``.
 
 Everything written carries the analysis' model version and can be removed again:
 predictions by model version, task fields by their ``dc_`` prefix, tabs by title prefix.
@@ -7,23 +10,28 @@ predictions by model version, task fields by their ``dc_`` prefix, tabs by title
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Callable
+from urllib.parse import urlencode
 
 import numpy as np
 
 from .analysis import Analysis
+from .config import Settings
+from .ls.client import LabelStudioClient
 from .ls.schema import ClassSpec
+from .store import ProjectStore
+from .views.overview import all_clear_task_html, cell_task_html
+from .views.review import evidence_html
+from .vocabulary import FIELD_PREFIX, REVIEW_QUEUE_TAB, TAB_PREFIX, Progress, Verdict
 
-FIELD_PREFIX = "dc_"
-VIEW_PREFIX = "De-Confusion"
-REVIEW_QUEUE = f"{VIEW_PREFIX}: review queue"
-VERDICT_LABELS = {
-    "kept": "Keep human label",
-    "relabeled_to_model": "Take model label",
-    "relabeled_other": "Other label",
-    "removed": "Remove (duplicate/unusable)",
-    "ambiguous": "Ambiguous",
-}
+log = logging.getLogger(__name__)
+
+OVERVIEW_SUFFIX = " · De-Confusion overview"
+OVERVIEW_CONFIG = Path(__file__).resolve().parent.parent / "label_studio_config" / "overview.xml"
+OVERVIEW_MARKER = 'name="dc_cell_status"'  # a control only our overview config has
+
 NUMERIC_FIELDS = ("dc_error_score", "dc_candidate", "dc_unreviewed", "dc_duplicate", "dc_duplicate_group",
                   "dc_similarity", "dc_leakage", "dc_excluded", "dc_p_suggested")
 DUPLICATE_ORDER = "dc_duplicate_group"  # groups numbered closest copies first (see duplicate_groups)
@@ -69,7 +77,7 @@ def task_fields(analysis: Analysis, i: int, *, leakage: set[int], groups: dict[i
         "dc_similarity": round(similarity, 4),
         "dc_leakage": int(i in leakage),
         "dc_reviewed": reviewed,
-        "dc_excluded": int(reviewed == "removed"),
+        "dc_excluded": int(reviewed == Verdict.REMOVED),
         "dc_version": analysis.model_version,
         "dc_evidence": evidence,
     }
@@ -112,11 +120,11 @@ def desired_fields(
     return wanted
 
 
-def cell_views(analysis: Analysis, *, max_tabs: int) -> list[dict]:
+def cell_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
     """Tabs for the leading cells, in the overview's reading order weighted by count."""
     leading = sorted(analysis.cells, key=lambda c: -c["count"])[:max_tabs]
     return [{
-        "title": f"{VIEW_PREFIX}: {analysis.class_names[c['label']]} → {analysis.class_names[c['predicted']]} "
+        "title": f"{TAB_PREFIX}: {analysis.class_names[c['label']]} → {analysis.class_names[c['predicted']]} "
                  f"({c['count']})",
         # Reviewed images leave the cell too (the paper's decluttering), so "select all" in a
         # cell tab never overrides a reviewer's verdict. A number, not "dc_reviewed is empty":
@@ -128,16 +136,16 @@ def cell_views(analysis: Analysis, *, max_tabs: int) -> list[dict]:
     } for c in leading]
 
 
-def views(analysis: Analysis, *, max_tabs: int) -> list[dict]:
+def data_manager_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
     """Every Data Manager tab an analysis publishes, review queue first."""
     return [
-        {"title": REVIEW_QUEUE, "filters": [("dc_candidate", "equal", "Number", 1)], "ordering": "-dc_error_score"},
-        *cell_views(analysis, max_tabs=max_tabs),
-        {"title": f"{VIEW_PREFIX}: duplicates", "filters": [("dc_duplicate", "equal", "Number", 1)],
+        {"title": REVIEW_QUEUE_TAB, "filters": [("dc_candidate", "equal", "Number", 1)], "ordering": "-dc_error_score"},
+        *cell_tabs(analysis, max_tabs=max_tabs),
+        {"title": f"{TAB_PREFIX}: duplicates", "filters": [("dc_duplicate", "equal", "Number", 1)],
          "ordering": DUPLICATE_ORDER},
-        {"title": f"{VIEW_PREFIX}: train/val leakage", "filters": [("dc_leakage", "equal", "Number", 1)],
+        {"title": f"{TAB_PREFIX}: train/val leakage", "filters": [("dc_leakage", "equal", "Number", 1)],
          "ordering": DUPLICATE_ORDER},
-        {"title": f"{VIEW_PREFIX}: excluded", "filters": [("dc_excluded", "equal", "Number", 1)],
+        {"title": f"{TAB_PREFIX}: excluded", "filters": [("dc_excluded", "equal", "Number", 1)],
          "ordering": "-dc_error_score"},
     ]
 
@@ -158,3 +166,106 @@ def per_class_error_rate(analysis: Analysis) -> dict[str, float]:
 def unreviewed_candidates(analysis: Analysis, verdicts: dict[str, dict]) -> np.ndarray:
     reviewed = np.array([str(int(t)) in verdicts for t in analysis.task_ids], dtype=bool)
     return analysis.is_candidate & ~reviewed
+
+
+# --- writes to Label Studio ---------------------------------------------------------------
+
+def image_url(settings: Settings, project_id: int, version: str) -> Callable[[str, dict], str]:
+    base = f"{settings.backend_url}/evidence/{project_id}/{version}"
+    return lambda kind, params: f"{base}/{kind}.png?{urlencode(params)}"
+
+
+def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, spec: ClassSpec,
+                     analysis: Analysis, settings: Settings, store: ProjectStore, progress: Progress) -> None:
+    """Predictions, task fields, tabs and the overview project for ``analysis``; replaces older versions'."""
+    labeled = np.flatnonzero(analysis.task_ids >= 0)
+    progress("publish", 0, 4)
+    client.create_predictions(project_id, [prediction(analysis, i, spec) for i in labeled])
+    client.delete_predictions(project_id, keep_version=analysis.model_version)
+    progress("publish", 1, 4)
+
+    urls = image_url(settings, project_id, analysis.model_version)
+    verdicts = store.verdicts()
+    wanted = desired_fields(
+        analysis, verdicts, lambda i: evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i)
+        else "")
+    client.sync_task_fields(project_id, wanted, prefix=FIELD_PREFIX)
+    progress("publish", 2, 4)
+
+    client.delete_views(project_id, TAB_PREFIX)
+    tab_ids = {}
+    for view in data_manager_tabs(analysis, max_tabs=settings.max_cell_tabs):
+        tab_ids[view.get("cell", view["title"])] = client.create_view(
+            project_id, view["title"], view["filters"], view["ordering"], numeric_fields=NUMERIC_FIELDS)
+    store.update_project_info(tabs={str(k): v for k, v in tab_ids.items()})
+    progress("publish", 3, 4)
+
+    publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls)
+    progress("publish", 4, 4)
+
+
+def unpublish_project(project_id: int, settings: Settings) -> dict:
+    """Take everything the backend wrote out of Label Studio again: our predictions (every
+    ``deconfusion`` model version), our ``dc_`` task fields, our tabs and the overview project.
+    Annotations, the user's task data and other models' predictions stay; the analyses stay on
+    disk under MODEL_DIR. Returns what was removed."""
+    with LabelStudioClient(settings) as client:
+        return _unpublish(client, project_id, ProjectStore(settings.model_dir, project_id))
+
+
+def _unpublish(client: LabelStudioClient, project_id: int, store: ProjectStore) -> dict:
+    client.get_project(project_id)  # a clear error for a wrong id before anything changes
+    # Fields first: each field write re-reads its task, and Label Studio answers a read of a task
+    # without predictions by asking the connected backend for one, which would come back.
+    fields = client.sync_task_fields(project_id, {}, prefix=FIELD_PREFIX)
+    versions = client.delete_predictions(project_id)
+    tabs = client.delete_views(project_id, TAB_PREFIX)
+    overview_id = store.project_info().get("overview_project")
+    if _is_our_overview(client, overview_id):
+        client.delete_project(overview_id)
+    else:
+        overview_id = None
+    store.update_project_info(overview_project=None, tabs={})
+    removed = {"prediction_versions": versions, "tasks_cleaned": fields, "tabs": tabs,
+               "overview_project": overview_id}
+    log.info("project %s: unpublished %s", project_id, removed)
+    return removed
+
+
+def _is_our_overview(client: LabelStudioClient, project_id: int | None) -> bool:
+    """Whether ``project_id`` is still the overview project the backend made. Its tasks get
+    replaced and unpublish deletes it, so a stale id (a Label Studio database restored or
+    reset, ids reused) must never reach a user's project: the config must be ours."""
+    project = None if project_id is None else client.find_project(project_id)
+    return project is not None and OVERVIEW_MARKER in (project.get("label_config") or "")
+
+
+def publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls) -> int:
+    """The companion project: one task per overview cell, in the paper's reading order."""
+    info = store.project_info()
+    overview_id = info.get("overview_project")
+    if not _is_our_overview(client, overview_id):
+        overview_id = client.create_project(project.get("title", f"Project {project_id}") + OVERVIEW_SUFFIX,
+                                            OVERVIEW_CONFIG.read_text())
+        # The paper's reading order, with the cell's HTML only in the labeling view, not as a column.
+        client.create_view(overview_id, f"{TAB_PREFIX}: overview", ordering="dc_order",
+                           hidden_columns={"explore": ["tasks:data.html"], "labeling": []},
+                           numeric_fields=("dc_order", "dc_count"))
+        store.update_project_info(overview_project=overview_id)
+    queue = f"{settings.label_studio_url.rstrip('/')}/projects/{project_id}/data?tab={tab_ids[REVIEW_QUEUE_TAB]}"
+
+    def tab_url(cell: dict) -> str:
+        view_id = tab_ids.get((cell["label"], cell["predicted"]))
+        return queue if view_id is None else queue.rsplit("=", 1)[0] + f"={view_id}"
+
+    report = f"{settings.backend_url}/report/{project_id}"
+    tasks = [{"html": cell_task_html(analysis, cell, image_url=urls, tab_url=tab_url),
+              "dc_order": order, "dc_cell": analysis.cell_name_of(cell["label"], cell["predicted"]),
+              "dc_count": cell["count"], "dc_version": analysis.model_version, "dc_report": report}
+             for order, cell in enumerate(analysis.cells)]
+    if not tasks:
+        tasks = [{"html": all_clear_task_html(analysis), "dc_order": 0, "dc_cell": "No disagreements",
+                  "dc_count": 0, "dc_version": analysis.model_version, "dc_report": report}]
+    # The overview project belongs to the backend: its cell tasks are replaced on every analysis.
+    client.replace_tasks(overview_id, tasks)
+    return overview_id

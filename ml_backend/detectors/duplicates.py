@@ -21,9 +21,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._checks import array_checked, fail, float_checked, int_checked, length_checked
+from ..vocabulary import SPLITS
 from ._neighbors import neighbours, pca_reduce
 
-SPLITS = ("train", "val")
 SSIM_WINDOW = 7  # scikit-image's default win_size
 SSIM_PIXELS_PER_CHUNK = 1_000_000  # pixel values per batch of pairs: ~4 MB per int32, ~8 MB per float64 array
 SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]

@@ -14,8 +14,8 @@ from label_studio_sdk._legacy.exceptions import LabelStudioXMLSyntaxErrorSentryI
 from label_studio_sdk.label_interface import LabelInterface
 
 from ..errors import LabelConfigError
+from ..vocabulary import FIELD_PREFIX as OWN_PREFIX
 
-OWN_PREFIX = "dc_"
 SINGLE_CHOICE = ("single", "single-radio")
 WHERE = "Project Settings → Labeling Interface → Code"
 

@@ -25,7 +25,7 @@ FORMAT = "deconfusion-ensemble"
 FORMAT_VERSION = 2  # 2: pretrained backbones store their name, input side and width
 BACKBONES = ("small_cnn", *PRETRAINED)  # plus 'torchvision:<arch>' and 'hub:<repo>:<model>'
 INFERENCE_BATCH = {"small_cnn": 1024, "pretrained": 32}  # images per forward pass
-SALIENCY_BATCH = {"small_cnn": 256, "pretrained": 8}  # backward through 224 px is memory-hungry
+SALIENCY_BATCH_BY_KIND = {"small_cnn": 256, "pretrained": 8}  # backward through 224 px is memory-hungry
 
 
 def is_pretrained(backbone: str) -> bool:
@@ -153,7 +153,7 @@ class Ensemble:
         targets = self._check_index("targets", targets, len(images), self.num_classes)
         folds = self._check_index("folds", folds, len(images), self.folds)
         out = np.zeros(images.shape, dtype=np.float32)
-        step = SALIENCY_BATCH[backbone_kind(self.backbone)]
+        step = SALIENCY_BATCH_BY_KIND[backbone_kind(self.backbone)]
         for f in np.unique(folds):
             rows = np.flatnonzero(folds == f)
             for start in range(0, len(rows), step):

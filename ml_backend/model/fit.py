@@ -38,12 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..vocabulary import Progress
 from .ensemble import INFERENCE_BATCH, Ensemble, check_backbone, is_pretrained, resolve_device, to_tensor
 from .nets import SMALL_IMAGE_SIDE, FeatureHead, HeadOnFeatures, PretrainedFeatures, SmallCNN, input_side
 
 log = logging.getLogger("ml_backend.model")
 
-Progress = Callable[[str, int, int], None]
 DEFAULT_PRETRAINED = "efficientnet_lite0"  # Lite1/Lite2 cost 1.5x the time for no better CIFAR features
 SMALL_CNN_SAMPLES = 150_000  # training images seen per fold model (auto epochs)
 SMALL_CNN_EPOCHS = (3, 40)

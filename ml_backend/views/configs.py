@@ -23,12 +23,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from ..errors import LabelConfigError
+from ..vocabulary import EVIDENCE_FIELD, FIELD_PREFIX, REVIEW_PANEL_ID, VERDICT_CONTROL, Verdict
 
 BEGIN, END = "<!-- de-confusion:begin -->", "<!-- de-confusion:end -->"
-PANEL_ID = "dc_review_panel"
-VERDICT_NAME = "dc_verdict"
-EVIDENCE_FIELD = "dc_evidence"
-VERDICTS = ("Keep human label", "Take model label", "Other label", "Remove (duplicate/unusable)", "Ambiguous")
 EVIDENCE_TAGS = ("Markdown", "HyperText")
 _ROOT_CLOSE = re.compile(r"</View>(?=\s*(?:<!--.*?-->\s*)*\Z)", re.S)
 
@@ -55,14 +52,14 @@ def panel(image_name: str, *, evidence_tag: str = "Markdown") -> str:
     evidence = (f'<Markdown value="${EVIDENCE_FIELD}"/>' if evidence_tag == "Markdown" else
                 f'<HyperText name="{EVIDENCE_FIELD}" value="${EVIDENCE_FIELD}" inline="true" '
                 'selectionEnabled="false" clickableLinks="true"/>')
-    choices = "\n".join(f'      <Choice value="{html.escape(v)}"/>' for v in VERDICTS)
+    choices = "\n".join(f'      <Choice value="{html.escape(v)}"/>' for v in (verdict.choice for verdict in Verdict))
     return (f'{BEGIN}\n'
-            f'  <View idAttr="{PANEL_ID}" style="margin-top:12px;padding:8px 12px;border-top:3px solid #2962ff;'
+            f'  <View idAttr="{REVIEW_PANEL_ID}" style="margin-top:12px;padding:8px 12px;border-top:3px solid #2962ff;'
             'background:#fafbff">\n'
             '    <Header value="De-Confusion: why this image was flagged" size="5"/>\n'
             f'    {evidence}\n'
             '    <Header value="Your verdict (if the label is wrong, also fix it above)" size="6"/>\n'
-            f'    <Choices name="{VERDICT_NAME}" toName="{html.escape(image_name, quote=True)}" choice="single" '
+            f'    <Choices name="{VERDICT_CONTROL}" toName="{html.escape(image_name, quote=True)}" choice="single" '
             'showInline="true">\n'
             f'{choices}\n'
             '    </Choices>\n'
@@ -71,7 +68,7 @@ def panel(image_name: str, *, evidence_tag: str = "Markdown") -> str:
 
 
 def _installed_without_markers(root: ET.Element) -> bool:
-    return any(el.get("name") == VERDICT_NAME or el.get("idAttr") == PANEL_ID for el in root.iter())
+    return any(el.get("name") == VERDICT_CONTROL or el.get("idAttr") == REVIEW_PANEL_ID for el in root.iter())
 
 
 def review_config(original_xml: str, *, evidence_tag: str = "Markdown") -> str:
@@ -118,7 +115,7 @@ def remove_review_config(xml: str) -> str:
 
 
 def _ours(el: ET.Element) -> bool:
-    return (el.get("idAttr") == PANEL_ID or str(el.get("name", "")).startswith("dc_")
+    return (el.get("idAttr") == REVIEW_PANEL_ID or str(el.get("name", "")).startswith(FIELD_PREFIX)
             or el.get("value") == f"${EVIDENCE_FIELD}")
 
 

@@ -1,7 +1,7 @@
 """The project manager's progress report: how the data set improves from iteration to iteration.
 
 ``history`` is a list of dicts, one per analysis (iteration), oldest first, as
-``workflow.history_entry`` writes them into the project store's ``history.json``:
+``service.analyze.history_entry`` writes them into the project store's ``history.json``:
 
 - ``iteration`` : int, 1, 2, ...
 - ``model_version`` : str, the analysis' model version (``deconfusion-v<iteration>-...``)
@@ -29,16 +29,11 @@ import html
 import re
 from typing import Callable
 
+from ..vocabulary import Verdict
 from .overview import FONT, INK
 from .render import bar_chart_png, line_chart_png
 
-VERDICT_KINDS = {
-    "kept": "kept the human label",
-    "relabeled_to_model": "took the model's label",
-    "relabeled_other": "chose another label",
-    "removed": "removed",
-    "ambiguous": "ambiguous",
-}
+VERDICT_KINDS = {v.value: v.description for v in Verdict}
 CHARTS = ("candidates", "error_rate", "accuracy", "verdicts", "per_class")
 MAX_CLASSES_CHART = 30
 

@@ -28,7 +28,7 @@ from tests.shapes import CLASSES, pattern
 from ml_backend.config import Settings
 from ml_backend.errors import LabelStudioUnavailable
 from ml_backend.ls.client import LabelStudioClient
-from ml_backend.server import SECRET_HEADER
+from ml_backend.service.contract import SECRET_HEADER
 from ml_backend.views.configs import review_config
 
 CONFIG = """<View>

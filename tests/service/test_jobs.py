@@ -11,10 +11,11 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from ml_backend import jobs
+from ml_backend.service import jobs, runners
 from ml_backend.errors import DatasetError
-from ml_backend.jobs import (JobQueueUnavailable, JobStatus, LocalRunner, RQRunner, job_path, local_status,
-                             make_runner, read_job, recover_interrupted, update_job)
+from ml_backend.service.jobs import (JobQueueUnavailable, JobStatus, job_path, local_status, read_job,
+                                     recover_interrupted, update_job)
+from ml_backend.service.runners import LocalRunner, RQRunner, make_runner
 from tests.service import conftest
 from tests.service.conftest import SlowAnalysis, free_port, wait_until
 
@@ -138,7 +139,7 @@ def test_progress_is_written_with_eta_and_logged_at_most_every_ten_seconds(setti
         return "deconfusion-v1"
 
     runner = LocalRunner(settings, analysis)
-    with caplog.at_level(logging.INFO, logger="ml_backend.jobs"):
+    with caplog.at_level(logging.INFO, logger="ml_backend.service.jobs"):
         runner.submit(2)
         runner.wait(2, 5)
     assert seen[0]["stage"] == "embed" and seen[0]["total"] == 200 and seen[0]["status"] == "running"
@@ -246,10 +247,10 @@ def test_redis_down_is_retried_then_reported_clearly(settings):
         runner.submit(1)
     assert time.monotonic() - started < 5
     assert runner.status(1) is None  # nothing was recorded as queued
-    update_job(settings, 1, status="running", runner="rq", rq_job_id="x", queued_at=jobs._now())
+    update_job(settings, 1, status="running", runner="rq", rq_job_id="x", queued_at=jobs.now())
     assert "Redis did not answer" in runner.status(1)["queue_error"]  # status still answers
 
 
 def test_direct_call_of_the_job_function_runs_the_analysis(settings):
-    state = jobs.run_analysis_job(2, jobs.settings_payload(settings), OK_PATH)
+    state = runners.run_analysis_job(2, runners.settings_payload(settings), OK_PATH)
     assert state["status"] == "done" and wait_until(lambda: read_job(settings, 2)["status"] == "done")

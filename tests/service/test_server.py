@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from ml_backend.errors import LabelStudioUnavailable, UnknownProject
-from ml_backend.jobs import LocalRunner, RQRunner, job_path, update_job
-from ml_backend.server import UNTRAINED, create_app, project_id_of
+from ml_backend.service.app import create_app
+from ml_backend.service.jobs import job_path, update_job
+from ml_backend.service.requests import project_id_of
+from ml_backend.service.runners import LocalRunner, RQRunner
+from ml_backend.vocabulary import UNTRAINED_VERSION as UNTRAINED
 from ml_backend.store import ProjectStore
 from tests.service.conftest import free_port
 
@@ -381,10 +384,7 @@ def test_training_for_an_unknown_project_is_404_and_writes_nothing(settings, slo
 
 
 def test_unknown_projects_reports_and_unfinished_versions_are_not_listed(settings):
-    from ml_backend.service import evidence_routes
-    app = create_app(settings)
-    app.register_blueprint(evidence_routes(settings))
-    client = app.test_client()
+    client = create_app(settings).test_client()
     for path in ("/report/424242", "/report/424242.json"):
         resp = client.get(path)
         assert resp.status_code == 404 and "Start Training" in resp.get_json()["error"]
@@ -399,6 +399,6 @@ def test_unknown_projects_reports_and_unfinished_versions_are_not_listed(setting
 
 
 def test_a_bad_download_allow_entry_stops_the_start_naming_it(settings):
-    from ml_backend.service import build_app
+    from ml_backend.service.entrypoints import build_app
     with pytest.raises(ValueError, match="DOWNLOAD_ALLOW"):
         build_app(settings.replace(download_allow="10.0.0.0/33"))

@@ -6,6 +6,7 @@ import numpy as np
 
 from ml_backend import publish
 from ml_backend.ls.schema import ClassSpec
+from ml_backend.vocabulary import FIELD_PREFIX, REVIEW_QUEUE_TAB, TAB_PREFIX
 from tests.unit.test_analysis import tiny_analysis
 
 SPEC = ClassSpec(image_name="image", image_key="image", choices_name="label", labels=["cat", "dog"])
@@ -23,7 +24,7 @@ def test_duplicate_groups_are_numbered_closest_copies_first():
     fields = publish.desired_fields(analysis, {}, lambda i: "")
     assert [fields[t]["dc_duplicate_group"] for t in (1, 2, 3, 4)] == [2, 2, 1, 1]
     assert [fields[t]["dc_leakage"] for t in (1, 2, 3, 4)] == [0, 0, 1, 1]
-    tabs = {v["title"]: v for v in publish.views(analysis, max_tabs=5)}
+    tabs = {v["title"]: v for v in publish.data_manager_tabs(analysis, max_tabs=5)}
     assert tabs["De-Confusion: duplicates"]["ordering"] == "dc_duplicate_group"
     assert "dc_duplicate_group" in publish.NUMERIC_FIELDS  # else Label Studio sorts 10 before 2
 
@@ -36,17 +37,17 @@ def test_fields_go_only_to_flagged_or_reviewed_tasks_and_never_clash_with_user_k
     assert fields[2]["dc_unreviewed"] == 1 and fields[1]["dc_evidence"] == "<p>0</p>"
     assert fields[2]["dc_candidate"] == 1 and fields[2]["dc_suggested"] == "dog" and fields[2]["dc_cell"] == "cat → dog"
     assert fields[3]["dc_duplicate_group"] == 1 and fields[1]["dc_duplicate_group"] == 0
-    assert all(key.startswith(publish.FIELD_PREFIX) for f in fields.values() for key in f)
+    assert all(key.startswith(FIELD_PREFIX) for f in fields.values() for key in f)
     assert {f["dc_version"] for f in fields.values()} == {analysis.model_version}
     assert publish.desired_fields(analysis, {}, lambda i: "").keys() == {2, 3, 4}
 
 
 def test_review_queue_comes_first_and_sorts_by_error_score():
-    tabs = publish.views(tiny_analysis(), max_tabs=5)
-    assert tabs[0]["title"] == publish.REVIEW_QUEUE and tabs[0]["ordering"] == "-dc_error_score"
+    tabs = publish.data_manager_tabs(tiny_analysis(), max_tabs=5)
+    assert tabs[0]["title"] == REVIEW_QUEUE_TAB and tabs[0]["ordering"] == "-dc_error_score"
     assert tabs[1]["title"] == "De-Confusion: cat → dog (1)" and tabs[1]["cell"] == (0, 1)
     assert ("dc_unreviewed", "equal", "Number", 1) in tabs[1]["filters"]  # reviewed images leave the cell
-    assert all(t["title"].startswith(publish.VIEW_PREFIX) for t in tabs)
+    assert all(t["title"].startswith(TAB_PREFIX) for t in tabs)
 
 
 def test_prediction_is_the_model_label_on_the_projects_own_controls():

@@ -72,7 +72,7 @@ def test_a_confirmed_label_that_changed_since_and_an_all_removed_set_are_refused
 
 
 def test_the_service_turns_its_stored_verdicts_into_the_same_reviews():
-    from ml_backend.workflow import reviews_from_verdicts
+    from ml_backend.service.verdicts import reviews_from_verdicts
     stored = {"10": {"verdict": "kept", "label": "cat"}, "11": {"verdict": "relabeled_to_model", "label": "dog"},
               "12": {"verdict": "relabeled_other", "label": "cat"},  # the label changed again since: stale
               "13": {"verdict": "removed", "label": "cat"}, "14": {"verdict": "ambiguous", "label": "dog"},

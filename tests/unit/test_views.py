@@ -16,7 +16,8 @@ from ml_backend.analysis import Analysis
 from ml_backend.detectors.overview import mismatch_score, overview_cells, representatives
 from ml_backend.errors import LabelConfigError
 from ml_backend.views import render
-from ml_backend.views.configs import VERDICTS, panel, remove_review_config, review_config
+from ml_backend.views.configs import panel, remove_review_config, review_config
+from ml_backend.vocabulary import Verdict
 from ml_backend.views.overview import (
     BAR_COLOUR, cell_colour, cell_colour_hsl, cell_task_html, histogram_bars, overview_html, overview_rows,
 )
@@ -276,7 +277,7 @@ def test_review_config_adds_panel_keeps_everything_and_round_trips(original):
     assert (("Choices", (("choice", "single"), ("name", "dc_verdict"), ("showInline", "true"),
                          ("toName", image))), 1) in new.items()
     assert ("Markdown", (("value", "$dc_evidence"),)) in new
-    assert sorted(dict(attrs)["value"] for tag, attrs in new if tag == "Choice") == sorted(VERDICTS)
+    assert sorted(dict(attrs)["value"] for tag, attrs in new if tag == "Choice") == sorted(v.choice for v in Verdict)
     assert review_config(added) == added
     assert remove_review_config(added) == original
     assert remove_review_config(original) == original

@@ -1,12 +1,8 @@
-"""Analysis jobs: their state on disk, and two runners that behave the same.
+"""Two job runners that behave the same.
 
 - :class:`LocalRunner` (default): background threads in the backend process.
 - :class:`RQRunner` (with ``REDIS_URL``): jobs on an RQ queue, run by ``rq`` workers that may sit
   on other machines sharing ``MODEL_DIR``; :func:`run_analysis_job` is the job function.
-
-What the analysis does is injected: ``analyze_fn(project_id, settings, progress) -> model_version``
-(:data:`AnalyzeFn`). It raises on failure; the job records the message, never a traceback, and
-the service keeps running.
 
 Per project, both runners
 
@@ -14,33 +10,21 @@ Per project, both runners
   lock on ``job.lock`` for the local runner, a Redis key for RQ), from queueing to the end;
 - coalesce presses during a run into exactly one follow-up run: a press on an owned project only
   sets a flag (``job.again`` file, or a Redis key), and the owner runs once more if it is set;
-- keep the state in ``MODEL_DIR/projects/<id>/job.json`` (:class:`JobState`), written atomically
-  by the owner only.
+- keep the state in ``job.json`` (:mod:`.jobs`), written atomically by the owner only.
 
-A job that a dead process left queued or running is reported ``interrupted``: the OS drops a dead
-process's file lock, so an unlocked ``running`` job has no runner left (:func:`recover_interrupted`
-at start-up, :func:`local_status` on every status read); an RQ job whose RQ job failed, stopped or vanished likewise.
-
-File locks need POSIX ``fcntl.flock`` (Linux, macOS), on a local disk or a file system that
-supports them.
+An RQ job whose RQ job failed, stopped or vanished is reported ``interrupted``.
 """
+
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import importlib
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from enum import Enum
-from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, TypedDict, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -49,21 +33,14 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQJobStatus
 
-from .config import Settings
-from .errors import DeConfusionError
-from .store import read_json, write_json
+from ..config import Settings
+from ..errors import DeConfusionError
+from .jobs import (ACTIVE, AnalyzeFn, JobQueueUnavailable, JobState, JobStatus, ProjectLock, age_seconds, again_path,
+                   check_project_id, describe, execute, local_status, lock_path, mark_interrupted, now,
+                   read_job, resolve, update_job, worker_name)
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]
-"""progress(stage, done, total): the analysis reports how far a stage has come."""
-AnalyzeFn = Callable[[int, Settings, ProgressFn], str]
-"""analyze_fn(project_id, settings, progress) -> model_version; raises on failure."""
-
-WRITE_EVERY_S = 1.0
-"""Progress is written to job.json at most this often, in seconds (and at each stage change)."""
-LOG_EVERY_S = 10.0
-"""Progress is logged at most this often, in seconds (and at each stage change)."""
 LOCK_WAIT_S = 0.2
 """How long a submit waits for a project lock that a status check holds for a moment, in seconds."""
 REDIS_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
@@ -78,285 +55,6 @@ ENQUEUE_GRACE_S = 60.0
 """An RQ job missing from Redis counts as lost only this long after it was queued, in seconds."""
 SECRET_SETTINGS = ("label_studio_api_key", "basic_auth_pass")
 """Settings never put into Redis: RQ workers take them from their own environment."""
-
-ANALYSIS_MESSAGE = "analysis running"
-RESTART_HINT = "press Start Training to run it again"
-
-
-class JobStatus(str, Enum):
-    """Where a project's analysis job is; stored as its string value in job.json."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-
-
-ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-
-
-class JobState(TypedDict, total=False):
-    """The content of ``job.json`` (times are ISO 8601 UTC strings)."""
-
-    project_id: int
-    status: str                  # a JobStatus value
-    stage: str | None            # current pipeline stage, e.g. "download", "train"
-    done: int                    # items of the stage done ...
-    total: int                   # ... out of this many
-    eta_seconds: float | None    # estimated seconds left in the stage; None when unknown
-    message: str                 # one readable sentence: what happened or what to do
-    model_version: str | None    # version the last finished analysis published
-    requested_again: bool        # a follow-up run is requested (presses during this run)
-    queued_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    updated_at: str
-    duration_seconds: float | None
-    runner: str                  # "local" | "rq"
-    rq_job_id: str | None        # RQ job id when runner is "rq"
-    worker: str | None           # host:pid that runs or ran the analysis
-    queue_error: str             # set by RQRunner.status when Redis did not answer
-
-
-class JobQueueUnavailable(DeConfusionError):
-    """The job queue (Redis) did not answer after retries, or the runner is shutting down."""
-
-
-class JobRunner(Protocol):
-    def submit(self, project_id: int) -> JobState: ...
-
-    def status(self, project_id: int) -> JobState | None: ...
-
-
-# --- state on disk ---------------------------------------------------------------------------
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _age_seconds(stamp: str | None) -> float:
-    try:
-        return (datetime.now(timezone.utc) - datetime.fromisoformat(str(stamp))).total_seconds()
-    except ValueError:
-        return float("inf")
-
-
-def check_project_id(project_id: Any) -> int:
-    """A Label Studio project id: a positive int (bools and other kinds raise)."""
-    if isinstance(project_id, bool) or not isinstance(project_id, (int, str)):
-        raise TypeError(f"project_id must be an int, got {type(project_id).__name__} {project_id!r}")
-    try:
-        value = int(project_id)
-    except ValueError:
-        raise ValueError(f"project_id must be a positive integer, got {project_id!r}") from None
-    if value <= 0:
-        raise ValueError(f"project_id must be a positive integer, got {project_id!r}")
-    return value
-
-
-def _project_dir(settings: Settings, project_id: int) -> Path:
-    return Path(settings.model_dir) / "projects" / str(int(project_id))
-
-
-def job_path(settings: Settings, project_id: int) -> Path:
-    return _project_dir(settings, project_id) / "job.json"
-
-
-def _lock_path(settings: Settings, project_id: int) -> Path:
-    return _project_dir(settings, project_id) / "job.lock"
-
-
-def _again_path(settings: Settings, project_id: int) -> Path:
-    return _project_dir(settings, project_id) / "job.again"
-
-
-def read_job(settings: Settings, project_id: int) -> JobState | None:
-    """job.json as written, or None when the project never had a job."""
-    path = job_path(settings, project_id)
-    try:
-        job = read_json(path, None)
-    except (ValueError, OSError) as exc:  # atomic writes make this unlikely; never fail a status read
-        log.warning("project %s: unreadable %s (%s); treating as no job", project_id, path, exc)
-        return None
-    return job if isinstance(job, dict) else None
-
-
-def update_job(settings: Settings, project_id: int, **fields: Any) -> JobState:
-    """Merge ``fields`` into job.json (atomic write). Only the project's owner calls this."""
-    job = {**(read_job(settings, project_id) or {}), **fields,
-           "project_id": int(project_id), "updated_at": _now()}
-    write_json(job_path(settings, project_id), job)
-    return job
-
-
-def list_jobs(settings: Settings) -> dict[int, JobState]:
-    """Every project's job.json under MODEL_DIR, as written (no reconciliation)."""
-    jobs = {}
-    for path in sorted((Path(settings.model_dir) / "projects").glob("*/job.json")):
-        if path.parent.name.isdigit():
-            job = read_job(settings, int(path.parent.name))
-            if job is not None:
-                jobs[int(path.parent.name)] = job
-    return jobs
-
-
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _describe(exc: BaseException) -> str:
-    """Our errors carry a readable message; others get their type named too. Never a traceback."""
-    text = str(exc).strip()
-    if isinstance(exc, DeConfusionError) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _mark_interrupted(settings: Settings, project_id: int, job: JobState, why: str) -> JobState:
-    stage = job.get("stage")
-    where = f" (stage {stage}, {job.get('done', 0)}/{job.get('total', 0)})" if stage else ""
-    return update_job(settings, project_id, status=JobStatus.INTERRUPTED.value, finished_at=_now(), eta_seconds=None,
-                      message=f"{why} while this analysis was {job.get('status')}{where}; {RESTART_HINT}")
-
-
-# --- project locks (local runner) ------------------------------------------------------------
-
-class _ProjectLock:
-    """An exclusive ``flock`` on ``job.lock``; the OS drops it when its process dies."""
-
-    def __init__(self, handle) -> None:
-        self._handle = handle
-
-    @classmethod
-    def acquire(cls, path: Path, wait_s: float = 0.0) -> "_ProjectLock | None":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return cls(handle)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.close()
-                    return None
-                time.sleep(0.01)
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-def local_status(settings: Settings, project_id: int) -> JobState | None:
-    """A local job's state as readers should see it.
-
-    A queued or running job that no live process owns (its lock is free) is marked
-    ``interrupted``; ``requested_again`` is true while an owner will serve a pending press.
-    The lock is only tested (taken for a moment), so owners and submits are not held up.
-    """
-    job = read_job(settings, project_id)
-    if job is None or job.get("runner") == "rq":
-        return job
-    again = _again_path(settings, project_id).exists()
-    if job.get("status") not in ACTIVE and not again:
-        job["requested_again"] = False
-        return job
-    lock = _ProjectLock.acquire(_lock_path(settings, project_id))
-    if lock is None:  # a live runner owns the project and will see the request
-        job["requested_again"] = again
-        return job
-    try:
-        job = read_job(settings, project_id) or job  # again, under the lock
-        if job.get("status") in ACTIVE and job.get("runner") != "rq":
-            job = _mark_interrupted(settings, project_id, job, "the backend stopped")
-            log.warning("project %s: %s", project_id, job["message"])
-        job["requested_again"] = False  # no owner: a leftover request waits for the next press
-        return job
-    finally:
-        lock.release()
-
-
-def recover_interrupted(settings: Settings) -> list[int]:
-    """At start-up: mark local jobs that a dead process left queued or running as interrupted.
-
-    Cheap (one small file per project). Jobs some live process owns, and RQ jobs (checked by
-    :meth:`RQRunner.status`), are left alone. Returns the project ids marked.
-    """
-    marked = []
-    for project_id, job in list_jobs(settings).items():
-        if job.get("status") in ACTIVE and job.get("runner") != "rq":
-            after = local_status(settings, project_id)
-            if after is not None and after.get("status") == JobStatus.INTERRUPTED.value:
-                marked.append(project_id)
-    return marked
-
-
-# --- running one analysis ----------------------------------------------------------------------
-
-class _Progress:
-    """progress(stage, done, total) -> job.json (at most every WRITE_EVERY_S) and a log line with ETA
-    (at most every LOG_EVERY_S). A failed write is logged, never raised into the analysis."""
-
-    def __init__(self, settings: Settings, project_id: int) -> None:
-        self.settings, self.project_id = settings, project_id
-        self._lock = threading.Lock()
-        self.stage: str | None = None
-        self.stage_start = self.last_write = self.last_log = 0.0
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            new_stage = stage != self.stage
-            if new_stage:
-                self.stage, self.stage_start = stage, now
-            elapsed = now - self.stage_start
-            eta = round((total - done) * elapsed / done, 1) if 0 < done < total and elapsed > 0 else None
-            if new_stage or now - self.last_write >= WRITE_EVERY_S or 0 < total <= done:
-                self.last_write = now
-                try:
-                    update_job(self.settings, self.project_id, stage=stage, done=int(done), total=int(total),
-                               eta_seconds=eta)
-                except OSError as exc:
-                    log.warning("project %s: could not record progress: %s", self.project_id, exc)
-            if new_stage or now - self.last_log >= LOG_EVERY_S:
-                self.last_log = now
-                log.info("project %s: %s %d/%d, ETA %s", self.project_id, stage, done, total,
-                         "unknown" if eta is None else f"{eta:.0f} s")
-
-
-def execute(project_id: int, settings: Settings, analyze_fn: AnalyzeFn) -> JobState:
-    """Run one analysis and record how it ended in job.json; never raises an analysis error."""
-    started = time.monotonic()
-    update_job(settings, project_id, status=JobStatus.RUNNING.value, started_at=_now(), finished_at=None,
-               duration_seconds=None, stage="starting", done=0, total=0, eta_seconds=None,
-               message=ANALYSIS_MESSAGE, requested_again=False, worker=_worker_name())
-    log.info("project %s: analysis started", project_id)
-    try:
-        version = analyze_fn(project_id, settings, _Progress(settings, project_id))
-        if not isinstance(version, str) or not version:
-            raise TypeError(f"the analysis function returned {version!r} instead of a model version string")
-    except Exception as exc:  # any failure becomes a readable status; the service stays up
-        log.exception("project %s: analysis failed", project_id)
-        return update_job(settings, project_id, status=JobStatus.FAILED.value, finished_at=_now(), eta_seconds=None,
-                          duration_seconds=round(time.monotonic() - started, 3), message=_describe(exc))
-    log.info("project %s: analysis finished: %s", project_id, version)
-    return update_job(settings, project_id, status=JobStatus.DONE.value, finished_at=_now(), eta_seconds=None,
-                      duration_seconds=round(time.monotonic() - started, 3), stage="done", model_version=version,
-                      message=f"analysis finished: model version {version}")
-
-
-def resolve(path: str) -> AnalyzeFn:
-    """'package.module:function' -> the function."""
-    module, sep, name = str(path).partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"analyze_fn_path must look like 'package.module:function', got {path!r}")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import the analysis function {path!r}: {exc}") from None
 
 
 # --- local runner --------------------------------------------------------------------------------
@@ -376,7 +74,7 @@ class LocalRunner:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         self.settings, self.analyze_fn, self.max_workers = settings, analyze_fn, max_workers
         self._cv = threading.Condition()
-        self._owned: dict[int, _ProjectLock] = {}   # projects queued or running here
+        self._owned: dict[int, ProjectLock] = {}   # projects queued or running here
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -387,7 +85,7 @@ class LocalRunner:
         if self._closed:
             raise JobQueueUnavailable("the backend is shutting down; press Start Training again in a moment")
         # First the request, then the ownership test: an owner checks for requests after releasing.
-        again = _again_path(self.settings, project_id)
+        again = again_path(self.settings, project_id)
         again.parent.mkdir(parents=True, exist_ok=True)
         again.touch()
         with self._cv:
@@ -400,7 +98,7 @@ class LocalRunner:
 
     def _claim(self, project_id: int, wait_s: float) -> JobState | None:
         """Own the project and queue a run; None if someone else owns it."""
-        lock = _ProjectLock.acquire(_lock_path(self.settings, project_id), wait_s)
+        lock = ProjectLock.acquire(lock_path(self.settings, project_id), wait_s)
         if lock is None:
             return None
         try:
@@ -409,12 +107,12 @@ class LocalRunner:
             lock.release()
             raise
 
-    def _enqueue_owned(self, project_id: int, lock: _ProjectLock, message: str) -> JobState:
+    def _enqueue_owned(self, project_id: int, lock: ProjectLock, message: str) -> JobState:
         # State first, then consume the request: a reader never sees "done" without a pending run.
-        state = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(),
+        state = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=now(),
                            started_at=None, finished_at=None, duration_seconds=None, stage=None, done=0, total=0,
                            eta_seconds=None, message=message, requested_again=False, runner="local", rq_job_id=None)
-        _again_path(self.settings, project_id).unlink(missing_ok=True)
+        again_path(self.settings, project_id).unlink(missing_ok=True)
         with self._cv:
             self._owned[project_id] = lock
             while len(self._threads) < self.max_workers:
@@ -441,11 +139,11 @@ class LocalRunner:
             closed = self._closed
         if closed:
             job = read_job(self.settings, project_id) or {}
-            _mark_interrupted(self.settings, project_id, job, "the backend shut down")
+            mark_interrupted(self.settings, project_id, job, "the backend shut down")
             self._release(project_id)
             return
         execute(project_id, self.settings, self.analyze_fn)
-        if _again_path(self.settings, project_id).exists() and not self._closed:
+        if again_path(self.settings, project_id).exists() and not self._closed:
             # Still owned: the follow-up goes to the back of the queue, so other projects get a turn.
             with self._cv:
                 lock = self._owned[project_id]
@@ -461,7 +159,7 @@ class LocalRunner:
         if lock is not None:
             lock.release()
         # A press that came while we released could not take the lock: serve it now.
-        if _again_path(self.settings, project_id).exists() and not self._closed:
+        if again_path(self.settings, project_id).exists() and not self._closed:
             self._claim(project_id, wait_s=LOCK_WAIT_S)
 
     def status(self, project_id: int) -> JobState | None:
@@ -598,9 +296,9 @@ def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str)
         settings = settings_from_payload(settings_dict)
         analyze_fn: AnalyzeFn | None = resolve(analyze_fn_path)
     except Exception as exc:  # a misconfigured worker: say so in the job state, then release
-        log.error("project %s: %s", project_id, _describe(exc))
-        state = update_job(base, project_id, status=JobStatus.FAILED.value, finished_at=_now(),
-                           worker=_worker_name(), message=f"the RQ worker cannot run analyses: {_describe(exc)}")
+        log.error("project %s: %s", project_id, describe(exc))
+        state = update_job(base, project_id, status=JobStatus.FAILED.value, finished_at=now(),
+                           worker=worker_name(), message=f"the RQ worker cannot run analyses: {describe(exc)}")
         settings, analyze_fn = base, None
     if job_id is None:  # called directly, not by a worker: no project lock to release
         return execute(project_id, settings, analyze_fn) if analyze_fn is not None else state
@@ -623,7 +321,7 @@ def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str)
                 except JobQueueUnavailable as exc:
                     log.error("project %s: %s", project_id, exc)
             return state
-        update_job(settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(), started_at=None,
+        update_job(settings, project_id, status=JobStatus.QUEUED.value, queued_at=now(), started_at=None,
                    finished_at=None, stage=None, done=0, total=0, eta_seconds=None, requested_again=False,
                    message="a follow-up analysis was requested during the last run; starting it")
         try:
@@ -675,7 +373,7 @@ class RQRunner:
                 log.warning("project %s: taking over from RQ job %s, which no longer runs", project_id, seen)
         else:
             raise JobQueueUnavailable(f"project {project_id}: the analysis lock kept changing hands; try again")
-        state = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=_now(),
+        state = update_job(self.settings, project_id, status=JobStatus.QUEUED.value, queued_at=now(),
                            started_at=None, finished_at=None, duration_seconds=None, stage=None, done=0, total=0,
                            eta_seconds=None, requested_again=False, runner="rq", rq_job_id=job_id, worker=None,
                            message=f"queued on RQ queue '{self.settings.queue_name}'; waiting for a worker "
@@ -687,7 +385,7 @@ class RQRunner:
                 job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S,
                 description=f"De-Confusion analysis of project {project_id}"), "queueing the analysis")
         except JobQueueUnavailable as exc:
-            update_job(self.settings, project_id, status=JobStatus.FAILED.value, finished_at=_now(), message=str(exc))
+            update_job(self.settings, project_id, status=JobStatus.FAILED.value, finished_at=now(), message=str(exc))
             try:  # free the project now; if Redis is down, the next submit finds the job missing and takes over
                 self.redis.delete(keys[0])
             except RedisError:
@@ -729,7 +427,7 @@ class RQRunner:
         try:
             rq_status = Job.fetch(str(rq_id), connection=self.redis).get_status(refresh=False)
         except NoSuchJobError:
-            if _age_seconds(job.get("queued_at")) <= ENQUEUE_GRACE_S:
+            if age_seconds(job.get("queued_at")) <= ENQUEUE_GRACE_S:
                 return job
             rq_status = None
         if rq_status is not None and rq_status not in _DEAD_RQ_STATES:
@@ -738,7 +436,7 @@ class RQRunner:
         if latest.get("status") not in ACTIVE or latest.get("rq_job_id") != rq_id:
             return latest
         what = "vanished from Redis" if rq_status is None else f"is {rq_status.value}"
-        state = _mark_interrupted(self.settings, project_id, latest, f"the RQ worker stopped (RQ job {rq_id} {what})")
+        state = mark_interrupted(self.settings, project_id, latest, f"the RQ worker stopped (RQ job {rq_id} {what})")
         log.warning("project %s: %s", project_id, state["message"])
         return state
 

@@ -1,0 +1,102 @@
+"""The analysis job: a Label Studio project -> data set (with the reviewers' verdicts) ->
+analysis saved under MODEL_DIR -> published back (:mod:`ml_backend.publish`) -> a line in the
+project's history for the report. ``analyze_project`` is what the runners execute.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import publish
+from ..analysis import Analysis, save, write_exports
+from ..config import Settings
+from ..dataset import build_dataset
+from ..errors import LabelStudioUnavailable, UnknownProject
+from ..ls.client import LabelStudioClient
+from ..ls.schema import parse_label_config
+from ..pipeline import new_model_version, run_analysis
+from ..reviews import apply_reviews
+from ..store import ProjectStore
+from ..vocabulary import VERSION_PREFIX, Progress, Verdict
+from .verdicts import reviews_from_verdicts
+
+log = logging.getLogger(__name__)
+
+
+def analyze_project(project_id: int, settings: Settings, progress: Progress) -> str:
+    """Fetch, analyse and publish one project; returns the new model version."""
+    with LabelStudioClient(settings) as client:
+        return _analyze_and_publish(client, project_id, settings, progress)
+
+
+def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: Settings, progress: Progress) -> str:
+    store = ProjectStore(settings.model_dir, project_id)
+    project = client.get_project(project_id)
+    spec = parse_label_config(project["label_config"])
+    store.update_project_info(title=project.get("title", ""), spec=spec.__dict__)
+    records, skipped = client.labeled_records(
+        project_id, spec, Path(settings.model_dir) / "cache",
+        progress=lambda done, total: progress("download", done, total))
+    dataset = build_dataset(records, class_names=spec.labels,
+                            progress=lambda done, total: progress("decode", done, total))
+    dataset.skipped[:0] = skipped
+    dataset, outcome = apply_reviews(dataset, reviews_from_verdicts(store.verdicts(), dataset),
+                                     settings.confirmed_weight)
+
+    iteration = store.next_iteration()
+    version = new_model_version(f"{VERSION_PREFIX}-v{iteration}")
+    analysis, ensemble = run_analysis(dataset, settings, model_version=version, progress=progress, reviews=outcome)
+    folder = store.version_dir(version)
+    save(analysis, folder)
+    write_exports(analysis, folder)
+    ensemble.save(folder / "model.pt")
+    # /setup reports the current version; it must equal the published predictions' version.
+    store.set_current(version, iteration)
+    publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress)
+    store.append_history(history_entry(analysis, iteration, store.verdicts()))
+    log.info("project %s: published %s (%d candidates)", project_id, version, int(analysis.is_candidate.sum()))
+    return version
+
+
+def check_project_exists(settings: Settings, project_id: int) -> None:
+    """Raise UnknownProject when Label Studio says it has no such project, so a training request
+    for a made-up id writes nothing. An unreachable Label Studio or a refused token is left to the
+    job, whose status then says what is wrong (one try: the caller is waiting)."""
+    with LabelStudioClient(settings, retry_delays=()) as client:
+        try:
+            found = client.find_project(project_id)
+        except LabelStudioUnavailable:
+            return
+    if found is None:
+        raise UnknownProject(f"Label Studio at {settings.label_studio_url} has no project {project_id}: "
+                             "press Start Training in the project's Settings → Model")
+
+
+def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict]) -> dict:
+    counts = {kind.value: 0 for kind in Verdict}
+    for v in verdicts.values():
+        counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
+    s = analysis.summary
+    return {
+        "iteration": iteration,
+        "model_version": analysis.model_version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images": s["images"],
+        "candidates": int(publish.unreviewed_candidates(analysis, verdicts).sum()),
+        "verdicts": counts,
+        "estimated_error_rate": s["estimated_error_rate"],
+        "model_accuracy": s["model_accuracy_estimate"],
+        "per_class_error_rate": publish.per_class_error_rate(analysis),
+        "confused_pairs": publish.confused_pairs(analysis),
+        "duplicates_found": s["duplicate_pairs"],
+        "leakage_found": s["leakage_pairs"],
+        "duplicates_resolved": _resolved_duplicates(analysis, verdicts),
+    }
+
+
+def _resolved_duplicates(analysis: Analysis, verdicts: dict[str, dict]) -> int:
+    removed = {int(t) for t, v in verdicts.items() if v["verdict"] == "removed"}
+    return sum(1 for p in analysis.duplicates
+               if {int(analysis.task_ids[p["a"]]), int(analysis.task_ids[p["b"]])} & removed)

@@ -1,0 +1,65 @@
+"""Routes reviewers' and managers' browsers call: the evidence images embedded in flagged tasks
+and the overview project, and the project manager's report (HTML, JSON, charts)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from flask import Blueprint, Response, abort, jsonify, request
+
+from ..analysis import Analysis
+from ..errors import ArtefactError
+from ..store import ProjectStore
+from ..views.render import render_png
+from ..views.report import report_chart_png, report_html, report_json
+from .backend import backend
+
+IMAGE_CACHE_SECONDS = 3600  # evidence images of a version never change
+
+pages = Blueprint("pages", __name__)
+
+
+@lru_cache(maxsize=8)
+def _analysis(model_dir: str, project_id: int, version: str) -> Analysis:
+    return ProjectStore(model_dir, project_id).load_analysis(version)
+
+
+def _history(project_id: int) -> list[dict]:
+    history = ProjectStore(backend().settings.model_dir, project_id).history()
+    if not history:
+        abort(404, f"project {project_id} has no analysis yet: press Start Training in Label Studio")
+    return history
+
+
+@pages.get("/evidence/<int:project_id>/<version>/<kind>.png")
+def evidence(project_id: int, version: str, kind: str):
+    try:
+        png = render_png(_analysis(str(backend().settings.model_dir), project_id, version), kind,
+                         request.args.to_dict())
+    except ArtefactError:
+        abort(404, f"no analysis {version} for project {project_id}")
+    except (ValueError, IndexError, KeyError) as exc:
+        abort(400, str(exc))
+    return Response(png, mimetype="image/png",
+                    headers={"Cache-Control": f"public, max-age={IMAGE_CACHE_SECONDS}, immutable"})
+
+
+@pages.get("/report/<int:project_id>")
+def report(project_id: int):
+    base = f"{backend().settings.backend_url}/report/{project_id}"
+    return Response(report_html(_history(project_id), chart_url=lambda name: f"{base}/chart/{name}.png"),
+                    mimetype="text/html")
+
+
+@pages.get("/report/<int:project_id>.json")
+def report_data(project_id: int):
+    return jsonify(report_json(_history(project_id)))
+
+
+@pages.get("/report/<int:project_id>/chart/<name>.png")
+def chart(project_id: int, name: str):
+    try:
+        png = report_chart_png(ProjectStore(backend().settings.model_dir, project_id).history(), name)
+    except ValueError as exc:
+        abort(404, str(exc))
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,149 @@
+"""Reviewers' verdicts: what an annotation in Label Studio says about a flagged label
+(:func:`classify_verdict`), recorded from annotation events (:class:`VerdictHandler`), and handed
+to the next analysis as reviews (:func:`reviews_from_verdicts`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from ..analysis import Analysis
+from ..config import Settings
+from ..dataset import ImageDataset
+from ..ls.client import LabelStudioClient
+from ..ls.schema import ClassSpec
+from ..reviews import Review
+from ..store import ProjectStore
+from ..vocabulary import VERDICT_CONTROL, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def reviews_from_verdicts(verdicts: dict[str, dict], dataset: ImageDataset) -> dict[str, Review]:
+    """The verdicts the backend stored (by task id) as reviews of ``dataset``'s images: kept ->
+    confirmed, relabeled_to_model / relabeled_other -> relabeled, removed and ambiguous as they
+    are. A kept or relabeled verdict whose label is no longer the task's label (changed in Label
+    Studio since) is stale and left out: the image is unreviewed again."""
+    reviews = {}
+    for item, task_id, label in zip(dataset.items, dataset.task_ids, dataset.labels):
+        verdict = verdicts.get(str(int(task_id)))
+        if verdict is None:
+            continue
+        if verdict["verdict"] in (Verdict.REMOVED, Verdict.AMBIGUOUS):
+            reviews[item] = Review(verdict["verdict"])
+        elif verdict.get("label") == dataset.class_names[label]:
+            reviews[item] = Review("confirmed" if verdict["verdict"] == Verdict.KEPT else "relabeled", verdict["label"])
+    return reviews
+
+
+def classify_verdict(result: list[dict], spec: ClassSpec, human_label: str, suggested: str) -> tuple[str, str] | None:
+    """(verdict, label now) from an annotation's result, or None if it carries no label."""
+    label, explicit = None, None
+    for item in result or []:
+        choices = (item.get("value") or {}).get("choices") or []
+        if item.get("from_name") == spec.choices_name and choices:
+            label = choices[0]
+        elif item.get("from_name") == VERDICT_CONTROL and choices:
+            explicit = Verdict.from_choice(choices[0])
+    if explicit in (Verdict.REMOVED, Verdict.AMBIGUOUS):
+        return explicit.value, label or human_label
+    if label is None:
+        return None
+    if label == human_label:
+        return Verdict.KEPT.value, label
+    return (Verdict.RELABELED_TO_MODEL if label == suggested else Verdict.RELABELED_OTHER).value, label
+
+
+class VerdictHandler:
+    """Turns annotation events into verdicts; idempotent; may trigger a new analysis.
+
+    An event only names annotations: each is read from Label Studio and must belong to the
+    event's project, so a made-up event cannot record a verdict or drop a task from training.
+    """
+
+    def __init__(self, settings: Settings, submit: Callable[[int], object] | None = None) -> None:
+        self.settings = settings
+        self.submit = submit
+
+    def __call__(self, action: str, project_id: int, annotation_ids: list[int]) -> dict:
+        store = ProjectStore(self.settings.model_dir, project_id)
+        analysis = store.load_analysis()
+        if analysis is None:
+            return {"status": "ignored", "reason": "no analysis for this project yet"}
+        with LabelStudioClient(self.settings) as client:
+            found = client.find_annotations(annotation_ids)
+            if action == "ANNOTATIONS_DELETED":
+                gone = {a for a, annotation in found.items() if annotation is None}
+                return {"status": "ok", "forgotten": forget_verdicts(store, gone)}
+            genuine = [a for a in found.values() if a is not None and _in_project(client, a, project_id)]
+            changed = record_verdicts(store, analysis, genuine)
+            if changed:
+                _mark_reviewed(client, project_id, store, changed)
+                if self.submit is not None and retrain_due(store, self.settings.retrain_after_verdicts):
+                    self.submit(project_id)
+        unknown = len(found) - len(genuine)
+        if unknown:
+            log.warning("project %s: %s for %d annotation(s) Label Studio does not hold in this project: ignored",
+                        project_id, action, unknown)
+        return {"status": "ok", "verdicts": len(changed), "ignored": unknown}
+
+
+def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[dict]) -> list[int]:
+    """Store the verdict each annotation gives on a task of ``analysis``; returns the ids of the
+    tasks whose verdict changed (the same annotation twice changes nothing). Cancelled
+    annotations, tasks the analysis did not see and annotations without a label are skipped."""
+    index, spec = analysis.index_of_task(), ClassSpec(**store.project_info()["spec"])
+    names = analysis.class_names
+    changed = []
+    for annotation in annotations:
+        task_id = int(annotation["task"])
+        i = index.get(task_id)
+        if i is None or annotation.get("was_cancelled"):
+            continue
+        found = classify_verdict(annotation.get("result"), spec, names[analysis.labels[i]],
+                                 names[analysis.predicted[i]])
+        if found is None:
+            continue
+        verdict = {"verdict": found[0], "label": found[1], "annotation_id": annotation["id"],
+                   "version": analysis.model_version}
+        if store.record_verdict(task_id, verdict):
+            changed.append(task_id)
+    return changed
+
+
+def forget_verdicts(store: ProjectStore, deleted_annotations: set[int]) -> int:
+    """Forget the verdicts of annotations Label Studio no longer holds; returns how many."""
+    forgotten = [int(t) for t, v in store.verdicts().items() if v.get("annotation_id") in deleted_annotations]
+    for task_id in forgotten:
+        store.forget_verdict(task_id)
+    return len(forgotten)
+
+
+def retrain_due(store: ProjectStore, after_verdicts: int) -> bool:
+    """Whether ``after_verdicts`` (0 = never) verdicts on the current version call for a new analysis
+    that was not requested yet; marks it requested when so."""
+    version = store.current_version()
+    fresh = sum(1 for v in store.verdicts().values() if v.get("version") == version)
+    if not after_verdicts or fresh < after_verdicts or store.project_info().get("retrain_requested_for") == version:
+        return False
+    store.update_project_info(retrain_requested_for=version)
+    return True
+
+
+def _in_project(client: LabelStudioClient, annotation: dict, project_id: int) -> bool:
+    project = annotation.get("project")
+    if project is None:  # annotations made before Label Studio stored their project
+        project = client.get_task(int(annotation["task"])).get("project")
+    return project == project_id
+
+
+def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectStore, task_ids: list[int]) -> None:
+    """Reviewed tasks leave the review queue at once; removed ones go to the excluded tab."""
+    verdicts = store.verdicts()
+    updates = {t: {"dc_candidate": 0, "dc_unreviewed": 0, "dc_reviewed": verdicts[str(t)]["verdict"],
+                   "dc_excluded": int(verdicts[str(t)]["verdict"] == Verdict.REMOVED)} for t in task_ids}
+    try:
+        client.merge_task_fields(project_id, updates)
+    except Exception as exc:  # the verdict is stored; the next analysis republishes the fields
+        log.warning("project %s: could not update reviewed tasks yet: %s", project_id, exc)

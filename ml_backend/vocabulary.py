@@ -1,0 +1,83 @@
+"""The names the backend shares with Label Studio and its users, written once: task-field and tab
+names, model-version tags, reviewers' verdicts, webhook actions, data splits.
+
+The labeling configs (``views.configs``, ``label_studio_config/review.xml``), the publisher, the
+verdict handler and the report all read them from here; a test ties ``review.xml`` to
+:class:`Verdict`. Standard library only.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable
+
+FIELD_PREFIX = "dc_"
+"""Every task-data key the backend writes starts with it; unpublish removes exactly those."""
+VERSION_PREFIX = "deconfusion"
+"""Every model version the backend publishes starts with it; other models' predictions stay."""
+UNTRAINED_VERSION = f"{VERSION_PREFIX}-untrained"
+"""The model version /setup reports before a project's first finished analysis."""
+TAB_PREFIX = "De-Confusion"
+"""Every Data Manager tab the backend makes is titled ``"<TAB_PREFIX>: ..."``."""
+REVIEW_QUEUE_TAB = f"{TAB_PREFIX}: review queue"
+
+VERDICT_CONTROL = f"{FIELD_PREFIX}verdict"
+"""The review panel's Choices: the reviewer's intent, next to the project's own label."""
+EVIDENCE_FIELD = f"{FIELD_PREFIX}evidence"
+"""Task field with the HTML the review panel shows."""
+REVIEW_PANEL_ID = f"{FIELD_PREFIX}review_panel"
+
+SPLITS = ("train", "val")
+"""Data splits an image may belong to (a task's ``split`` field, a folder's subfolders)."""
+
+START_TRAINING = "START_TRAINING"
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+"""Label Studio webhook actions that carry reviewers' verdicts."""
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total): long work reports how far a stage has come."""
+
+
+class Verdict(str, Enum):
+    """What a reviewer decided about a flagged label (stored per task, shown in the report)."""
+
+    KEPT = "kept"
+    RELABELED_TO_MODEL = "relabeled_to_model"
+    RELABELED_OTHER = "relabeled_other"
+    REMOVED = "removed"
+    AMBIGUOUS = "ambiguous"
+
+    @property
+    def choice(self) -> str:
+        """The review panel's choice text for this verdict."""
+        return _CHOICES[self]
+
+    @property
+    def description(self) -> str:
+        """How the report names this verdict."""
+        return _DESCRIPTIONS[self]
+
+    @property
+    def found_wrong(self) -> bool:
+        """Whether the reviewer found the given label wrong (relabeled it or removed the image)."""
+        return self in (Verdict.RELABELED_TO_MODEL, Verdict.RELABELED_OTHER, Verdict.REMOVED)
+
+    @classmethod
+    def from_choice(cls, text: str | None) -> "Verdict | None":
+        return next((v for v in cls if v.choice == text), None)
+
+
+_CHOICES = {
+    Verdict.KEPT: "Keep human label",
+    Verdict.RELABELED_TO_MODEL: "Take model label",
+    Verdict.RELABELED_OTHER: "Other label",
+    Verdict.REMOVED: "Remove (duplicate/unusable)",
+    Verdict.AMBIGUOUS: "Ambiguous",
+}
+_DESCRIPTIONS = {
+    Verdict.KEPT: "kept the human label",
+    Verdict.RELABELED_TO_MODEL: "took the model's label",
+    Verdict.RELABELED_OTHER: "chose another label",
+    Verdict.REMOVED: "removed",
+    Verdict.AMBIGUOUS: "ambiguous",
+}

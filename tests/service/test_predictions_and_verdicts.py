@@ -1,0 +1,128 @@
+"""The real Predictor and verdict recording, on a real stored analysis and saved fold models
+(Label Studio's side of both is exercised end to end in tests/integration)."""
+
+import base64
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_backend.ls.schema import ClassSpec
+from ml_backend.model import cross_fit
+from ml_backend.model.ensemble import ModelSet
+from ml_backend.service.predictions import Predictor
+from ml_backend.service.verdicts import forget_verdicts, record_verdicts, retrain_due
+from ml_backend.analysis import save
+from ml_backend.store import ProjectStore
+from ml_backend.vocabulary import UNTRAINED_VERSION, VERDICT_CONTROL, Verdict
+from tests.unit.test_analysis import tiny_analysis
+from tests.unit.test_model import make_squares
+
+SPEC = ClassSpec(image_key="image", image_name="image", choices_name="label", labels=["cat", "dog"])
+CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image" choice="single">'
+          '<Choice value="cat"/><Choice value="dog"/></Choices></View>')
+PROJECT = 7
+
+
+@pytest.fixture()
+def store(settings):
+    """A project whose current analysis is ``tiny_analysis`` (tasks 1-4: cat, cat, dog, dog; the
+    model says cat, dog, dog, cat) with fold models that tell squares in two corners apart."""
+    store = ProjectStore(settings.model_dir, PROJECT)
+    analysis = tiny_analysis()
+    save(analysis, store.version_dir(analysis.model_version))
+    images, labels, _ = make_squares(per_class=30)
+    two = labels < 2
+    _, ensembles = cross_fit(images[two], labels[two], 2, folds=2, epochs=8, seed=0, backbone="small_cnn",
+                             class_names=["cat", "dog"])
+    ModelSet([ensembles]).save(store.version_dir(analysis.model_version) / "model.pt")
+    store.update_project_info(spec=SPEC.__dict__)
+    store.set_current(analysis.model_version, 1)
+    return store
+
+
+def png_data_uri(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0]).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def choice_of(answer: dict) -> str | None:
+    return answer["result"][0]["value"]["choices"][0] if answer["result"] else None
+
+
+def test_analysed_tasks_get_the_stored_suggestion_with_the_current_version(settings, store):
+    answers = Predictor(settings)(PROJECT, [{"id": 2}, {"id": 4}], CONFIG)
+    assert [choice_of(a) for a in answers] == ["dog", "cat"]
+    assert answers[0]["score"] == pytest.approx(0.8) and answers[1]["score"] == pytest.approx(0.6)
+    assert {a["model_version"] for a in answers} == {"deconfusion-test"}
+
+
+def test_a_new_task_is_classified_by_the_saved_fold_models_with_class_names(settings, store):
+    images, labels, _ = make_squares(per_class=3, seed=5)
+    tasks = [{"id": 100 + n, "data": {"image": png_data_uri(images[n])}} for n in (0, 1, 3, 4)]
+    answers = Predictor(settings)(PROJECT, tasks, CONFIG)
+    assert [choice_of(a) for a in answers] == [["cat", "dog"][labels[n]] for n in (0, 1, 3, 4)]
+    assert all(0.5 < a["score"] <= 1 for a in answers)
+
+
+def test_an_unreadable_new_image_gets_an_empty_answer_not_an_error(settings, store):
+    answer = Predictor(settings)(PROJECT, [{"id": 100, "data": {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}}],
+                                 CONFIG)[0]
+    assert answer["result"] == [] and answer["score"] == 0.0
+
+
+def test_a_project_without_analysis_answers_untrained(settings):
+    answer = Predictor(settings)(99, [{"id": 1}], CONFIG)[0]
+    assert answer == {"result": [], "score": 0.0, "model_version": UNTRAINED_VERSION}
+
+
+def test_a_new_analysis_version_is_answered_at_once(settings, store):
+    predictor = Predictor(settings)
+    assert choice_of(predictor(PROJECT, [{"id": 1}], CONFIG)[0]) == "cat"
+    newer = dataclasses.replace(tiny_analysis(), model_version="deconfusion-newer",
+                                predicted=np.array([1, 1, 1, 0]))
+    save(newer, store.version_dir(newer.model_version))
+    store.set_current(newer.model_version, 2)
+    answer = predictor(PROJECT, [{"id": 1}], CONFIG)[0]
+    assert choice_of(answer) == "dog" and answer["model_version"] == "deconfusion-newer"
+
+
+def annotation(annotation_id, task, label, verdict=None, cancelled=False):
+    result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
+    if verdict is not None:
+        result.append({"from_name": VERDICT_CONTROL, "to_name": "image", "type": "choices",
+                       "value": {"choices": [verdict.choice]}})
+    return {"id": annotation_id, "task": task, "result": result, "was_cancelled": cancelled}
+
+
+def test_verdicts_are_recorded_once_per_decision_and_name_what_the_reviewer_did(store):
+    analysis = store.load_analysis()
+    events = [annotation(11, 2, "dog"),   # task 2 labeled cat, model says dog: took the model's label
+              annotation(12, 1, "cat"),   # kept
+              annotation(13, 3, "dog", Verdict.REMOVED),
+              annotation(14, 4, "cat", cancelled=True),
+              annotation(15, 999, "cat")]  # not in the analysis
+    assert record_verdicts(store, analysis, events) == [2, 1, 3]
+    assert record_verdicts(store, analysis, events) == []  # the same webhook again changes nothing
+    kinds = {t: v["verdict"] for t, v in store.verdicts().items()}
+    assert kinds == {"2": Verdict.RELABELED_TO_MODEL, "1": Verdict.KEPT, "3": Verdict.REMOVED}
+    assert record_verdicts(store, analysis, [annotation(16, 1, "dog")]) == [1]  # a changed mind is recorded
+    assert store.verdicts()["1"]["verdict"] == Verdict.RELABELED_OTHER  # the model said cat too
+
+
+def test_deleted_annotations_take_their_verdicts_with_them(store):
+    record_verdicts(store, store.load_analysis(), [annotation(11, 2, "dog"), annotation(12, 1, "cat")])
+    assert forget_verdicts(store, {11, 404}) == 1
+    assert list(store.verdicts()) == ["1"]
+
+
+def test_a_retraining_is_due_once_per_version_after_enough_verdicts(store):
+    analysis = store.load_analysis()
+    assert not retrain_due(store, 2)
+    record_verdicts(store, analysis, [annotation(11, 2, "dog"), annotation(12, 1, "cat")])
+    assert not retrain_due(store, 0) and not retrain_due(store, 3)
+    assert retrain_due(store, 2)
+    assert not retrain_due(store, 2)  # already requested for this version
