@@ -33,7 +33,7 @@ def test_detectors_import_only_array_libraries():
 
 def test_importing_every_detector_loads_neither_torch_nor_the_sdk():
     code = ("import sys, ml_backend.detectors.label_errors, ml_backend.detectors.duplicates, "
-            "ml_backend.detectors.overview, ml_backend.detectors.maps; "
+            "ml_backend.detectors.overview, ml_backend.detectors.maps, ml_backend.detectors.annotators; "
             "print(sorted(m for m in ('torch', 'label_studio_sdk', 'flask') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
                           timeout=120)
