@@ -70,6 +70,9 @@ class Settings:
     # Review loop
     retrain_after_verdicts: int = _setting(
         "DECONFUSION_RETRAIN_AFTER", 0, "Start a new analysis after this many new verdicts; 0 = only on request.")
+    rerank_after_verdicts: int = _setting(
+        "DECONFUSION_RERANK_AFTER", 25, "Re-rank the review queue and cell tabs from the stored analysis and the "
+        "verifier after this many new verdicts (seconds, no retraining); 0 = never.")
     confirmed_weight: float = _setting(
         "DECONFUSION_CONFIRMED_WEIGHT", 2.0, "Training weight of images whose label a reviewer confirmed.")
     verifier: int = _setting(
@@ -104,6 +107,9 @@ class Settings:
             raise ValueError(f"epochs must be >= 0 (0 = automatic), got {self.epochs}")
         if not 0.0 < self.ssim_threshold <= 1.0:
             raise ValueError(f"ssim_threshold must be in (0, 1], got {self.ssim_threshold}")
+        for name in ("retrain_after_verdicts", "rerank_after_verdicts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = never), got {getattr(self, name)}")
         if self.verifier not in (0, 1):
             raise ValueError(f"verifier must be 0 or 1, got {self.verifier}")
         if self.device not in ("cpu", "cuda"):

@@ -125,6 +125,17 @@ def run_analysis(
     return analysis, models
 
 
+def rerank(analysis: Analysis, verdicts: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, float]:
+    """``analysis``' error scores re-ranked by what reviewers decided about its labels, without
+    retraining: the verifier (``detectors.verifier``) learns from the stored evidence of the
+    reviewed images and scores the rest. ``verdicts`` (N,) int: 1 = the reviewer found the
+    analysed label wrong, 0 = right, -1 = no verdict on it. Returns (scores (N,) float32 in [0, 1],
+    verifier weight; 0 and the stored scores when the verdicts do not validate it)."""
+    evidence = verifier_evidence(analysis.pred_probs, analysis.labels, analysis.error_score,
+                                 analysis.knn_disagreement, analysis.consensus)
+    return verified_scores(evidence, analysis.error_score, verdicts, seed=seed)
+
+
 def _cross_fit_views(dataset: ImageDataset, settings: Settings, progress: Progress):
     """One cross-fit per view (:func:`choose_views`), all on the same folds."""
     fits, ensembles = [], []

@@ -106,6 +106,15 @@ class ProjectStore:
     def history(self) -> list[dict]:
         return read_json(self.root / "history.json", [])
 
+    def append_rerank(self, entry: dict) -> None:
+        """One line per re-rank between analyses (see ``service.verdicts.rerank_published``)."""
+        path = self.root / "reranks.json"
+        with _lock_for(path):
+            write_json(path, read_json(path, []) + [entry])
+
+    def reranks(self) -> list[dict]:
+        return read_json(self.root / "reranks.json", [])
+
     def append_history(self, entry: dict) -> None:
         path = self.root / "history.json"
         with _lock_for(path):

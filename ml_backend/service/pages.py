@@ -11,7 +11,7 @@ from ..analysis import Analysis
 from ..errors import ArtefactError
 from ..store import ProjectStore
 from ..views.render import render_png
-from ..views.report import report_chart_png, report_html, report_json
+from ..views.report import report_chart_png, report_html, report_json, with_review_outcomes
 from .backend import backend
 
 IMAGE_CACHE_SECONDS = 3600  # evidence images of a version never change
@@ -25,10 +25,11 @@ def _analysis(model_dir: str, project_id: int, version: str) -> Analysis:
 
 
 def _history(project_id: int) -> list[dict]:
-    history = ProjectStore(backend().settings.model_dir, project_id).history()
+    store = ProjectStore(backend().settings.model_dir, project_id)
+    history = store.history()
     if not history:
         abort(404, f"project {project_id} has no analysis yet: press Start Training in Label Studio")
-    return history
+    return with_review_outcomes(history, store.verdicts(), store.reranks())
 
 
 @pages.get("/evidence/<int:project_id>/<version>/<kind>.png")

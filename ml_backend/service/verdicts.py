@@ -6,13 +6,20 @@ to the next analysis as reviews (:func:`reviews_from_verdicts`).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+import numpy as np
 
 from ..analysis import Analysis
 from ..config import Settings
 from ..dataset import ImageDataset
 from ..ls.client import LabelStudioClient
 from ..ls.schema import ClassSpec
+from ..pipeline import rerank
+from ..publish import is_flagged
 from ..reviews import Review
 from ..store import ProjectStore
 from ..vocabulary import VERDICT_CONTROL, Verdict
@@ -65,6 +72,7 @@ class VerdictHandler:
     def __init__(self, settings: Settings, submit: Callable[[int], object] | None = None) -> None:
         self.settings = settings
         self.submit = submit
+        self.reranks = Coalescing()
 
     def __call__(self, action: str, project_id: int, annotation_ids: list[int]) -> dict:
         store = ProjectStore(self.settings.model_dir, project_id)
@@ -82,11 +90,121 @@ class VerdictHandler:
                 _mark_reviewed(client, project_id, store, changed)
                 if self.submit is not None and retrain_due(store, self.settings.retrain_after_verdicts):
                     self.submit(project_id)
+                elif rerank_due(store, self.settings.rerank_after_verdicts):
+                    self.reranks.run(project_id, lambda: self.rerank(project_id))
         unknown = len(found) - len(genuine)
         if unknown:
             log.warning("project %s: %s for %d annotation(s) Label Studio does not hold in this project: ignored",
                         project_id, action, unknown)
         return {"status": "ok", "verdicts": len(changed), "ignored": unknown}
+
+
+    def rerank(self, project_id: int) -> dict:
+        """Re-rank the project's published scores from its stored analysis and verdicts."""
+        store = ProjectStore(self.settings.model_dir, project_id)
+        analysis = store.load_analysis()
+        if analysis is None:
+            return {}
+        with LabelStudioClient(self.settings) as client:
+            return rerank_published(store, analysis, lambda updates: client.merge_task_fields(project_id, updates),
+                                    seed=self.settings.seed)
+
+
+class Coalescing:
+    """Runs one background job per key at a time; requests during a run coalesce into one more run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set = set()
+        self._again: set = set()
+        self._threads: list[threading.Thread] = []
+
+    def run(self, key, job: Callable[[], object]) -> None:
+        with self._lock:
+            if key in self._running:
+                self._again.add(key)
+                return
+            self._running.add(key)
+            thread = threading.Thread(target=self._loop, args=(key, job), name=f"deconfusion-rerank-{key}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the runs started so far (tests, shutdown)."""
+        for thread in list(self._threads):
+            thread.join(timeout)
+
+    def _loop(self, key, job: Callable[[], object]) -> None:
+        while True:
+            try:
+                job()
+            except Exception:  # a failed re-rank leaves the last published order; the next verdicts retry
+                log.exception("re-rank of %s failed", key)
+            with self._lock:
+                if key not in self._again:
+                    self._running.discard(key)
+                    return
+                self._again.discard(key)
+
+
+def verdicts_on_labels(analysis: Analysis, verdicts: Mapping[str, dict]) -> np.ndarray:
+    """(N,) int8 verdicts on the labels ``analysis`` scored: 1 = found wrong, 0 = right, -1 = none.
+    A verdict counts when it was made on this analysis (the reviewer saw its label), or is an
+    older "kept" of the same label; ambiguous ones say nothing about the label."""
+    known = np.full(len(analysis.items), -1, dtype=np.int8)
+    index, names = analysis.index_of_task(), analysis.class_names
+    for task, verdict in verdicts.items():
+        i = index.get(int(task))
+        kind = Verdict(verdict["verdict"])
+        if i is None or kind == Verdict.AMBIGUOUS:
+            continue
+        if verdict.get("version") == analysis.model_version:
+            known[i] = int(kind.found_wrong)
+        elif kind == Verdict.KEPT and verdict.get("label") == names[analysis.labels[i]]:
+            known[i] = 0
+    return known
+
+
+def rerank_published(store: ProjectStore, analysis: Analysis,
+                     write_fields: Callable[[dict[int, dict]], object], *, seed: int = 0) -> dict:
+    """Re-rank ``analysis``' unreviewed flagged tasks with its verdicts and write the ``dc_error_score``
+    of those whose score changed since the last write, highest first (the top of the queue is right
+    first). Idempotent: the same verdicts write nothing the second time. Returns the log entry
+    it appends to the project's re-rank log."""
+    started = time.perf_counter()
+    verdicts = store.verdicts()
+    known = verdicts_on_labels(analysis, verdicts)
+    scores, weight = rerank(analysis, known, seed=seed)
+    published_path = store.version_dir(analysis.model_version) / "published_scores.npy"
+    published = np.load(published_path) if published_path.exists() else analysis.error_score
+    reviewed = {int(t) for t in verdicts}
+    changed = [i for i in np.argsort(-scores, kind="stable")
+               if is_flagged(analysis, i) and int(analysis.task_ids[i]) not in reviewed
+               and round(float(scores[i]), 6) != round(float(published[i]), 6)]
+    write_fields({int(analysis.task_ids[i]): {"dc_error_score": round(float(scores[i]), 6)} for i in changed})
+    np.save(published_path, scores.astype(np.float32))
+    entry = {"model_version": analysis.model_version, "verdicts": int((known >= 0).sum()),
+             "found_wrong": int((known == 1).sum()), "verifier_weight": round(weight, 4),
+             "tasks_rewritten": len(changed),
+             "seconds": round(time.perf_counter() - started, 2),
+             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    store.append_rerank(entry)
+    log.info("project %s: re-ranked from %d verdicts (verifier weight %.2f), %d tasks rewritten in %.1f s",
+             store.project_id, entry["verdicts"], weight, len(changed), entry["seconds"])
+    return entry
+
+
+def rerank_due(store: ProjectStore, after_verdicts: int) -> bool:
+    """Whether ``after_verdicts`` (0 = never) verdicts on the current version came in since the last
+    re-rank; marks the count re-ranked when so (a repeated webhook adds no verdict, so no re-rank)."""
+    version = store.current_version()
+    fresh = sum(1 for v in store.verdicts().values() if v.get("version") == version)
+    info = store.project_info()
+    done = info.get("reranked_at", {}).get(version, 0) if isinstance(info.get("reranked_at"), dict) else 0
+    if not after_verdicts or fresh - done < after_verdicts:
+        return False
+    store.update_project_info(reranked_at={version: fresh})
+    return True
 
 
 def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[dict]) -> list[int]:

@@ -19,6 +19,10 @@
 - ``leakage_found`` : int, of those, pairs with one image in training and one in validation
 - ``duplicates_resolved`` : int, duplicate pairs with a member removed by a reviewer
 - ``leakage_resolved`` : int, optional, the same for leakage pairs
+- ``reviewed``, ``found_wrong``, ``queue_precision``, ``reranks`` : optional, added by
+  :func:`with_review_outcomes`: verdicts given on this iteration's ranking (ambiguous ones left
+  out), how many of them found the label wrong, their ratio (the queue's precision as the
+  reviewers saw it), and the re-ranks made from verdicts before the next analysis
 
 Missing optional values show as "–"; charts: :data:`CHARTS`.
 """
@@ -41,6 +45,21 @@ MAX_CLASSES_CHART = 30
 def _kinds(history: list[dict]) -> list[str]:
     seen = [k for h in history for k in h.get("verdicts", {})]
     return list(VERDICT_KINDS) + sorted({k for k in seen if k not in VERDICT_KINDS})
+
+
+def with_review_outcomes(history: list[dict], verdicts: dict[str, dict], reranks: list[dict]) -> list[dict]:
+    """``history`` with, per iteration, what reviewers found on its ranking (see the module doc).
+    ``verdicts``: task id -> {verdict, version, ...} as the store keeps them; ``reranks``: the
+    store's re-rank log."""
+    out = []
+    for h in history:
+        kinds = [v["verdict"] for v in verdicts.values() if v.get("version") == h.get("model_version")
+                 and v["verdict"] != Verdict.AMBIGUOUS]
+        wrong = sum(1 for kind in kinds if kind in {v.value for v in Verdict if v.found_wrong})
+        out.append({**h, "reviewed": len(kinds), "found_wrong": wrong,
+                    "queue_precision": round(wrong / len(kinds), 4) if kinds else None,
+                    "reranks": [r for r in reranks if r.get("model_version") == h.get("model_version")]})
+    return out
 
 
 def report_json(history: list[dict]) -> dict:
@@ -141,10 +160,14 @@ def report_html(history: list[dict], *, chart_url: Callable[[str], str]) -> str:
                      _fmt(h.get("images")), _fmt(h.get("candidates")), *[_fmt(v.get(k, 0)) for k in kinds],
                      _fmt_pct(h.get("estimated_error_rate")), _fmt_pct(h.get("model_accuracy")),
                      f'{_fmt(h.get("duplicates_found"))} / {_fmt(h.get("duplicates_resolved"))}',
-                     f'{_fmt(h.get("leakage_found"))} / {_fmt(h.get("leakage_resolved"))}'])
+                     f'{_fmt(h.get("leakage_found"))} / {_fmt(h.get("leakage_resolved"))}',
+                     f'{_fmt(h.get("found_wrong"))} of {_fmt(h.get("reviewed"))} '
+                     f'({_fmt_pct(h.get("queue_precision"))})',
+                     _fmt(len(h.get("reranks") or []))])
     header = ["iteration", "model version", "date (UTC)", "images", "to review",
               *[html.escape(VERDICT_KINDS.get(k, k)) for k in kinds], "est. wrong labels", "model accuracy",
-              "duplicates found / resolved", "train-val leaks found / resolved"]
+              "duplicates found / resolved", "train-val leaks found / resolved",
+              "reviewed on this ranking: found wrong (precision)", "re-ranks from verdicts"]
     latest = history[-1]
     rates = latest.get("per_class_error_rate") or {}
     by_rate = sorted(rates, key=lambda c: (-rates[c], c))
