@@ -40,13 +40,16 @@ class SkippedItem:
 
 @dataclass
 class Record:
-    """One labeled image before decoding. ``source`` is a file path or raw bytes."""
+    """One labeled image before decoding. ``source`` is a file path or raw bytes; ``annotations``
+    (Label Studio tasks) holds (annotation id, annotator id or None, class name) of each
+    annotator's newest labeling annotation."""
 
     item: str
     source: str | os.PathLike | bytes
     label: str
     split: str = "train"
     task_id: int = -1
+    annotations: tuple[tuple[int, int | None, str], ...] = ()
 
 
 @dataclass

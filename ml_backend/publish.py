@@ -33,7 +33,9 @@ OVERVIEW_CONFIG = Path(__file__).resolve().parent.parent / "label_studio_config"
 OVERVIEW_MARKER = 'name="dc_cell_status"'  # a control only our overview config has
 
 NUMERIC_FIELDS = ("dc_error_score", "dc_candidate", "dc_unreviewed", "dc_duplicate", "dc_duplicate_group",
-                  "dc_similarity", "dc_leakage", "dc_excluded", "dc_p_suggested")
+                  "dc_similarity", "dc_leakage", "dc_excluded", "dc_p_suggested", "dc_disagreement_rank",
+                  "dc_consensus_quality")
+DISAGREEMENT_TAB = f"{TAB_PREFIX}: annotators disagree"
 DUPLICATE_ORDER = "dc_duplicate_group"  # groups numbered closest copies first (see duplicate_groups)
 
 
@@ -106,17 +108,25 @@ def duplicate_groups(analysis: Analysis) -> dict[int, tuple[int, float]]:
 
 
 def desired_fields(
-    analysis: Analysis, verdicts: dict[str, dict], evidence: Callable[[int], str],
+    analysis: Analysis, verdicts: dict[str, dict], evidence: Callable[[int], str], crowd: dict | None = None,
 ) -> dict[int, dict]:
-    """task id -> the ``dc_`` fields it should carry now (flagged tasks and reviewed ones)."""
+    """task id -> the ``dc_`` fields it should carry now: flagged tasks, reviewed ones, and tasks
+    whose annotators disagree (``crowd``, see ``service.crowd``: consensus label, its quality
+    and the rank in the disagreement tab)."""
     leakage, groups = leakage_members(analysis), duplicate_groups(analysis)
+    disagreements = (crowd or {}).get("disagreements", {})
     wanted = {}
     for i in range(len(analysis)):
         task_id = int(analysis.task_ids[i])
         verdict = verdicts.get(str(task_id))
-        if task_id >= 0 and (is_flagged(analysis, i) or verdict):
+        disagreement = disagreements.get(str(task_id))
+        if task_id >= 0 and (is_flagged(analysis, i) or verdict or disagreement):
             wanted[task_id] = task_fields(analysis, i, leakage=leakage, groups=groups, evidence=evidence(i),
                                            verdict=verdict)
+            if disagreement:
+                wanted[task_id].update(dc_consensus=disagreement["consensus"],
+                                       dc_consensus_quality=disagreement["quality"],
+                                       dc_disagreement_rank=disagreement["rank"])
     return wanted
 
 
@@ -136,8 +146,11 @@ def cell_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
     } for c in leading]
 
 
-def data_manager_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
-    """Every Data Manager tab an analysis publishes, review queue first."""
+def data_manager_tabs(analysis: Analysis, *, max_tabs: int, crowd: dict | None = None) -> list[dict]:
+    """Every Data Manager tab an analysis publishes, review queue first; the annotators'
+    disagreements (most doubtful consensus first) when ``crowd`` found any."""
+    disagreement = [{"title": DISAGREEMENT_TAB, "filters": [("dc_disagreement_rank", "greater", "Number", 0)],
+                     "ordering": "dc_disagreement_rank"}] if (crowd or {}).get("disagreements") else []
     return [
         {"title": REVIEW_QUEUE_TAB, "filters": [("dc_candidate", "equal", "Number", 1)], "ordering": "-dc_error_score"},
         *cell_tabs(analysis, max_tabs=max_tabs),
@@ -147,6 +160,7 @@ def data_manager_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
          "ordering": DUPLICATE_ORDER},
         {"title": f"{TAB_PREFIX}: excluded", "filters": [("dc_excluded", "equal", "Number", 1)],
          "ordering": "-dc_error_score"},
+        *disagreement,
     ]
 
 
@@ -176,8 +190,10 @@ def image_url(settings: Settings, project_id: int, version: str) -> Callable[[st
 
 
 def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, spec: ClassSpec,
-                     analysis: Analysis, settings: Settings, store: ProjectStore, progress: Progress) -> None:
-    """Predictions, task fields, tabs and the overview project for ``analysis``; replaces older versions'."""
+                     analysis: Analysis, settings: Settings, store: ProjectStore, progress: Progress, *,
+                     crowd: dict | None = None) -> None:
+    """Predictions, task fields, tabs and the overview project for ``analysis``; replaces older versions'.
+    ``crowd``: the annotators' disagreements (``service.crowd``), published as fields and a tab."""
     labeled = np.flatnonzero(analysis.task_ids >= 0)
     progress("publish", 0, 4)
     client.create_predictions(project_id, [prediction(analysis, i, spec) for i in labeled])
@@ -188,13 +204,13 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     verdicts = store.verdicts()
     wanted = desired_fields(
         analysis, verdicts, lambda i: evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i)
-        else "")
+        else "", crowd)
     client.sync_task_fields(project_id, wanted, prefix=FIELD_PREFIX)
     progress("publish", 2, 4)
 
     client.delete_views(project_id, TAB_PREFIX)
     tab_ids = {}
-    for view in data_manager_tabs(analysis, max_tabs=settings.max_cell_tabs):
+    for view in data_manager_tabs(analysis, max_tabs=settings.max_cell_tabs, crowd=crowd):
         tab_ids[view.get("cell", view["title"])] = client.create_view(
             project_id, view["title"], view["filters"], view["ordering"], numeric_fields=NUMERIC_FIELDS)
     store.update_project_info(tabs={str(k): v for k, v in tab_ids.items()})

@@ -12,14 +12,15 @@ from pathlib import Path
 from .. import publish
 from ..analysis import Analysis, save, write_exports
 from ..config import Settings
-from ..dataset import build_dataset
+from ..dataset import Record, build_dataset
 from ..errors import LabelStudioUnavailable, UnknownProject
 from ..ls.client import LabelStudioClient
 from ..ls.schema import parse_label_config
 from ..pipeline import new_model_version, run_analysis
 from ..reviews import apply_reviews
-from ..store import ProjectStore
+from ..store import ProjectStore, write_json
 from ..vocabulary import VERSION_PREFIX, Progress, Verdict
+from .crowd import CROWD_FILE, crowd_summary
 from .verdicts import reviews_from_verdicts
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,13 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     folder = store.version_dir(version)
     save(analysis, folder)
     write_exports(analysis, folder)
+    crowd = crowd_summary(analysis, labelers_annotations(records, store.verdicts()))
+    write_json(folder / CROWD_FILE, crowd)
     ensemble.save(folder / "model.pt")
     # /setup reports the current version; it must equal the published predictions' version.
     store.set_current(version, iteration)
-    publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress)
-    store.append_history(history_entry(analysis, iteration, store.verdicts()))
+    publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress, crowd=crowd)
+    store.append_history(history_entry(analysis, iteration, store.verdicts(), crowd))
     log.info("project %s: published %s (%d candidates)", project_id, version, int(analysis.is_candidate.sum()))
     return version
 
@@ -74,7 +77,14 @@ def check_project_exists(settings: Settings, project_id: int) -> None:
                              "press Start Training in the project's Settings → Model")
 
 
-def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict]) -> dict:
+def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> dict[int, list[tuple[int | None, str]]]:
+    """task id -> (annotator, label) of each labeling annotation, reviewers' verdict annotations left out."""
+    reviewers = {v.get("annotation_id") for v in verdicts.values()}
+    return {r.task_id: [(annotator, label) for annotation_id, annotator, label in r.annotations
+                        if annotation_id not in reviewers] for r in records}
+
+
+def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict], crowd: dict | None = None) -> dict:
     counts = {kind.value: 0 for kind in Verdict}
     for v in verdicts.values():
         counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
@@ -93,6 +103,9 @@ def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict])
         "duplicates_found": s["duplicate_pairs"],
         "leakage_found": s["leakage_pairs"],
         "duplicates_resolved": _resolved_duplicates(analysis, verdicts),
+        "annotators": len((crowd or {}).get("annotators", [])),
+        "multi_annotated": (crowd or {}).get("multi_annotated", 0),
+        "annotator_disagreements": len((crowd or {}).get("disagreements", {})),
     }
 
 

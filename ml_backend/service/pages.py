@@ -9,10 +9,11 @@ from flask import Blueprint, Response, abort, jsonify, request
 
 from ..analysis import Analysis
 from ..errors import ArtefactError
-from ..store import ProjectStore
+from ..store import ProjectStore, read_json
 from ..views.render import render_png
 from ..views.report import report_chart_png, report_html, report_json, with_review_outcomes
 from .backend import backend
+from .crowd import CROWD_FILE, annotator_report
 
 IMAGE_CACHE_SECONDS = 3600  # evidence images of a version never change
 
@@ -45,16 +46,24 @@ def evidence(project_id: int, version: str, kind: str):
                     headers={"Cache-Control": f"public, max-age={IMAGE_CACHE_SECONDS}, immutable"})
 
 
+def _annotators(project_id: int, history: list[dict]) -> list[dict]:
+    store = ProjectStore(backend().settings.model_dir, project_id)
+    crowd = read_json(store.version_dir(history[-1]["model_version"]) / CROWD_FILE, {})
+    return annotator_report(crowd, store.verdicts(), crowd.get("user_names") or {})
+
+
 @pages.get("/report/<int:project_id>")
 def report(project_id: int):
     base = f"{backend().settings.backend_url}/report/{project_id}"
-    return Response(report_html(_history(project_id), chart_url=lambda name: f"{base}/chart/{name}.png"),
-                    mimetype="text/html")
+    history = _history(project_id)
+    return Response(report_html(history, chart_url=lambda name: f"{base}/chart/{name}.png",
+                                annotators=_annotators(project_id, history)), mimetype="text/html")
 
 
 @pages.get("/report/<int:project_id>.json")
 def report_data(project_id: int):
-    return jsonify(report_json(_history(project_id)))
+    history = _history(project_id)
+    return jsonify(report_json(history, _annotators(project_id, history)))
 
 
 @pages.get("/report/<int:project_id>/chart/<name>.png")

@@ -223,8 +223,8 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
                                  names[analysis.predicted[i]])
         if found is None:
             continue
-        verdict = {"verdict": found[0], "label": found[1], "annotation_id": annotation["id"],
-                   "version": analysis.model_version}
+        verdict = {"verdict": found[0], "label": found[1], "given": names[analysis.labels[i]],
+                   "annotation_id": annotation["id"], "version": analysis.model_version}
         if store.record_verdict(task_id, verdict):
             changed.append(task_id)
     return changed

@@ -62,17 +62,18 @@ def with_review_outcomes(history: list[dict], verdicts: dict[str, dict], reranks
     return out
 
 
-def report_json(history: list[dict]) -> dict:
-    """The report as data: every iteration, the latest one, and first -> latest changes."""
+def report_json(history: list[dict], annotators: list[dict] | None = None) -> dict:
+    """The report as data: every iteration, the latest one, first -> latest changes, and per
+    annotator (``service.crowd.annotator_report``) labels made, flagged and found wrong."""
     if not history:
         return {"iterations": [], "latest": None, "changes": None, "verdict_kinds": list(VERDICT_KINDS),
-                "charts": list(CHARTS)}
+                "charts": list(CHARTS), "annotators": annotators or []}
     first, latest = history[0], history[-1]
     changes = {key: {"first": first.get(key), "latest": latest.get(key)}
                for key in ("candidates", "estimated_error_rate", "model_accuracy", "duplicates_found")}
     changes["verdicts_total"] = sum(latest.get("verdicts", {}).values())
     return {"iterations": history, "latest": latest, "changes": changes, "verdict_kinds": _kinds(history),
-            "charts": list(CHARTS)}
+            "charts": list(CHARTS), "annotators": annotators or []}
 
 
 def report_chart_png(history: list[dict], name: str) -> bytes:
@@ -143,9 +144,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f'<table style="{TABLE}"><tr>{head}</tr>{body}</table>'
 
 
-def report_html(history: list[dict], *, chart_url: Callable[[str], str]) -> str:
+def _annotators_table(annotators: list[dict]) -> str:
+    if not annotators:
+        return ""
+    rows = [[html.escape(str(a["name"])), _fmt(a["labels"]), f'{_fmt(a["flagged"])} ({_fmt_pct(a["share_flagged"])})',
+             _fmt(a["judged"]), f'{_fmt(a["wrong"])} ({_fmt_pct(a["share_wrong"])})', _fmt(a.get("quality"))]
+            for a in annotators]
+    return ('<h2 style="font-size:16px;margin:12px 0 2px 0">Annotators</h2>'
+            + _table(["annotator", "labels made", "flagged", "reviewed", "found wrong", "CROWDLAB quality"], rows))
+
+
+def report_html(history: list[dict], *, chart_url: Callable[[str], str], annotators: list[dict] | None = None) -> str:
     """The progress page: headline in words, charts (``chart_url(name)`` for each of
-    :data:`CHARTS`), a table of every iteration, and the latest per-class rates and confused pairs."""
+    :data:`CHARTS`), a table of every iteration, the latest per-class rates and confused pairs,
+    and the annotators' table."""
     page = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>De-Confusion progress</title></head>'
             f'<body style="{FONT};color:{INK};margin:16px 20px;max-width:1200px">'
             '<h1 style="font-size:20px;margin:0 0 6px 0">De-Confusion progress</h1>{}</body></html>')
@@ -185,5 +197,6 @@ def report_html(history: list[dict], *, chart_url: Callable[[str], str]) -> str:
             f'<div><h2 style="font-size:16px;margin:0 0 2px 0">Flagged labels per class (iteration '
             f'{_fmt(latest.get("iteration"))})</h2>{_table(["class", "flagged"], class_rows)}</div>'
             '<div><h2 style="font-size:16px;margin:0 0 2px 0">Most confused pairs</h2>'
-            f'{_table(["labeled", "model says", "images"], pair_rows)}</div></div>')
+            f'{_table(["labeled", "model says", "images"], pair_rows)}</div></div>'
+            f'{_annotators_table(annotators or [])}')
     return page.format(body)

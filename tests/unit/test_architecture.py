@@ -55,7 +55,7 @@ LAYERS = {
     "pipeline": {"analysis", "config", "dataset", "detectors", "model", "reviews", "vocabulary", "errors"},
     "views": {"analysis", "errors", "vocabulary", "detectors"},
     "publish": {"analysis", "config", "ls", "store", "views", "vocabulary", "errors"},
-    "service": {"analysis", "config", "dataset", "errors", "ls", "model", "pipeline", "publish", "reviews",
+    "service": {"analysis", "config", "dataset", "detectors", "errors", "ls", "model", "pipeline", "publish", "reviews",
                 "store", "views", "vocabulary"},
 }
 
