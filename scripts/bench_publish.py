@@ -17,13 +17,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from lsserver import LabelStudioServer  # noqa: E402
 
 from ml_backend.config import Settings  # noqa: E402
 from ml_backend.ls import client as client_module  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.ls.dev_server import LabelStudioServer  # noqa: E402
 
 CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
           '<Choice value="a"/><Choice value="b"/></Choices></View>')

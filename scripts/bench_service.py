@@ -20,13 +20,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from demo import CONFIG, digits, mnist, plant_errors, write_images  # noqa: E402
-from lsserver import LabelStudioServer, free_port, start_backend, wait_for_job  # noqa: E402
+from demo import CONFIG, digits, mnist, plant_errors, write_images  # noqa: E402  (scripts/ is this script's folder)
 
 from ml_backend.config import Settings  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.ls.dev_server import LabelStudioServer, free_port, start_backend, wait_for_job  # noqa: E402
 
 
 def post(url: str, body: dict) -> tuple[float, dict]:

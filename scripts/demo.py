@@ -24,12 +24,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from lsserver import LabelStudioServer, start_backend, wait_for_job  # noqa: E402
 
 from ml_backend.config import Settings  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.ls.dev_server import LabelStudioServer, start_backend, wait_for_job  # noqa: E402
 from ml_backend.store import ProjectStore  # noqa: E402
 
 CONFIG = """<View>

@@ -1,8 +1,8 @@
 """Test harness for a real Label Studio: start one, get tokens of both kinds, and host images on
 another origin that records what it was sent. Standard library only (plus Pillow for PNGs).
 
-The server itself is ``scripts/lsserver.py``'s LabelStudioServer (also used by the demo and the
-benchmarks): Label Studio 1.23 from ``$LS_VENV`` (default ``.venv-ls``) on 127.0.0.1 and a free
+The server itself is ``ml_backend.ls.dev_server``'s LabelStudioServer (also used by the demo and
+the benchmarks): Label Studio 1.23 from ``$LS_VENV`` (default ``.venv-ls``) on 127.0.0.1 and a free
 port, a fresh data dir, an admin user with a 40-hex legacy token, legacy tokens enabled for the
 organization (LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN; 1.23 turns them off for new organizations),
 local-file serving on, SSRF protection and the ML local-IP block off. The first start migrates a
@@ -15,7 +15,6 @@ import contextlib
 import http.server
 import io
 import json
-import sys
 import threading
 import time
 import urllib.error
@@ -27,13 +26,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(ROOT / "scripts"))
+from ml_backend.ls.dev_server import LS_VENV, ROOT, LabelStudioServer, free_port
 
-from lsserver import LS_VENV, LabelStudioServer, free_port  # noqa: E402
-
-__all__ = ["LS_VENV", "LabelStudioServer", "free_port", "ls_installed", "running_label_studio",
+__all__ = ["LS_VENV", "ROOT", "LabelStudioServer", "free_port", "ls_installed", "running_label_studio",
            "create_personal_access_token", "revoke_personal_access_tokens", "ImageHost", "Route", "png_bytes",
            "LOOPBACK"]
 

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lsserver import wait_for_job  # noqa: E402  (scripts/ is on the path via conftest)
 from tests.integration.browser import Browser, login_label_studio
 from tests.integration.labelstudio import LOOPBACK
 
@@ -28,6 +27,7 @@ from tests.shapes import CLASSES, pattern
 from ml_backend.config import Settings
 from ml_backend.errors import LabelStudioUnavailable
 from ml_backend.ls.client import LabelStudioClient
+from ml_backend.ls.dev_server import free_port, start_backend, wait_for_job
 from ml_backend.server import SECRET_HEADER
 from ml_backend.views.configs import review_config
 
@@ -365,8 +365,6 @@ def press_start_training(backend_url: str, project_id: int) -> None:
 
 @pytest.mark.parametrize("case", ["two_images", "no_labels", "wrong_token", "ls_down"])
 def test_bad_projects_and_outages_give_a_clear_status_and_the_service_stays_up(case, world, label_studio, tmp_path):
-    from lsserver import free_port, start_backend
-
     client = world["client"]
     config = CONFIG if case != "two_images" else CONFIG.replace(
         '<Image name="image" value="$image"/>', '<Image name="image" value="$image"/><Image name="b" value="$b"/>')
@@ -431,8 +429,6 @@ class CuttableProxy:
 
 def test_label_studio_going_down_mid_job_fails_the_job_clearly_and_the_service_stays_up(world, label_studio,
                                                                                          tmp_path):
-    from lsserver import free_port, start_backend
-
     proxy = CuttableProxy(label_studio.url)
     port = free_port()
     settings = Settings.from_env({}, model_dir=str(tmp_path), port=port, label_studio_url=proxy.url,

@@ -18,11 +18,10 @@ import pytest
 from tests.components import missing
 from tests.integration.labelstudio import LS_VENV, ROOT, LabelStudioServer, free_port, ls_installed
 
-from lsserver import wait_http  # noqa: E402  (scripts/ is on the path via labelstudio)
-
-from ml_backend.config import Settings  # noqa: E402
-from ml_backend.errors import LabelStudioUnavailable  # noqa: E402
-from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.ls.client import LabelStudioClient
+from ml_backend.ls.dev_server import wait_http
 
 
 def listening_addresses(port: int) -> set[str]:
