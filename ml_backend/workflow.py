@@ -17,7 +17,7 @@ import numpy as np
 from . import publish
 from .analysis import Analysis, save, write_exports
 from .config import Settings
-from .errors import LabelStudioUnavailable, UnknownProject
+from .errors import LabelStudioError, UnknownProject
 from .dataset import ImageDataset, build_dataset, decode_image, fit_to_shape
 from .ls.client import LabelStudioClient
 from .ls.schema import ClassSpec, parse_label_config
@@ -78,7 +78,7 @@ def check_project_exists(settings: Settings, project_id: int) -> None:
     with LabelStudioClient(settings, retry_delays=()) as client:
         try:
             found = client.find_project(project_id)
-        except LabelStudioUnavailable:
+        except LabelStudioError:
             return
     if found is None:
         raise UnknownProject(f"Label Studio at {settings.label_studio_url} has no project {project_id}: "

@@ -5,7 +5,8 @@ a legacy token (``Authorization: Token ...``) from a personal access token (a JW
 exchanged at /api/token/refresh/ for short-lived ``Bearer`` access tokens and refreshed when they
 expire). Every REST call goes through that client with our own retries: connection errors and
 5xx are retried with backoff (RETRY_DELAYS), then LabelStudioUnavailable says Label Studio did not
-answer; 401/403 raise at once, naming LABEL_STUDIO_API_KEY.
+answer; 401/403 raise LabelStudioTokenRejected at once, naming LABEL_STUDIO_API_KEY; other 4xx
+raise LabelStudioRejected.
 
 Images are downloaded from wherever task data points: Label Studio's own media (/data/upload/,
 /data/local-files/), cloud URIs (s3://, gs://, azure-blob://; presigned or proxied by Label Studio
@@ -47,7 +48,8 @@ from label_studio_sdk.core.api_error import ApiError
 
 from ..config import Settings
 from ..dataset import Record, SkippedItem
-from ..errors import DeConfusionError, LabelStudioUnavailable
+from ..errors import (DeConfusionError, LabelStudioError, LabelStudioRejected, LabelStudioTokenRejected,
+                      LabelStudioUnavailable)
 from .netpolicy import Address, AddressRefused, DownloadPolicy
 from .schema import ClassSpec, parse_label_config
 
@@ -77,14 +79,6 @@ _SAFE_METHODS = ("GET", "HEAD", "PUT", "PATCH", "DELETE")  # retried on any tran
 _UNPROCESSED = (502, 503, 504)  # gateway errors: a POST did not run, so it is retried too
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
                 b"\x00\x00\x01\x00")
-
-
-class LabelStudioRequestFailed(LabelStudioUnavailable):
-    """Label Studio answered a request with a 4xx other than 401/403 (bad id, invalid payload)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ImageFetchError(DeConfusionError):
@@ -122,7 +116,7 @@ class LabelStudioClient:
         with self._sdk_lock:
             if self._sdk_client is None:
                 if not self.settings.label_studio_api_key.strip():
-                    raise LabelStudioUnavailable(
+                    raise LabelStudioTokenRejected(
                         "LABEL_STUDIO_API_KEY is empty: set it to a personal access token or legacy token of a "
                         "Label Studio user (Label Studio → Account & Settings)")
                 try:
@@ -131,7 +125,7 @@ class LabelStudioClient:
                         base_url=self.base + "/", api_key=self.settings.label_studio_api_key.strip(),
                         timeout=REQUEST_TIMEOUT, max_retries=0, follow_redirects=False)
                 except ApiError as exc:  # an expired or malformed JWT
-                    raise LabelStudioUnavailable(
+                    raise LabelStudioTokenRejected(
                         f"Label Studio at {self.base} rejected the token ({_detail(exc.body)}): check "
                         "LABEL_STUDIO_API_KEY (create a new personal access token in Account & Settings)") from None
             return self._sdk_client
@@ -153,8 +147,8 @@ class LabelStudioClient:
         """JSON of one Label Studio API call (None for an empty answer).
 
         Retried on connection errors and 5xx (a POST only when it cannot have run); then
-        LabelStudioUnavailable. 401/403 raise LabelStudioUnavailable naming the token; other
-        4xx raise LabelStudioRequestFailed with Label Studio's message.
+        LabelStudioUnavailable. 401/403 raise LabelStudioTokenRejected; other 4xx and redirects
+        raise LabelStudioRejected with Label Studio's message.
         """
         method = method.upper()
         what = f"{method} {path}"
@@ -181,13 +175,13 @@ class LabelStudioClient:
                 if status in (401, 403):
                     raise self._rejected(status, what, _detail(_json_or_text(resp)))
                 if 300 <= status < 400:
-                    raise LabelStudioRequestFailed(
+                    raise LabelStudioRejected(
                         f"Label Studio at {self.base} redirected {what} to {resp.headers.get('location')!r}: set "
                         "LABEL_STUDIO_URL to the address Label Studio is served at (http or https, sub-path)", status)
                 if status < 300:
                     return self._json(resp, what)
                 if status < 500:
-                    raise LabelStudioRequestFailed(
+                    raise LabelStudioRejected(
                         f"Label Studio refused {what} (HTTP {status}): {_detail(_json_or_text(resp))}", status)
                 last = f"HTTP {status}: {_detail(_json_or_text(resp))}"
                 retry = method in _SAFE_METHODS or status in _UNPROCESSED
@@ -225,12 +219,12 @@ class LabelStudioClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _rejected(self, status: int, what: str, detail: str) -> LabelStudioUnavailable:
+    def _rejected(self, status: int, what: str, detail: str) -> LabelStudioTokenRejected:
         if status == 401:
-            return LabelStudioUnavailable(
+            return LabelStudioTokenRejected(
                 f"Label Studio at {self.base} rejected the token (HTTP 401 on {what}: {detail}): check "
                 "LABEL_STUDIO_API_KEY (a personal access token or, if the organization allows them, a legacy token)")
-        return LabelStudioUnavailable(
+        return LabelStudioTokenRejected(
             f"Label Studio at {self.base} rejected the token for {what} (HTTP 403: {detail}): check that "
             "LABEL_STUDIO_API_KEY belongs to a user who may read and change this project")
 
@@ -246,7 +240,7 @@ class LabelStudioClient:
         """The project, or None when Label Studio has none with this id."""
         try:
             return self.get_project(project_id)
-        except LabelStudioRequestFailed as exc:
+        except LabelStudioRejected as exc:
             if exc.status == 404:
                 return None
             raise
@@ -261,7 +255,7 @@ class LabelStudioClient:
         def find(annotation_id: int) -> dict | None:
             try:
                 return self.request("GET", f"/api/annotations/{int(annotation_id)}/")
-            except LabelStudioRequestFailed as exc:
+            except LabelStudioRejected as exc:
                 if exc.status == 404:
                     return None
                 raise
@@ -305,7 +299,7 @@ class LabelStudioClient:
                   "download_all_tasks": "false" if labeled_only else "true"}
         try:
             tasks = self.request("GET", f"/api/projects/{int(project_id)}/export", params=params, timeout=600)
-        except LabelStudioRequestFailed as exc:
+        except LabelStudioRejected as exc:
             if exc.status == 404 and not self.project_exists(project_id):
                 raise
             log.warning("Label Studio's export of project %s failed (%s); listing tasks page by page instead",
@@ -363,7 +357,7 @@ class LabelStudioClient:
                     break
                 time.sleep(1)
             if resp.get("status") != "completed":
-                raise LabelStudioRequestFailed(f"import into project {project_id} did not complete: {resp}", 400)
+                raise LabelStudioRejected(f"import into project {project_id} did not complete: {resp}", 400)
         return [int(t) for t in (resp or {}).get("task_ids") or []]
 
     def replace_tasks(self, project_id: int, tasks_data: list[dict]) -> None:
@@ -412,7 +406,7 @@ class LabelStudioClient:
                 return SkippedItem(name, f"task {task_id}: no image URL in task data field {spec.image_key!r}")
             try:
                 path = self.cached_image(url, task_id=task_id, cache_dir=cache)
-            except (ImageFetchError, LabelStudioUnavailable, OSError) as exc:
+            except (ImageFetchError, LabelStudioError, OSError) as exc:
                 return SkippedItem(name, f"task {task_id}: image {url!r} could not be downloaded: {exc}")
             return Record(item=name, source=str(path), label=label, split=split, task_id=task_id)
 
@@ -457,7 +451,7 @@ class LabelStudioClient:
         """Image bytes from Label Studio's media, a cloud URI (through Label Studio) or an http(s)
         URL the download policy allows. At most settings.max_image_bytes, image content only, and
         within settings.download_timeout seconds all told (redirects and slow bodies included).
-        Raises ImageFetchError (or LabelStudioUnavailable for a token Label Studio refuses to refresh)."""
+        Raises ImageFetchError (or LabelStudioTokenRejected for a token Label Studio refuses to refresh)."""
         url = url.strip()
         if url.startswith("data:"):
             return _data_uri(url, self.settings.max_image_bytes)

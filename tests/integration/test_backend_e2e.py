@@ -25,7 +25,7 @@ from tests.integration.labelstudio import LOOPBACK
 
 from tests.shapes import CLASSES, pattern
 from ml_backend.config import Settings
-from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.errors import LabelStudioTokenRejected
 from ml_backend.ls.client import LabelStudioClient
 from ml_backend.ls.dev_server import free_port, start_backend, wait_for_job
 from ml_backend.server import SECRET_HEADER
@@ -454,7 +454,7 @@ def test_personal_access_tokens_work_and_bad_tokens_are_refused(world, label_stu
     assert token, f"this Label Studio did not issue a personal access token: {pat}"
     settings = world["settings"].replace(label_studio_api_key=token)
     assert LabelStudioClient(settings).get_project(world["pid"])["id"] == world["pid"]
-    with pytest.raises(LabelStudioUnavailable, match="rejected the token"):
+    with pytest.raises(LabelStudioTokenRejected, match="rejected the token"):
         LabelStudioClient(world["settings"].replace(label_studio_api_key="f" * 40)).check()
 
 

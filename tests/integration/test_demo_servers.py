@@ -19,7 +19,7 @@ from tests.components import missing
 from tests.integration.labelstudio import LS_VENV, ROOT, LabelStudioServer, free_port, ls_installed
 
 from ml_backend.config import Settings
-from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.errors import LabelStudioTokenRejected
 from ml_backend.ls.client import LabelStudioClient
 from ml_backend.ls.dev_server import wait_http
 
@@ -138,7 +138,7 @@ def test_demo_uses_a_random_password_and_a_personal_access_token_and_stops_on_si
         client = LabelStudioClient(settings)
         assert client.check()["email"] == "admin@example.com"
         assert client.request("GET", "/api/jwt/settings")["legacy_api_tokens_enabled"] is False
-        with pytest.raises(LabelStudioUnavailable):  # the previous start's token was revoked
+        with pytest.raises(LabelStudioTokenRejected):  # the previous start's token was revoked
             LabelStudioClient(settings.replace(label_studio_api_key=first["token"])).check()
         assert_stops(demo, groups, signal.SIGTERM)
 

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from ml_backend.config import Settings
-from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.errors import LabelStudioRejected, LabelStudioTokenRejected, LabelStudioUnavailable
 from ml_backend.ls import client as client_module
-from ml_backend.ls.client import ImageFetchError, LabelStudioClient, LabelStudioRequestFailed, newest_label
+from ml_backend.ls.client import ImageFetchError, LabelStudioClient, newest_label
 from ml_backend.ls.schema import parse_label_config
 from tests.components import missing
 from tests.integration.labelstudio import LOOPBACK, ImageHost, Route, free_port, png_bytes
@@ -440,7 +440,7 @@ def test_ml_backend_connects_once_and_training_reaches_it(world, host):
 
 def test_wrong_token_wrong_url_and_unreachable_server_give_clear_errors(world):
     bad = LabelStudioClient(world["settings"].replace(label_studio_api_key="0" * 40))
-    with pytest.raises(LabelStudioUnavailable, match="rejected the token.*LABEL_STUDIO_API_KEY"):
+    with pytest.raises(LabelStudioTokenRejected, match="rejected the token.*LABEL_STUDIO_API_KEY"):
         bad.check()
     down = LabelStudioClient(world["settings"].replace(label_studio_url=f"http://127.0.0.1:{free_port()}"),
                              retry_delays=(0.1, 0.2))
@@ -452,9 +452,20 @@ def test_wrong_token_wrong_url_and_unreachable_server_give_clear_errors(world):
         not_ls = LabelStudioClient(world["settings"].replace(label_studio_url=web.url))
         with pytest.raises(LabelStudioUnavailable, match="text/html, not JSON: is LABEL_STUDIO_URL the address"):
             not_ls.check()
-    with pytest.raises(LabelStudioRequestFailed) as missing:
-        world["client"].get_project(999_999)
-    assert missing.value.status == 404 and not world["client"].project_exists(999_999)
+
+
+def test_a_request_label_studio_refuses_is_rejected_not_unavailable(world):
+    """A 4xx is Label Studio's answer, given at once: not retried, and not "did not answer"."""
+    client = world["client"]
+    started = time.monotonic()
+    with pytest.raises(LabelStudioRejected, match=r"refused GET /api/projects/999999/ \(HTTP 404\)") as missing:
+        client.get_project(999_999)
+    assert missing.value.status == 404 and not isinstance(missing.value, LabelStudioUnavailable)
+    assert client.find_project(999_999) is None and not client.project_exists(999_999)
+    with pytest.raises(LabelStudioRejected, match="HTTP 400") as invalid:
+        client.request("POST", "/api/projects/", json={"title": "x" * 1000})
+    assert invalid.value.status == 400
+    assert time.monotonic() - started < 5  # no retries with backoff (the default delays sum to 15 s)
 
 
 def test_personal_access_token_works_for_api_and_media(world, personal_access_token):
