@@ -45,8 +45,8 @@ def main() -> None:
                         help="predictions per import request")
     parser.add_argument("--flagged", type=float, default=0.15, help="share of tasks that get our fields")
     args = parser.parse_args()
-    with LabelStudioServer(data_dir=Path(tempfile.mkdtemp(prefix="bench-publish-"))) as ls:
-        client = LabelStudioClient(Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token))
+    with LabelStudioServer(data_dir=Path(tempfile.mkdtemp(prefix="bench-publish-"))) as ls, \
+            LabelStudioClient(Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token)) as client:
         pid = client.create_project("publish benchmark", CONFIG)
         rows = []
         ids: list[int] = []

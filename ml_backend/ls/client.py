@@ -51,7 +51,7 @@ from ..dataset import Record, SkippedItem
 from ..errors import (DeConfusionError, LabelStudioError, LabelStudioRejected, LabelStudioTokenRejected,
                       LabelStudioUnavailable)
 from .netpolicy import Address, AddressRefused, DownloadPolicy
-from .schema import ClassSpec, parse_label_config
+from .schema import ClassSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ MEDIA_ROUTES = re.compile(r"/(data/upload/.+|data/local-files/|storage-data/uplo
 OWN_PREFIX = "dc_"  # our task-data keys
 OUR_VERSIONS = "deconfusion"  # our predictions' model_version prefix
 SPLITS = ("train", "val")
-# Annotation events the verdict loop listens to (Label Studio 1.23 names).
-ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 _SAFE_METHODS = ("GET", "HEAD", "PUT", "PATCH", "DELETE")  # retried on any transport error or 5xx
 _UNPROCESSED = (502, 503, 504)  # gateway errors: a POST did not run, so it is retried too
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
@@ -228,10 +226,6 @@ class LabelStudioClient:
             f"Label Studio at {self.base} rejected the token for {what} (HTTP 403: {detail}): check that "
             "LABEL_STUDIO_API_KEY belongs to a user who may read and change this project")
 
-    def check(self) -> dict:
-        """The token's user (id, email, ...): validates LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY."""
-        return self.request("GET", "/api/current-user/whoami")
-
     # --- projects ---------------------------------------------------------------------------
     def get_project(self, project_id: int) -> dict:
         return self.request("GET", f"/api/projects/{int(project_id)}/")
@@ -262,10 +256,6 @@ class LabelStudioClient:
         ids = list(dict.fromkeys(int(a) for a in annotation_ids))
         return dict(zip(ids, self._parallel(find, ids)))
 
-    def class_spec(self, project_id: int) -> ClassSpec:
-        """The project's Image + Choices pair; LabelConfigError says what to change."""
-        return parse_label_config(self.get_project(project_id).get("label_config", ""))
-
     def create_project(self, title: str, label_config: str) -> int:
         return int(self.request("POST", "/api/projects/", json={"title": title, "label_config": label_config})["id"])
 
@@ -273,17 +263,11 @@ class LabelStudioClient:
         """Only for the backend's own companion projects (the overview)."""
         self.request("DELETE", f"/api/projects/{int(project_id)}/")
 
-    def update_label_config(self, project_id: int, label_config: str) -> None:
-        self.request("PATCH", f"/api/projects/{int(project_id)}/", json={"label_config": label_config})
-
     # --- tasks --------------------------------------------------------------------------------
     def iter_tasks(self, project_id: int, *, page_size: int = PAGE_SIZE) -> Iterator[dict]:
         """Every task of the project as Label Studio lists it (id, data, meta, annotations,
         predictions, ...), in id order, page by page. ``data`` is raw: storage URIs unresolved."""
-        yield from self._paged_tasks({"project": int(project_id), "fields": "all"}, page_size)
-
-    def all_tasks(self, project_id: int) -> list[dict]:
-        return list(self.iter_tasks(project_id))
+        yield from self.paged_tasks({"project": int(project_id), "fields": "all"}, page_size=page_size)
 
     def export_tasks(self, project_id: int, *, labeled_only: bool = False) -> list[dict]:
         """Every task (``labeled_only``: every task with an annotation, cancelled ones included)
@@ -313,7 +297,9 @@ class LabelStudioClient:
         """One task with raw data (storage URIs unresolved) and its annotations."""
         return self.request("GET", f"/api/tasks/{int(task_id)}/", params={"resolve_uri": "false"})
 
-    def _paged_tasks(self, params: dict, page_size: int) -> Iterator[dict]:
+    def paged_tasks(self, params: Mapping[str, Any], *, page_size: int = PAGE_SIZE) -> Iterator[dict]:
+        """Label Studio's task list (/api/tasks/) for ``params`` (project, view, fields), page by
+        page, with raw data."""
         seen, page = 0, 1
         while True:
             resp = self.request("GET", "/api/tasks/", params={
@@ -334,19 +320,6 @@ class LabelStudioClient:
             ids += self._imported_ids(project_id, resp)
         return ids
 
-    def upload_images(self, project_id: int, files: Iterable[str | os.PathLike | tuple[str, bytes]]) -> list[int]:
-        """Upload image files (paths or ``(name, bytes)``); Label Studio makes one task per file
-        with data ``{<image key>: "/data/upload/<project>/<name>"}``. Returns the task ids."""
-        parts = {}
-        for n, item in enumerate(files):
-            name, body = (item[0], item[1]) if isinstance(item, tuple) else (Path(item).name, Path(item).read_bytes())
-            parts[f"file{n}"] = (name, body, _guess_image_type(name))
-        if not parts:
-            return []
-        resp = self.request("POST", f"/api/projects/{int(project_id)}/import", files=parts, params=IMPORT_PARAMS,
-                            timeout=600)
-        return self._imported_ids(project_id, resp)
-
     def _imported_ids(self, project_id: int, resp: Any, timeout: float = 600) -> list[int]:
         """Task ids from an import answer; waits for Label Studio Enterprise's background imports."""
         if isinstance(resp, dict) and "import" in resp and "task_count" not in resp:
@@ -365,17 +338,6 @@ class LabelStudioClient:
         self.request("DELETE", f"/api/projects/{int(project_id)}/tasks/")
         if tasks_data:
             self.import_tasks(project_id, [{"data": data} for data in tasks_data])
-
-    def create_annotation(self, task_id: int, result: list[dict], *, was_cancelled: bool = False) -> int:
-        body = {"result": result, "was_cancelled": bool(was_cancelled)}
-        return int(self.request("POST", f"/api/tasks/{int(task_id)}/annotations/", json=body)["id"])
-
-    def add_local_storage(self, project_id: int, path: str | os.PathLike) -> int:
-        """Serve files under ``path`` as /data/local-files/?d=<path relative to
-        LOCAL_FILES_DOCUMENT_ROOT> (needs LOCAL_FILES_SERVING_ENABLED=true on the server)."""
-        body = {"project": int(project_id), "path": str(Path(path).resolve()), "title": "images",
-                "use_blob_urls": True, "regex_filter": ".*"}
-        return int(self.request("POST", "/api/storages/localfiles", json=body)["id"])
 
     # --- labeled images -------------------------------------------------------------------
     def labeled_records(self, project_id: int, spec: ClassSpec, cache_dir: str | os.PathLike,
@@ -627,34 +589,17 @@ class LabelStudioClient:
     # write re-reads its task right before it and sends back the user's keys as just read: an edit
     # made while we publish (minutes for a big project) is kept. What is left is one request's
     # latency between that GET and the PATCH; an export is only used to pick the tasks to touch.
-    def update_task_data(self, task_id: int, fields: Mapping[str, Any], *, prefix: str = OWN_PREFIX) -> bool:
-        """Add or replace our ``prefix`` keys in a task's data, keeping every user key as it is.
-        Returns whether the task changed."""
-        _check_own_keys(fields, prefix)
-        return self._rewrite_data(task_id, lambda data: {**data, **fields})
-
-    def clear_task_data(self, task_id: int, keys: Iterable[str], *, prefix: str = OWN_PREFIX) -> bool:
-        """Remove our ``keys`` (all starting with ``prefix``) from a task's data; user keys stay."""
-        keys = set(keys)
-        _check_own_keys(keys, prefix)
-        return self._rewrite_data(task_id, lambda data: {k: v for k, v in data.items() if k not in keys})
-
-    def update_tasks_data(self, updates: Mapping[int, Mapping[str, Any]], *, prefix: str = OWN_PREFIX) -> int:
-        """update_task_data for many tasks, WORKERS at a time; returns how many changed."""
-        for fields in updates.values():
-            _check_own_keys(fields, prefix)
-        return sum(self._parallel(lambda item: self.update_task_data(item[0], item[1], prefix=prefix),
-                                  list(updates.items())))
-
-    def clear_tasks_data(self, task_ids: Iterable[int], keys: Iterable[str], *, prefix: str = OWN_PREFIX) -> int:
-        keys = list(keys)
-        _check_own_keys(keys, prefix)
-        return sum(self._parallel(lambda task_id: self.clear_task_data(task_id, keys, prefix=prefix), list(task_ids)))
-
     def merge_task_fields(self, project_id: int, updates: Mapping[int, Mapping[str, Any]], *,
                           prefix: str = OWN_PREFIX) -> int:
-        """Change some of our fields on a few tasks of the project (see update_tasks_data)."""
-        return self.update_tasks_data(updates, prefix=prefix)
+        """Add or replace our ``prefix`` keys in a few tasks' data (``updates[task_id]``), keeping
+        every user key as it is, WORKERS tasks at a time. Returns how many tasks changed."""
+        for fields in updates.values():
+            _check_own_keys(fields, prefix)
+
+        def merge(item: tuple[int, Mapping[str, Any]]) -> bool:
+            task_id, fields = item
+            return self._rewrite_data(task_id, lambda data: {**data, **fields})
+        return sum(self._parallel(merge, list(updates.items())))
 
     def sync_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
                          prefix: str = OWN_PREFIX) -> int:
@@ -734,56 +679,6 @@ class LabelStudioClient:
         for view in ours:
             self.request("DELETE", f"/api/dm/views/{view['id']}/")
         return len(ours)
-
-    def get_view_tasks(self, project_id: int, view_id: int, *, page_size: int = PAGE_SIZE) -> list[int]:
-        """Task ids in the tab, filtered and in the tab's order (as the Data Manager lists them)."""
-        params = {"project": int(project_id), "view": int(view_id), "fields": "task_only"}
-        return [int(t["id"]) for t in self._paged_tasks(params, page_size)]
-
-    def view_task_ids(self, project_id: int, view_id: int) -> list[int]:
-        return self.get_view_tasks(project_id, view_id)
-
-    # --- the ML backend and webhooks -------------------------------------------------------------
-    def connect_ml_backend(self, project_id: int, url: str, title: str = "De-Confusion") -> int:
-        """Connect the backend at ``url`` to the project (once); returns its id. Label Studio calls
-        <url>/setup to validate and adds a <url>/webhook webhook for all actions."""
-        for backend in self.request("GET", "/api/ml/", params={"project": int(project_id)}) or []:
-            if str(backend.get("url", "")).rstrip("/") == url.rstrip("/"):
-                return int(backend["id"])
-        body = {"project": int(project_id), "url": url, "title": title, "is_interactive": False}
-        return int(self.request("POST", "/api/ml/", json=body)["id"])
-
-    def start_training(self, backend_id: int) -> None:
-        """What the "Start Training" button does: Label Studio posts START_TRAINING to the backend."""
-        self.request("POST", f"/api/ml/{int(backend_id)}/train", json={})
-
-    def ensure_webhook(self, project_id: int, url: str, actions: Iterable[str] | None = None, *,
-                       headers: Mapping[str, str] | None = None) -> int:
-        """A project webhook to ``url`` with payloads for ``actions`` (None: all actions) that
-        sends ``headers`` (e.g. the backend's WEBHOOK_SECRET). Idempotent: an existing webhook to
-        ``url`` is reused, widened to ``actions`` and given ``headers`` if needed."""
-        wanted = None if actions is None else sorted(set(actions))
-        for hook in self.request("GET", "/api/webhooks/", params={"project": int(project_id)}) or []:
-            if hook.get("url") != url or hook.get("project") not in (None, int(project_id)):
-                continue
-            covered = hook.get("send_for_all_actions") or (
-                wanted is not None and set(wanted) <= set(hook.get("actions") or []))
-            patch = {}
-            if not (covered and hook.get("send_payload") and hook.get("is_active", True)):
-                patch = {"send_payload": True, "is_active": True}
-                if wanted is None:
-                    patch["send_for_all_actions"] = True
-                elif not hook.get("send_for_all_actions"):
-                    patch["actions"] = sorted(set(wanted) | set(hook.get("actions") or []))
-            if headers and not dict(headers).items() <= (hook.get("headers") or {}).items():
-                patch["headers"] = {**(hook.get("headers") or {}), **headers}
-            if patch:
-                self.request("PATCH", f"/api/webhooks/{int(hook['id'])}/", json=patch)
-            return int(hook["id"])
-        body = {"project": int(project_id), "url": url, "send_payload": True, "is_active": True,
-                "send_for_all_actions": wanted is None, "actions": wanted or [], "headers": dict(headers or {})}
-        return int(self.request("POST", "/api/webhooks/", json=body)["id"])
-
 
 # --- pure helpers ----------------------------------------------------------------------------
 
@@ -898,12 +793,6 @@ def _looks_like_image(data: bytes) -> bool:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return True
     return data.startswith(_IMAGE_MAGIC)
-
-
-def _guess_image_type(name: str) -> str:
-    ext = Path(name).suffix.lower().lstrip(".")
-    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "bmp": "image/bmp",
-            "webp": "image/webp", "tif": "image/tiff", "tiff": "image/tiff"}.get(ext, "application/octet-stream")
 
 
 def _json_or_text(resp: httpx.Response) -> Any:
