@@ -19,9 +19,10 @@ from PIL import Image
 
 from ml_backend.config import Settings
 from ml_backend.errors import LabelStudioRejected, LabelStudioTokenRejected, LabelStudioUnavailable
-from ml_backend.ls import client as client_module
+from ml_backend.ls import media as media_module
 from ml_backend.ls.admin import add_local_storage, connect_ml_backend, ensure_webhook, start_training
-from ml_backend.ls.client import ImageFetchError, LabelStudioClient, newest_label
+from ml_backend.ls.client import LabelStudioClient, newest_label
+from ml_backend.ls.media import ImageFetchError
 from ml_backend.ls.schema import parse_label_config
 from tests.components import missing
 from tests.integration.labelstudio import (LOOPBACK, ImageHost, Route, create_annotation, free_port, png_bytes,
@@ -159,9 +160,9 @@ def test_cookies_label_studio_sets_never_reach_another_host(host):
     with ImageHost(media) as label_studio:
         client = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key="0" * 40,
                                             download_allow=LOOPBACK))
-        assert client.download("/data/upload/1/a.png", task_id=1) == media["/data/upload/1/a.png"].body
+        assert client.media.download("/data/upload/1/a.png", task_id=1) == media["/data/upload/1/a.png"].body
         before = len(host.seen)
-        client.download(f"{host.url}/url-good.png", task_id=2)
+        client.media.download(f"{host.url}/url-good.png", task_id=2)
     assert [k for _, headers in host.seen[before:] for k in headers if k.lower() in ("cookie", "authorization")] == []
 
 
@@ -175,14 +176,14 @@ def test_private_hosts_are_refused_unless_download_allow_names_them(host):
     url = f"{host.url}/url-good.png"
     before = len(host.requests_for("/url-good.png"))
     with pytest.raises(ImageFetchError, match=r"127\.0\.0\.1 is not a public address \(loopback\).*DOWNLOAD_ALLOW"):
-        LabelStudioClient(elsewhere()).download(url, task_id=1)
+        LabelStudioClient(elsewhere()).media.download(url, task_id=1)
     assert len(host.requests_for("/url-good.png")) == before  # refused before connecting
     localhost = url.replace("127.0.0.1", "localhost")
     with pytest.raises(ImageFetchError, match=r"localhost resolves to (127\.0\.0\.1|::1), which is not a public"):
-        LabelStudioClient(elsewhere()).download(localhost, task_id=1)
+        LabelStudioClient(elsewhere()).media.download(localhost, task_id=1)
     for allow, target in [("127.0.0.1", url), ("127.0.0.0/8", url), ("10.0.0.0/8, localhost", localhost)]:
         client = LabelStudioClient(elsewhere().replace(download_allow=allow))
-        assert client.download(target, task_id=1) == host.routes["/url-good.png"].body, allow
+        assert client.media.download(target, task_id=1) == host.routes["/url-good.png"].body, allow
     assert host.requests_for("/url-good.png")[-1]["Host"] == localhost.split("/")[2]  # the name, not the address
 
 
@@ -196,13 +197,13 @@ def test_every_redirect_hop_is_checked(host):
     client = LabelStudioClient(elsewhere().replace(download_allow="localhost"))
     before = len(host.requests_for("/url-good.png"))
     with pytest.raises(ImageFetchError, match=r"^127\.0\.0\.1 is not a public address \(loopback\)"):
-        client.download(f"{allowed_by_name}/to-loopback", task_id=1)
+        client.media.download(f"{allowed_by_name}/to-loopback", task_id=1)
     with pytest.raises(ImageFetchError, match="169.254.169.254 is a cloud metadata service"):
-        client.download(f"{allowed_by_name}/to-metadata", task_id=1)
+        client.media.download(f"{allowed_by_name}/to-metadata", task_id=1)
     assert host.requests_for("/to-loopback") and len(host.requests_for("/url-good.png")) == before
     as_label_studio = LabelStudioClient(elsewhere(port=int(host.url.rsplit(":", 1)[1])))  # host is its own origin
     with pytest.raises(ImageFetchError, match="169.254.169.254 is a cloud metadata service"):
-        as_label_studio.download("/to-metadata", task_id=1)
+        as_label_studio.media.download("/to-metadata", task_id=1)
 
 
 def test_download_timeout_bounds_a_server_that_trickles(host):
@@ -211,7 +212,7 @@ def test_download_timeout_bounds_a_server_that_trickles(host):
     client = LabelStudioClient(elsewhere().replace(download_allow=LOOPBACK, download_timeout=2))
     started = time.monotonic()
     with pytest.raises(ImageFetchError, match="timed out after 2 s"):
-        client.download(f"{host.url}/trickle.png", task_id=1)
+        client.media.download(f"{host.url}/trickle.png", task_id=1)
     assert time.monotonic() - started < 3
 
 
@@ -248,15 +249,15 @@ def test_https_at_the_checked_address_still_verifies_the_certificate_for_the_nam
 
     for name, works in [("localhost", True), ("other.test", False)]:
         server, trust = served_with_certificate_for(name)
-        monkeypatch.setattr(client_module, "_tls", lambda context=trust: context)  # trust this certificate alone
+        monkeypatch.setattr(media_module, "_tls", lambda context=trust: context)  # trust this certificate alone
         client = LabelStudioClient(elsewhere().replace(download_allow="localhost"))
         url = f"https://localhost:{server.server_address[1]}/a.png"
         try:
             if works:
-                assert client.download(url, task_id=1) == image
+                assert client.media.download(url, task_id=1) == image
             else:
                 with pytest.raises(ImageFetchError, match="CERTIFICATE_VERIFY_FAILED.*not valid for 'localhost'"):
-                    client.download(url, task_id=1)
+                    client.media.download(url, task_id=1)
         finally:
             server.shutdown()
 
@@ -270,7 +271,7 @@ def test_token_goes_only_to_label_studios_media_routes(world, host, label_studio
                 "/data/upload/../../api/projects/", "/data/upload/%2e%2e/%2e%2e/api/projects/"):
         with pytest.raises(ImageFetchError, match=r"HTTP 401: \S*/api/projects/ is not one of Label Studio's "
                                                   "media routes.*so it gets no token"):
-            client.download(url, task_id=1)
+            client.media.download(url, task_id=1)
     tasks = {t["id"]: t for t in client.iter_tasks(world["pid"])}
     for name, seed in (("up0", 0), ("local", 20)):  # its media routes still get the token
         data = client.fetch_image(tasks[world["tasks"][name]], world["spec"])
