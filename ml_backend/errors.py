@@ -17,8 +17,27 @@ class LabelConfigError(DeConfusionError):
     """The project's labeling config has no single Image + single-choice Choices pair."""
 
 
-class LabelStudioUnavailable(DeConfusionError):
-    """Label Studio did not answer after retries, or rejected the token."""
+class LabelStudioError(DeConfusionError):
+    """Label Studio could not be used for a request; the subclasses say why."""
+
+
+class LabelStudioUnavailable(LabelStudioError):
+    """Label Studio did not answer after retries (connection errors, 5xx), or what answers at
+    LABEL_STUDIO_URL is not its API."""
+
+
+class LabelStudioTokenRejected(LabelStudioError):
+    """LABEL_STUDIO_API_KEY is empty, or Label Studio refused it (401/403, an expired personal
+    access token): a configuration error."""
+
+
+class LabelStudioRejected(LabelStudioError):
+    """Label Studio answered a request with a 4xx other than 401/403 (bad id, invalid payload) or
+    with a redirect; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ArtefactError(DeConfusionError):

@@ -17,13 +17,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from lsserver import LabelStudioServer  # noqa: E402
 
 from ml_backend.config import Settings  # noqa: E402
 from ml_backend.ls import client as client_module  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.ls.dev_server import LabelStudioServer  # noqa: E402
 
 CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
           '<Choice value="a"/><Choice value="b"/></Choices></View>')
@@ -47,8 +45,8 @@ def main() -> None:
                         help="predictions per import request")
     parser.add_argument("--flagged", type=float, default=0.15, help="share of tasks that get our fields")
     args = parser.parse_args()
-    with LabelStudioServer(data_dir=Path(tempfile.mkdtemp(prefix="bench-publish-"))) as ls:
-        client = LabelStudioClient(Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token))
+    with LabelStudioServer(data_dir=Path(tempfile.mkdtemp(prefix="bench-publish-"))) as ls, \
+            LabelStudioClient(Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token)) as client:
         pid = client.create_project("publish benchmark", CONFIG)
         rows = []
         ids: list[int] = []

@@ -20,13 +20,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from demo import CONFIG, digits, mnist, plant_errors, write_images  # noqa: E402
-from lsserver import LabelStudioServer, free_port, start_backend, wait_for_job  # noqa: E402
+from demo import CONFIG, digits, mnist, plant_errors, write_images  # noqa: E402  (scripts/ is this script's folder)
 
 from ml_backend.config import Settings  # noqa: E402
+from ml_backend.ls.admin import add_local_storage, connect_ml_backend, start_training  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.ls.dev_server import LabelStudioServer, free_port, start_backend, wait_for_job  # noqa: E402
 
 
 def post(url: str, body: dict) -> tuple[float, dict]:
@@ -56,23 +56,22 @@ def main() -> None:
         port = free_port()
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
                                      model_dir=str(work / "model_dir"), port=port, public_url=f"http://127.0.0.1:{port}")
-        with start_backend(settings) as backend:
-            client = LabelStudioClient(settings)
+        with start_backend(settings) as backend, LabelStudioClient(settings) as client:
             pid = client.create_project("bench", CONFIG.format(choices="\n".join(
                 f'<Choice value="{d}"/>' for d in range(10))))
-            client.add_local_storage(pid, work / "images")
+            add_local_storage(client, pid, work / "images")
             client.import_tasks(pid, [{"data": {"image": f"/data/local-files/?d=images/{n}"},
                                        "annotations": [{"result": [{"from_name": "label", "to_name": "image",
                                                                     "type": "choices", "value": {"choices": [str(y)]}}]}]}
                                       for n, y in zip(names, noisy)])
-            backend_id = client.connect_ml_backend(pid, backend)
+            backend_id = connect_ml_backend(client, pid, backend)
             start = time.perf_counter()
-            client.start_training(backend_id)
+            start_training(client, backend_id)
             job = wait_for_job(backend, pid, timeout=3600)
             while "De-Confusion: review queue" not in {v["title"] for v in client.list_views(pid)}:
                 time.sleep(0.5)
             to_tab = time.perf_counter() - start
-            tasks = client.all_tasks(pid)
+            tasks = list(client.iter_tasks(pid))
             label_config = client.get_project(pid)["label_config"]
             known = [post(f"{backend}/predict", {"tasks": [tasks[i % len(tasks)]], "project": f"{pid}.0",
                                                  "label_config": label_config})[0] for i in range(args.requests)]

@@ -24,12 +24,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from lsserver import LabelStudioServer, start_backend, wait_for_job  # noqa: E402
 
 from ml_backend.config import Settings  # noqa: E402
+from ml_backend.ls.admin import add_local_storage, connect_ml_backend, ensure_webhook, start_training  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.ls.dev_server import LabelStudioServer, start_backend, wait_for_job  # noqa: E402
 from ml_backend.store import ProjectStore  # noqa: E402
 
 CONFIG = """<View>
@@ -107,23 +106,23 @@ def build_demo(args, ls: LabelStudioServer, settings: Settings, backend_url: str
     image_dir = args.workdir / "images"
     names = write_images(images, image_dir)
 
-    client = LabelStudioClient(settings)
     choices = "\n".join(f'    <Choice value="{d}"/>' for d in range(10))
-    pid = client.create_project("Digits (demo)", CONFIG.format(choices=choices))
-    client.add_local_storage(pid, image_dir)
     tasks = [{"data": {"image": f"/data/local-files/?d={image_dir.relative_to(args.workdir)}/{name}",
                        "split": str(s)},
               "annotations": [{"result": [{"from_name": "label", "to_name": "image", "type": "choices",
                                            "value": {"choices": [str(int(y))]}}]}]}
              for name, y, s in zip(names, noisy, split)]
-    task_ids = client.import_tasks(pid, tasks)
-    backend_id = client.connect_ml_backend(pid, backend_url, "De-Confusion")
-    client.ensure_webhook(pid, f"{backend_url}/webhook")
-    print(f"project {pid}: {len(tasks)} images imported; Start Training pressed", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    client.start_training(backend_id)
-    job = wait_for_job(backend_url, pid, timeout=1800, on_progress=StageLog())
-    views = {v["title"]: v["id"] for v in client.list_views(pid)}
+    with LabelStudioClient(settings) as client:
+        pid = client.create_project("Digits (demo)", CONFIG.format(choices=choices))
+        add_local_storage(client, pid, image_dir)
+        task_ids = client.import_tasks(pid, tasks)
+        backend_id = connect_ml_backend(client, pid, backend_url, "De-Confusion")
+        ensure_webhook(client, pid, f"{backend_url}/webhook")
+        print(f"project {pid}: {len(tasks)} images imported; Start Training pressed", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        start_training(client, backend_id)
+        job = wait_for_job(backend_url, pid, timeout=1800, on_progress=StageLog())
+        views = {v["title"]: v["id"] for v in client.list_views(pid)}
     queue = views.get("De-Confusion: review queue")
     project = json.loads((Path(settings.model_dir) / "projects" / str(pid) / "project.json").read_text())
     return {

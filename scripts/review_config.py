@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ml_backend.config import Settings  # noqa: E402
+from ml_backend.ls.admin import update_label_config  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
 from ml_backend.views.configs import remove_review_config, review_config  # noqa: E402
 
@@ -25,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["install", "remove"])
     parser.add_argument("--project", type=int, required=True)
     args = parser.parse_args(argv)
-    client = LabelStudioClient(Settings.from_env())
-    current = client.get_project(args.project)["label_config"]
-    updated = review_config(current) if args.action == "install" else remove_review_config(current)
-    if updated == current:
-        print(f"project {args.project}: nothing to {args.action}")
-        return 0
-    client.update_label_config(args.project, updated)
+    with LabelStudioClient(Settings.from_env()) as client:
+        current = client.get_project(args.project)["label_config"]
+        updated = review_config(current) if args.action == "install" else remove_review_config(current)
+        if updated == current:
+            print(f"project {args.project}: nothing to {args.action}")
+            return 0
+        update_label_config(client, args.project, updated)
     print(f"project {args.project}: review panel {'installed' if args.action == 'install' else 'removed'}")
     return 0
 

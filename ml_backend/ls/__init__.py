@@ -1,5 +1,7 @@
 """The Label Studio adapter: the only package that imports label_studio_sdk.
 
-``schema`` turns a labeling config into a ClassSpec; ``client`` wraps the SDK 2.x LabelStudio
-client for everything De-Confusion reads from and writes to Label Studio.
+``transport`` authenticates and retries REST calls; ``client`` holds the calls the backend
+makes; ``media`` downloads images (``netpolicy`` says which addresses it may reach); ``schema``
+turns a labeling config into a ClassSpec. ``admin`` (project set-up a user would do) and
+``dev_server`` (local Label Studio and backend) serve the demo, the scripts and the tests.
 """

@@ -13,7 +13,7 @@ from .. import publish
 from ..analysis import Analysis, save, write_exports
 from ..config import Settings
 from ..dataset import Record, build_dataset
-from ..errors import LabelStudioUnavailable, UnknownProject
+from ..errors import LabelStudioError, UnknownProject
 from ..ls.client import LabelStudioClient
 from ..ls.schema import parse_label_config
 from ..pipeline import new_model_version, run_analysis
@@ -70,7 +70,7 @@ def check_project_exists(settings: Settings, project_id: int) -> None:
     with LabelStudioClient(settings, retry_delays=()) as client:
         try:
             found = client.find_project(project_id)
-        except LabelStudioUnavailable:
+        except LabelStudioError:
             return
     if found is None:
         raise UnknownProject(f"Label Studio at {settings.label_studio_url} has no project {project_id}: "

@@ -15,8 +15,8 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..config import Settings
-from ..errors import (ArtefactError, DatasetError, DeConfusionError, LabelConfigError, LabelStudioUnavailable,
-                      UnknownProject, UnreadableImage)
+from ..errors import (ArtefactError, DatasetError, DeConfusionError, LabelConfigError, LabelStudioError,
+                      LabelStudioRejected, UnknownProject, UnreadableImage)
 from .backend import Backend, Predictor, ProjectCheck, VerdictHandler, backend
 from .contract import contract
 from .jobs import JobQueueUnavailable, JobRunner, recover_interrupted
@@ -26,9 +26,12 @@ from .status import status
 
 log = logging.getLogger(__name__)
 
-_STATUS_FOR_ERROR = ((JobQueueUnavailable, 503), (UnknownProject, 404), (LabelStudioUnavailable, 502),
-                     (LabelConfigError, 422), (DatasetError, 422), (UnreadableImage, 422), (ArtefactError, 500),
-                     (DeConfusionError, 500))
+# First match wins. Label Studio down or refusing the backend's token: 502 (the gateway's
+# upstream failed, the caller can only retry or tell the admin); Label Studio refusing a request
+# the backend made (a 4xx): 500, the backend's own fault, never "unavailable".
+_STATUS_FOR_ERROR = ((JobQueueUnavailable, 503), (UnknownProject, 404), (LabelStudioRejected, 500),
+                     (LabelStudioError, 502), (LabelConfigError, 422), (DatasetError, 422), (UnreadableImage, 422),
+                     (ArtefactError, 500), (DeConfusionError, 500))
 
 
 def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor: Predictor | None = None,

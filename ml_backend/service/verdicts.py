@@ -16,6 +16,7 @@ import numpy as np
 from ..analysis import Analysis
 from ..config import Settings
 from ..dataset import ImageDataset
+from ..errors import LabelStudioRejected
 from ..ls.client import LabelStudioClient
 from ..ls.schema import ClassSpec
 from ..pipeline import rerank
@@ -252,7 +253,11 @@ def retrain_due(store: ProjectStore, after_verdicts: int) -> bool:
 def _in_project(client: LabelStudioClient, annotation: dict, project_id: int) -> bool:
     project = annotation.get("project")
     if project is None:  # annotations made before Label Studio stored their project
-        project = client.get_task(int(annotation["task"])).get("project")
+        try:
+            project = client.get_task(int(annotation["task"])).get("project")
+        except LabelStudioRejected as exc:  # the task was deleted since
+            if exc.status != 404:
+                raise
     return project == project_id
 
 

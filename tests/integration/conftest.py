@@ -10,13 +10,12 @@ import pytest
 
 from tests.components import missing
 
-from tests.integration.labelstudio import (  # also puts scripts/ on sys.path for lsserver
+from tests.integration.labelstudio import (
     LOOPBACK, LS_VENV, create_personal_access_token, ls_installed, revoke_personal_access_tokens,
     running_label_studio)
 
-from lsserver import free_port, start_backend  # noqa: E402
-
-from ml_backend.config import Settings  # noqa: E402
+from ml_backend.config import Settings
+from ml_backend.ls.dev_server import free_port, start_backend
 
 
 def pytest_collection_modifyitems(items):

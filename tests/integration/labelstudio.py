@@ -1,8 +1,9 @@
-"""Test harness for a real Label Studio: start one, get tokens of both kinds, and host images on
-another origin that records what it was sent. Standard library only (plus Pillow for PNGs).
+"""Test harness for a real Label Studio: start one, get tokens of both kinds, act in it as a user
+would (annotate, upload, list a tab), and host images on another origin that records what it was
+sent. Standard library only (plus Pillow for PNGs) besides the client under test.
 
-The server itself is ``scripts/lsserver.py``'s LabelStudioServer (also used by the demo and the
-benchmarks): Label Studio 1.23 from ``$LS_VENV`` (default ``.venv-ls``) on 127.0.0.1 and a free
+The server itself is ``ml_backend.ls.dev_server``'s LabelStudioServer (also used by the demo and
+the benchmarks): Label Studio 1.23 from ``$LS_VENV`` (default ``.venv-ls``) on 127.0.0.1 and a free
 port, a fresh data dir, an admin user with a 40-hex legacy token, legacy tokens enabled for the
 organization (LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN; 1.23 turns them off for new organizations),
 local-file serving on, SSRF protection and the ML local-IP block off. The first start migrates a
@@ -15,7 +16,6 @@ import contextlib
 import http.server
 import io
 import json
-import sys
 import threading
 import time
 import urllib.error
@@ -27,15 +27,12 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(ROOT / "scripts"))
+from ml_backend.ls.client import LabelStudioClient
+from ml_backend.ls.dev_server import LS_VENV, ROOT, LabelStudioServer, free_port
 
-from lsserver import LS_VENV, LabelStudioServer, free_port  # noqa: E402
-
-__all__ = ["LS_VENV", "LabelStudioServer", "free_port", "ls_installed", "running_label_studio",
-           "create_personal_access_token", "revoke_personal_access_tokens", "ImageHost", "Route", "png_bytes",
-           "LOOPBACK"]
+__all__ = ["LS_VENV", "ROOT", "LabelStudioServer", "free_port", "ls_installed", "running_label_studio",
+           "create_personal_access_token", "revoke_personal_access_tokens", "whoami", "create_annotation",
+           "upload_images", "view_task_ids", "ImageHost", "Route", "png_bytes", "LOOPBACK"]
 
 LOOPBACK = "127.0.0.1"  # DOWNLOAD_ALLOW for test image hosts, which the download policy refuses by default
 
@@ -90,6 +87,33 @@ def create_personal_access_token(url: str, legacy_token: str) -> str:
     if status != 201:
         raise RuntimeError(f"POST /api/token/ answered {status}: {body}")
     return body["token"]
+
+
+def whoami(client: LabelStudioClient) -> dict:
+    """The token's user (id, email, ...): the cheapest call that needs a valid URL and token."""
+    return client.request("GET", "/api/current-user/whoami")
+
+
+def create_annotation(client: LabelStudioClient, task_id: int, result: list[dict], *,
+                      was_cancelled: bool = False) -> int:
+    """What a reviewer's Submit (or Skip, ``was_cancelled``) does; returns the annotation id."""
+    body = {"result": result, "was_cancelled": bool(was_cancelled)}
+    return int(client.request("POST", f"/api/tasks/{int(task_id)}/annotations/", json=body)["id"])
+
+
+def upload_images(client: LabelStudioClient, project_id: int, files: list[tuple[str, bytes]]) -> list[int]:
+    """Upload ``(name, PNG bytes)`` files as the import dialog does: one task per file, with data
+    ``{<image key>: "/data/upload/<project>/<name>"}``. Returns the task ids."""
+    parts = {f"file{n}": (name, body, "image/png") for n, (name, body) in enumerate(files)}
+    answer = client.request("POST", f"/api/projects/{int(project_id)}/import", files=parts,
+                            params={"commit_to_project": "true", "return_task_ids": "true"}, timeout=600)
+    return [int(t) for t in answer["task_ids"]]
+
+
+def view_task_ids(client: LabelStudioClient, project_id: int, view_id: int) -> list[int]:
+    """Task ids in the tab, filtered and in the tab's order (as the Data Manager lists them)."""
+    params = {"project": int(project_id), "view": int(view_id), "fields": "task_only"}
+    return [int(t["id"]) for t in client.paged_tasks(params)]
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

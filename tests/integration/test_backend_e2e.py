@@ -20,14 +20,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lsserver import wait_for_job  # noqa: E402  (scripts/ is on the path via conftest)
 from tests.integration.browser import Browser, login_label_studio
-from tests.integration.labelstudio import LOOPBACK
+from tests.integration.labelstudio import LOOPBACK, create_annotation, view_task_ids, whoami
 
 from tests.shapes import CLASSES, pattern
 from ml_backend.config import Settings
-from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.errors import LabelStudioTokenRejected
+from ml_backend.ls.admin import add_local_storage, connect_ml_backend, ensure_webhook, start_training, \
+    update_label_config
 from ml_backend.ls.client import LabelStudioClient
+from ml_backend.ls.dev_server import free_port, start_backend, wait_for_job
 from ml_backend.service.contract import SECRET_HEADER
 from ml_backend.views.configs import review_config
 
@@ -80,7 +82,7 @@ def get_json(url: str):
 @pytest.fixture(scope="module")
 def world(label_studio, backend):
     backend_url, settings = backend
-    client = LabelStudioClient(settings)
+    client = LabelStudioClient(settings)  # closed at the end of the module
     rng = np.random.default_rng(0)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageHost)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -88,7 +90,7 @@ def world(label_studio, backend):
     folder = label_studio.files / "shapes"
     folder.mkdir(parents=True, exist_ok=True)
     pid = client.create_project("Shapes", CONFIG)
-    client.add_local_storage(pid, folder)
+    add_local_storage(client, pid, folder)
     tasks, truth = [], []
     for cls in CLASSES:
         for n in range(PER_CLASS):
@@ -110,16 +112,17 @@ def world(label_studio, backend):
     tasks.append({"data": {"image": f"{host}/missing.png", "note": "broken"}, "annotations": [annotation("ring")]})
     tasks.append({"data": {"image": "/data/local-files/?d=shapes/horizontal-2.png", "note": "unlabeled"}})
     client.import_tasks(pid, tasks)
-    before = {t["id"]: t for t in client.all_tasks(pid)}
-    backend_id = client.connect_ml_backend(pid, backend_url)
+    before = {t["id"]: t for t in client.iter_tasks(pid)}
+    backend_id = connect_ml_backend(client, pid, backend_url)
     # Label Studio made a webhook to <backend>/webhook; the README tells users to add the secret to it.
-    client.ensure_webhook(pid, backend_url + "/webhook", headers={SECRET_HEADER: settings.webhook_secret})
+    ensure_webhook(client, pid, backend_url + "/webhook", headers={SECRET_HEADER: settings.webhook_secret})
     started = time.perf_counter()
-    client.start_training(backend_id)
+    start_training(client, backend_id)
     job = wait_for_job(backend_url, pid, timeout=600)
     yield {"client": client, "pid": pid, "backend_id": backend_id, "backend": backend_url, "settings": settings,
            "job": job, "before": before, "truth": truth, "seconds": time.perf_counter() - started}
     server.shutdown()
+    client.close()
 
 
 def stored_file(world, *parts: str) -> Path:
@@ -169,8 +172,8 @@ def test_review_queue_ranks_planted_errors_first_numerically(world):
     assert "De-Confusion: review queue" in tabs and "De-Confusion: duplicates" in tabs
     assert "De-Confusion: train/val leakage" in tabs
     assert any(t.startswith("De-Confusion: diagonal → ring (") for t in tabs)
-    queue = client.view_task_ids(pid, tabs["De-Confusion: review queue"])
-    tasks = {t["id"]: t for t in client.all_tasks(pid)}
+    queue = view_task_ids(client, pid, tabs["De-Confusion: review queue"])
+    tasks = {t["id"]: t for t in client.iter_tasks(pid)}
     scores = [tasks[t]["data"]["dc_error_score"] for t in queue]
     assert scores == sorted(scores, reverse=True)
     order = sorted(tasks)  # imported in order: task index i <-> truth[i]
@@ -179,12 +182,12 @@ def test_review_queue_ranks_planted_errors_first_numerically(world):
         tasks[t]["annotations"][0]["result"][0]["value"]["choices"][0] == "diagonal"}
     assert len(wrong) == SWAPPED
     assert len(wrong & set(queue[:SWAPPED + 3])) >= SWAPPED - 1  # the swapped cell is flagged whole
-    leakage = client.view_task_ids(pid, tabs["De-Confusion: train/val leakage"])
+    leakage = view_task_ids(client, pid, tabs["De-Confusion: train/val leakage"])
     assert {tasks[t]["data"]["note"] for t in leakage} == {"user key horizontal-1", "copy"}
 
 
 def test_user_data_and_annotations_are_unchanged(world):
-    after = {t["id"]: t for t in world["client"].all_tasks(world["pid"])}
+    after = {t["id"]: t for t in world["client"].iter_tasks(world["pid"])}
     for task_id, before in world["before"].items():
         user_keys = {k: v for k, v in after[task_id]["data"].items() if not k.startswith("dc_")}
         assert user_keys == before["data"]
@@ -192,7 +195,7 @@ def test_user_data_and_annotations_are_unchanged(world):
 
 
 def test_evidence_images_and_report_are_served(world):
-    tasks = [t for t in world["client"].all_tasks(world["pid"]) if t["data"].get("dc_evidence")]
+    tasks = [t for t in world["client"].iter_tasks(world["pid"]) if t["data"].get("dc_evidence")]
     assert tasks
     for src in re.findall(r'src="([^"]+)"', tasks[0]["data"]["dc_evidence"])[:4]:
         status, kind, body = get_json(src.replace("&amp;", "&"))
@@ -202,7 +205,7 @@ def test_evidence_images_and_report_are_served(world):
 
 
 def test_overview_project_has_one_task_per_cell(world):
-    overview = world["client"].all_tasks(stored(world, "project.json")["overview_project"])
+    overview = list(world["client"].iter_tasks(stored(world, "project.json")["overview_project"]))
     analysis = stored(world, "versions", world["job"]["model_version"], "analysis.json")
     assert len(overview) == len(analysis["cells"]) > 0
     first = min(overview, key=lambda t: t["data"]["dc_order"])
@@ -226,10 +229,10 @@ def test_a_browser_shows_the_overview_a_review_task_and_the_report_with_their_im
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     client, pid, backend = world["client"], world["pid"], world["backend"]
-    client.update_label_config(pid, review_config(client.get_project(pid)["label_config"]))
-    task = next(t for t in client.all_tasks(pid) if t["data"].get("dc_evidence"))
+    update_label_config(client, pid, review_config(client.get_project(pid)["label_config"]))
+    task = next(t for t in client.iter_tasks(pid) if t["data"].get("dc_evidence"))
     info = stored(world, "project.json")
-    cell = min(client.all_tasks(info["overview_project"]), key=lambda t: t["data"]["dc_order"])
+    cell = min(client.iter_tasks(info["overview_project"]), key=lambda t: t["data"]["dc_order"])
     with Browser(chromium, tmp_path / "profile") as page:
         login_label_studio(page, label_studio.url, label_studio.username, label_studio.password)
         pages = {"overview-cell": f"{label_studio.url}/projects/{info['overview_project']}/data?task={cell['id']}",
@@ -250,7 +253,7 @@ def tasks_once_reviewed(client, pid: int, task_ids: list[int], timeout: float = 
     """The project's tasks by id, once the backend has marked all of ``task_ids`` reviewed (or time is up)."""
     deadline = time.monotonic() + timeout
     while True:
-        tasks = {t["id"]: t for t in client.all_tasks(pid)}
+        tasks = {t["id"]: t for t in client.iter_tasks(pid)}
         if all(tasks[t]["data"].get("dc_reviewed") for t in task_ids) or time.monotonic() > deadline:
             return tasks
         time.sleep(0.5)
@@ -258,11 +261,11 @@ def tasks_once_reviewed(client, pid: int, task_ids: list[int], timeout: float = 
 
 def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     client, pid = world["client"], world["pid"]
-    queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
+    queue = view_task_ids(client, pid, views_by_title(world)["De-Confusion: review queue"])
     reviewed = queue[:3]
     for task_id in reviewed:  # a reviewer takes the model's label
         suggested = client.request("GET", f"/api/tasks/{task_id}/")["data"]["dc_suggested"]
-        client.create_annotation(task_id, annotation(suggested)["result"])
+        create_annotation(client, task_id, annotation(suggested)["result"])
     tasks = tasks_once_reviewed(client, pid, reviewed)
     assert all(tasks[t]["data"]["dc_reviewed"] == "relabeled_to_model" and tasks[t]["data"]["dc_candidate"] == 0
                for t in reviewed)
@@ -270,7 +273,7 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     # Create Annotations From Predictions, our model version; one ANNOTATIONS_CREATED for the batch.
     first_version = world["job"]["model_version"]
     cell_tab = next(v for t, v in views_by_title(world).items() if t.startswith("De-Confusion: diagonal → ring ("))
-    cell = client.view_task_ids(pid, cell_tab)
+    cell = view_task_ids(client, pid, cell_tab)
     assert len(cell) >= 5 and not set(reviewed) & set(cell)  # reviewed images left the cell's tab too
     client.request("POST", "/api/dm/actions", params={"id": "predictions_to_annotations", "project": pid},
                    json={"project": pid, "selectedItems": {"all": False, "included": cell},
@@ -280,7 +283,7 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert all(tasks[t]["annotations"][-1]["result"][0]["value"]["choices"] == ["ring"] for t in cell)
     titles_before = sorted(views_by_title(world))
     first_overview = stored(world, "project.json")["overview_project"]
-    client.start_training(world["backend_id"])
+    start_training(client, world["backend_id"])
     time.sleep(1)
     job = wait_for_job(world["backend"], pid, timeout=600)
     assert job["status"] == "done" and job["model_version"] != first_version
@@ -290,11 +293,11 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert all(titles.count(f"De-Confusion: {name}") == 1 for name in fixed)  # replaced, not piled up
     assert len([t for t in titles if t.startswith("De-Confusion") and "→" in t]) <= world["settings"].max_cell_tabs
     assert len(titles) <= len(titles_before)
-    queue = client.view_task_ids(pid, views_by_title(world)["De-Confusion: review queue"])
+    queue = view_task_ids(client, pid, views_by_title(world)["De-Confusion: review queue"])
     assert not set(reviewed) & set(queue)
     cells = stored(world, "versions", job["model_version"], "analysis.json")["cells"]
     assert stored(world, "project.json")["overview_project"] == first_overview  # reused
-    overview = client.all_tasks(first_overview)
+    overview = list(client.iter_tasks(first_overview))
     assert [t["data"]["dc_version"] for t in overview] == [job["model_version"]] * max(len(cells), 1)
     assert cells or overview[0]["data"]["dc_cell"] == "No disagreements"  # a clean set says so
     history = json.loads(get_json(f"{world['backend']}/report/{pid}.json")[2])["iterations"]
@@ -326,7 +329,7 @@ def wait_until(check, timeout: float = 30):
 
 def test_made_up_annotation_events_change_no_verdict(world, label_studio):
     client, pid, url, secret = world["client"], world["pid"], world["backend"], world["settings"].webhook_secret
-    task_id = next(t["id"] for t in client.all_tasks(pid)
+    task_id = next(t["id"] for t in client.iter_tasks(pid)
                    if t["data"]["note"].startswith("user key") and verdict_of(world, t["id"]) is None)
     forged = {"action": "ANNOTATION_CREATED", "project": {"id": pid},
               "annotation": {"id": 987654, "task": task_id, "result": annotation("ring")["result"]}}
@@ -335,13 +338,13 @@ def test_made_up_annotation_events_change_no_verdict(world, label_studio):
     assert post_webhook(url, forged, secret) == (200, {"status": "ok", "verdicts": 0, "ignored": 1})
     other = client.create_project("someone else's project", CONFIG)
     other_task = client.import_tasks(other, [{"data": {"image": "/data/local-files/?d=shapes/ring-1.png"}}])[0]
-    foreign = client.create_annotation(other_task, annotation("ring")["result"])
+    foreign = create_annotation(client, other_task, annotation("ring")["result"])
     forged["annotation"]["id"] = foreign  # a real annotation, of another project
     assert post_webhook(url, forged, secret)[1]["verdicts"] == 0 and verdict_of(world, task_id) is None
 
     # A reviewer's real annotation counts; a made-up deletion of it does not; the real deletion does.
     label = client.request("GET", f"/api/tasks/{task_id}/")["annotations"][-1]["result"][0]["value"]["choices"][0]
-    real = client.create_annotation(task_id, annotation(label)["result"])
+    real = create_annotation(client, task_id, annotation(label)["result"])
     assert wait_until(lambda: verdict_of(world, task_id))["verdict"] == "kept"
     deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": pid}, "annotations": [{"id": real}]}
     assert post_webhook(url, deleted, secret) == (200, {"status": "ok", "forgotten": 0})
@@ -365,8 +368,6 @@ def press_start_training(backend_url: str, project_id: int) -> None:
 
 @pytest.mark.parametrize("case", ["two_images", "no_labels", "wrong_token", "ls_down"])
 def test_bad_projects_and_outages_give_a_clear_status_and_the_service_stays_up(case, world, label_studio, tmp_path):
-    from lsserver import free_port, start_backend
-
     client = world["client"]
     config = CONFIG if case != "two_images" else CONFIG.replace(
         '<Image name="image" value="$image"/>', '<Image name="image" value="$image"/><Image name="b" value="$b"/>')
@@ -431,8 +432,6 @@ class CuttableProxy:
 
 def test_label_studio_going_down_mid_job_fails_the_job_clearly_and_the_service_stays_up(world, label_studio,
                                                                                          tmp_path):
-    from lsserver import free_port, start_backend
-
     proxy = CuttableProxy(label_studio.url)
     port = free_port()
     settings = Settings.from_env({}, model_dir=str(tmp_path), port=port, label_studio_url=proxy.url,
@@ -457,9 +456,11 @@ def test_personal_access_tokens_work_and_bad_tokens_are_refused(world, label_stu
     token = pat.get("token") if isinstance(pat, dict) else None
     assert token, f"this Label Studio did not issue a personal access token: {pat}"
     settings = world["settings"].replace(label_studio_api_key=token)
-    assert LabelStudioClient(settings).get_project(world["pid"])["id"] == world["pid"]
-    with pytest.raises(LabelStudioUnavailable, match="rejected the token"):
-        LabelStudioClient(world["settings"].replace(label_studio_api_key="f" * 40)).check()
+    with LabelStudioClient(settings) as with_pat:
+        assert with_pat.get_project(world["pid"])["id"] == world["pid"]
+    with pytest.raises(LabelStudioTokenRejected, match="rejected the token"), \
+            LabelStudioClient(world["settings"].replace(label_studio_api_key="f" * 40)) as refused:
+        whoami(refused)
 
 
 def test_a_task_added_after_the_analysis_gets_a_class_name_from_the_saved_models(world):
@@ -495,14 +496,14 @@ def test_unpublish_takes_out_everything_the_backend_wrote_and_nothing_else(world
 
     info_file.write_text(json.dumps({**info, "overview_project": keep}))  # stale: ids were reused
     assert unpublish()["overview_project"] is None
-    assert len(client.all_tasks(keep)) == 1 and client.project_exists(info["overview_project"])
+    assert len(list(client.iter_tasks(keep))) == 1 and client.project_exists(info["overview_project"])
     info_file.write_text(json.dumps(info))
     again = unpublish()
     assert again["overview_project"] == info["overview_project"] and again["prediction_versions"] == []
     assert predictions_by_version(world) == {"someone-else": 1}
     assert not any(t.startswith("De-Confusion") for t in views_by_title(world))
-    assert not client.project_exists(info["overview_project"]) and len(client.all_tasks(keep)) == 1
-    after = {t["id"]: t for t in client.all_tasks(pid)}
+    assert not client.project_exists(info["overview_project"]) and len(list(client.iter_tasks(keep))) == 1
+    after = {t["id"]: t for t in client.iter_tasks(pid)}
     assert not any(k.startswith("dc_") for t in after.values() for k in t["data"])
     for task_id, before in world["before"].items():
         assert after[task_id]["data"] == before["data"]

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.components import missing
-from tests.integration.labelstudio import LS_VENV, ROOT, LabelStudioServer, free_port, ls_installed
+from tests.integration.labelstudio import LS_VENV, ROOT, LabelStudioServer, free_port, ls_installed, whoami
 
-from lsserver import wait_http  # noqa: E402  (scripts/ is on the path via labelstudio)
-
-from ml_backend.config import Settings  # noqa: E402
-from ml_backend.errors import LabelStudioUnavailable  # noqa: E402
-from ml_backend.ls.client import LabelStudioClient  # noqa: E402
+from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioTokenRejected
+from ml_backend.ls.client import LabelStudioClient
+from ml_backend.ls.dev_server import wait_http
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -136,11 +135,12 @@ def test_demo_uses_a_random_password_and_a_personal_access_token_and_stops_on_si
         assert saved["password"] == first["password"] != "deconfusion-demo"  # kept with the data dir
         assert len(saved["password"]) >= 20
         assert saved["token"].count(".") == 2 and saved["token"] != first["token"]  # a new JWT
-        client = LabelStudioClient(settings)
-        assert client.check()["email"] == "admin@example.com"
-        assert client.request("GET", "/api/jwt/settings")["legacy_api_tokens_enabled"] is False
-        with pytest.raises(LabelStudioUnavailable):  # the previous start's token was revoked
-            LabelStudioClient(settings.replace(label_studio_api_key=first["token"])).check()
+        with LabelStudioClient(settings) as client:
+            assert whoami(client)["email"] == "admin@example.com"
+            assert client.request("GET", "/api/jwt/settings")["legacy_api_tokens_enabled"] is False
+        with pytest.raises(LabelStudioTokenRejected), \
+                LabelStudioClient(settings.replace(label_studio_api_key=first["token"])) as revoked:
+            whoami(revoked)  # the previous start's token was revoked
         assert_stops(demo, groups, signal.SIGTERM)
 
 

@@ -18,12 +18,15 @@ import pytest
 from PIL import Image
 
 from ml_backend.config import Settings
-from ml_backend.errors import LabelStudioUnavailable
-from ml_backend.ls import client as client_module
-from ml_backend.ls.client import ImageFetchError, LabelStudioClient, LabelStudioRequestFailed, newest_label
+from ml_backend.errors import LabelStudioRejected, LabelStudioTokenRejected, LabelStudioUnavailable
+from ml_backend.ls import media as media_module
+from ml_backend.ls.admin import add_local_storage, connect_ml_backend, ensure_webhook, start_training
+from ml_backend.ls.client import LabelStudioClient, newest_label
+from ml_backend.ls.media import ImageFetchError
 from ml_backend.ls.schema import parse_label_config
 from tests.components import missing
-from tests.integration.labelstudio import LOOPBACK, ImageHost, Route, free_port, png_bytes
+from tests.integration.labelstudio import (LOOPBACK, ImageHost, Route, create_annotation, free_port, png_bytes,
+                                           upload_images, view_task_ids, whoami)
 
 CONFIG = """<View>
   <Image name="picture" value="$img"/>
@@ -63,15 +66,15 @@ def host():
 def world(label_studio, host, tmp_path_factory):
     settings = Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,
                         download_timeout=TIMEOUT, max_image_bytes=MAX_BYTES, download_allow=LOOPBACK)
-    client = LabelStudioClient(settings)
+    client = LabelStudioClient(settings)  # closed at the end of the module
     pid = client.create_project("adapter", CONFIG)
-    spec = client.class_spec(pid)
+    spec = parse_label_config(client.get_project(pid)["label_config"])
 
-    uploaded = client.upload_images(pid, [(f"up{i}.png", png_bytes(pixels(i))) for i in range(5)])
+    uploaded = upload_images(client, pid, [(f"up{i}.png", png_bytes(pixels(i))) for i in range(5)])
     folder = label_studio.files / "adapter"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "local.png").write_bytes(png_bytes(pixels(20)))
-    client.add_local_storage(pid, folder)
+    add_local_storage(client, pid, folder)
     names = ["url-good", "url-octet", "redirect", "missing", "html", "huge", "slow", "s3", "local"]
     urls = [f"{host.url}/url-good.png", f"{host.url}/url-octet.png", f"{host.url}/redirect",
             f"{host.url}/missing.png", f"{host.url}/page.html", f"{host.url}/huge.png", f"{host.url}/slow.png",
@@ -83,23 +86,24 @@ def world(label_studio, host, tmp_path_factory):
 
     client.request("PATCH", f"/api/tasks/{tasks['up1']}/", json={"data": {
         **client.get_task(tasks["up1"])["data"], "split": "val"}})
-    client.create_annotation(tasks["up0"], choice("circle"))
-    client.create_annotation(tasks["up1"], choice("square"))  # older
-    client.create_annotation(tasks["up1"], choice("circle"))  # newer: wins
-    first = client.create_annotation(tasks["up2"], choice("square"))
-    client.create_annotation(tasks["up2"], choice("circle"))
+    create_annotation(client, tasks["up0"], choice("circle"))
+    create_annotation(client, tasks["up1"], choice("square"))  # older
+    create_annotation(client, tasks["up1"], choice("circle"))  # newer: wins
+    first = create_annotation(client, tasks["up2"], choice("square"))
+    create_annotation(client, tasks["up2"], choice("circle"))
     time.sleep(0.05)
     client.request("PATCH", f"/api/annotations/{first}/", json={"result": choice("triangle")})  # updated last: wins
-    client.create_annotation(tasks["up3"], choice("circle"), was_cancelled=True)  # cancelled only: unlabeled
-    client.create_annotation(tasks["up4"], choice("triangle"))
-    client.create_annotation(tasks["up4"], choice("circle"), was_cancelled=True)  # newer but cancelled
+    create_annotation(client, tasks["up3"], choice("circle"), was_cancelled=True)  # cancelled only: unlabeled
+    create_annotation(client, tasks["up4"], choice("triangle"))
+    create_annotation(client, tasks["up4"], choice("circle"), was_cancelled=True)  # newer but cancelled
     for name in names:
-        client.create_annotation(tasks[name], choice("square"))
+        create_annotation(client, tasks[name], choice("square"))
     cache = tmp_path_factory.mktemp("cache")
     seen_before = len(host.seen)
     records, skipped = client.labeled_records(pid, spec, cache)
     yield {"client": client, "pid": pid, "spec": spec, "tasks": tasks, "records": records, "skipped": skipped,
            "cache": cache, "settings": settings, "host_requests": len(host.seen) - seen_before}
+    client.close()
 
 
 def by_task(world) -> dict[str, object]:
@@ -156,9 +160,9 @@ def test_cookies_label_studio_sets_never_reach_another_host(host):
     with ImageHost(media) as label_studio:
         client = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key="0" * 40,
                                             download_allow=LOOPBACK))
-        assert client.download("/data/upload/1/a.png", task_id=1) == media["/data/upload/1/a.png"].body
+        assert client.media.download("/data/upload/1/a.png", task_id=1) == media["/data/upload/1/a.png"].body
         before = len(host.seen)
-        client.download(f"{host.url}/url-good.png", task_id=2)
+        client.media.download(f"{host.url}/url-good.png", task_id=2)
     assert [k for _, headers in host.seen[before:] for k in headers if k.lower() in ("cookie", "authorization")] == []
 
 
@@ -172,14 +176,14 @@ def test_private_hosts_are_refused_unless_download_allow_names_them(host):
     url = f"{host.url}/url-good.png"
     before = len(host.requests_for("/url-good.png"))
     with pytest.raises(ImageFetchError, match=r"127\.0\.0\.1 is not a public address \(loopback\).*DOWNLOAD_ALLOW"):
-        LabelStudioClient(elsewhere()).download(url, task_id=1)
+        LabelStudioClient(elsewhere()).media.download(url, task_id=1)
     assert len(host.requests_for("/url-good.png")) == before  # refused before connecting
     localhost = url.replace("127.0.0.1", "localhost")
     with pytest.raises(ImageFetchError, match=r"localhost resolves to (127\.0\.0\.1|::1), which is not a public"):
-        LabelStudioClient(elsewhere()).download(localhost, task_id=1)
+        LabelStudioClient(elsewhere()).media.download(localhost, task_id=1)
     for allow, target in [("127.0.0.1", url), ("127.0.0.0/8", url), ("10.0.0.0/8, localhost", localhost)]:
         client = LabelStudioClient(elsewhere().replace(download_allow=allow))
-        assert client.download(target, task_id=1) == host.routes["/url-good.png"].body, allow
+        assert client.media.download(target, task_id=1) == host.routes["/url-good.png"].body, allow
     assert host.requests_for("/url-good.png")[-1]["Host"] == localhost.split("/")[2]  # the name, not the address
 
 
@@ -193,13 +197,13 @@ def test_every_redirect_hop_is_checked(host):
     client = LabelStudioClient(elsewhere().replace(download_allow="localhost"))
     before = len(host.requests_for("/url-good.png"))
     with pytest.raises(ImageFetchError, match=r"^127\.0\.0\.1 is not a public address \(loopback\)"):
-        client.download(f"{allowed_by_name}/to-loopback", task_id=1)
+        client.media.download(f"{allowed_by_name}/to-loopback", task_id=1)
     with pytest.raises(ImageFetchError, match="169.254.169.254 is a cloud metadata service"):
-        client.download(f"{allowed_by_name}/to-metadata", task_id=1)
+        client.media.download(f"{allowed_by_name}/to-metadata", task_id=1)
     assert host.requests_for("/to-loopback") and len(host.requests_for("/url-good.png")) == before
     as_label_studio = LabelStudioClient(elsewhere(port=int(host.url.rsplit(":", 1)[1])))  # host is its own origin
     with pytest.raises(ImageFetchError, match="169.254.169.254 is a cloud metadata service"):
-        as_label_studio.download("/to-metadata", task_id=1)
+        as_label_studio.media.download("/to-metadata", task_id=1)
 
 
 def test_download_timeout_bounds_a_server_that_trickles(host):
@@ -208,7 +212,7 @@ def test_download_timeout_bounds_a_server_that_trickles(host):
     client = LabelStudioClient(elsewhere().replace(download_allow=LOOPBACK, download_timeout=2))
     started = time.monotonic()
     with pytest.raises(ImageFetchError, match="timed out after 2 s"):
-        client.download(f"{host.url}/trickle.png", task_id=1)
+        client.media.download(f"{host.url}/trickle.png", task_id=1)
     assert time.monotonic() - started < 3
 
 
@@ -245,15 +249,15 @@ def test_https_at_the_checked_address_still_verifies_the_certificate_for_the_nam
 
     for name, works in [("localhost", True), ("other.test", False)]:
         server, trust = served_with_certificate_for(name)
-        monkeypatch.setattr(client_module, "_tls", lambda context=trust: context)  # trust this certificate alone
+        monkeypatch.setattr(media_module, "_tls", lambda context=trust: context)  # trust this certificate alone
         client = LabelStudioClient(elsewhere().replace(download_allow="localhost"))
         url = f"https://localhost:{server.server_address[1]}/a.png"
         try:
             if works:
-                assert client.download(url, task_id=1) == image
+                assert client.media.download(url, task_id=1) == image
             else:
                 with pytest.raises(ImageFetchError, match="CERTIFICATE_VERIFY_FAILED.*not valid for 'localhost'"):
-                    client.download(url, task_id=1)
+                    client.media.download(url, task_id=1)
         finally:
             server.shutdown()
 
@@ -267,8 +271,8 @@ def test_token_goes_only_to_label_studios_media_routes(world, host, label_studio
                 "/data/upload/../../api/projects/", "/data/upload/%2e%2e/%2e%2e/api/projects/"):
         with pytest.raises(ImageFetchError, match=r"HTTP 401: \S*/api/projects/ is not one of Label Studio's "
                                                   "media routes.*so it gets no token"):
-            client.download(url, task_id=1)
-    tasks = {t["id"]: t for t in client.all_tasks(world["pid"])}
+            client.media.download(url, task_id=1)
+    tasks = {t["id"]: t for t in client.iter_tasks(world["pid"])}
     for name, seed in (("up0", 0), ("local", 20)):  # its media routes still get the token
         data = client.fetch_image(tasks[world["tasks"][name]], world["spec"])
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels(seed)), name
@@ -318,27 +322,26 @@ def test_predictions_are_created_in_bulk_and_only_ours_are_deleted(world):
         client.delete_predictions(pid, "")
 
 
-def test_task_data_updates_keep_user_keys(world):
-    client, task_id = world["client"], world["tasks"]["url-good"]
+def test_merged_task_fields_keep_user_keys(world):
+    client, pid, task_id = world["client"], world["pid"], world["tasks"]["url-good"]
     before = client.get_task(task_id)["data"]
-    assert client.update_task_data(task_id, {"dc_error_score": 0.5, "dc_cell": "a → b"})
+    assert client.merge_task_fields(pid, {task_id: {"dc_error_score": 0.5, "dc_cell": "a → b"}}) == 1
     assert client.get_task(task_id)["data"] == {**before, "dc_error_score": 0.5, "dc_cell": "a → b"}
-    assert not client.update_task_data(task_id, {"dc_cell": "a → b"})  # unchanged: no PATCH
-    assert client.clear_task_data(task_id, ["dc_cell", "dc_error_score"])
-    assert client.get_task(task_id)["data"] == before
+    assert client.merge_task_fields(pid, {task_id: {"dc_cell": "a → b"}}) == 0  # unchanged: no PATCH
     with pytest.raises(ValueError, match="note"):
-        client.update_task_data(task_id, {"note": "overwritten"})
-    with pytest.raises(ValueError):
-        client.clear_task_data(task_id, ["img"])
+        client.merge_task_fields(pid, {task_id: {"note": "overwritten"}})
+    with pytest.raises(ValueError, match="img"):
+        client.sync_task_fields(pid, {task_id: {"img": "elsewhere.png"}})
     many = {world["tasks"][n]: {"dc_flag": 1} for n in ("up0", "up1", "up2", "up3")}
-    assert client.update_tasks_data(many) == 4
-    assert client.clear_tasks_data(list(many), ["dc_flag"]) == 4
+    assert client.merge_task_fields(pid, many) == 4
+    assert client.sync_task_fields(pid, {}) == 5  # ours cleared again
+    assert client.get_task(task_id)["data"] == before
     assert all("dc_flag" not in client.get_task(t)["data"] and "img" in client.get_task(t)["data"] for t in many)
 
 
 def test_sync_task_fields_sets_exactly_our_wanted_fields(world):
     client, pid, tasks = world["client"], world["pid"], world["tasks"]
-    client.update_task_data(tasks["up3"], {"dc_stale": 1})
+    client.merge_task_fields(pid, {tasks["up3"]: {"dc_stale": 1}})
     changed = client.sync_task_fields(pid, {tasks["up0"]: {"dc_x": 1}, tasks["up1"]: {"dc_x": 2}})
     assert changed == 3
     data = {t["id"]: t["data"] for t in client.iter_tasks(pid)}
@@ -386,23 +389,23 @@ def test_views_filter_and_sort_numerically(world):
     scores = {"up0": 10.0, "up1": 9.0, "up2": 100.0, "up3": 0.25, "up4": 2.5}
     cells = {"up0": "circle → square", "up1": "circle → square", "up2": "square → circle",
              "up3": "circle → square", "up4": "circle → square"}
-    client.update_tasks_data({world["tasks"][n]: {"dc_error_score": s, "dc_cell": cells[n], "dc_rank": str(s)}
-                              for n, s in scores.items()})
+    client.merge_task_fields(pid, {world["tasks"][n]: {"dc_error_score": s, "dc_cell": cells[n], "dc_rank": str(s)}
+                                   for n, s in scores.items()})
     ids = {world["tasks"][n]: n for n in scores}
     user_view = client.request("POST", "/api/dm/views/", json={"project": pid, "data": {"title": "My own tab"}})
     cell = client.create_view(pid, "De-Confusion: circle → square",
                               [("dc_cell", "equal", "String", "circle → square")], "-dc_error_score",
                               hidden_columns=["dc_rank"], numeric_fields=["dc_error_score"])
-    assert [ids[t] for t in client.get_view_tasks(pid, cell)] == ["up0", "up1", "up4", "up3"]
+    assert [ids[t] for t in view_task_ids(client, pid, cell)] == ["up0", "up1", "up4", "up3"]
     # Values stored as text sort as text unless the tab declares the column a Number.
     as_text = client.create_view(pid, "De-Confusion: text", [("dc_rank", "empty", "String", False)], "-dc_rank")
     as_number = client.create_view(pid, "De-Confusion: number", [("dc_rank", "empty", "String", False)], "-dc_rank",
                                    numeric_fields=["dc_rank"])
-    assert [ids[t] for t in client.get_view_tasks(pid, as_number)] == ["up2", "up0", "up1", "up4", "up3"]
-    assert [ids[t] for t in client.get_view_tasks(pid, as_text)] == ["up1", "up4", "up2", "up0", "up3"]
+    assert [ids[t] for t in view_task_ids(client, pid, as_number)] == ["up2", "up0", "up1", "up4", "up3"]
+    assert [ids[t] for t in view_task_ids(client, pid, as_text)] == ["up1", "up4", "up2", "up0", "up3"]
     candidates = client.create_view(pid, "De-Confusion: big", [("dc_error_score", "greater", "Number", 5)],
                                     ["-dc_error_score"])
-    assert [ids[t] for t in client.get_view_tasks(pid, candidates)] == ["up2", "up0", "up1"]
+    assert [ids[t] for t in view_task_ids(client, pid, candidates)] == ["up2", "up0", "up1"]
     views = {v["title"]: v for v in client.list_views(pid)}
     saved = views["De-Confusion: circle → square"]["data"]
     assert saved["ordering"] == ["-tasks:data.dc_error_score"]
@@ -415,9 +418,9 @@ def test_views_filter_and_sort_numerically(world):
 def test_webhook_is_idempotent_and_widened(world):
     client, pid = world["client"], world["pid"]
     url = "http://127.0.0.1:9/webhook"
-    first = client.ensure_webhook(pid, url, ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED"])
-    assert client.ensure_webhook(pid, url, ["ANNOTATION_CREATED"]) == first
-    assert client.ensure_webhook(pid, url, ["ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]) == first
+    first = ensure_webhook(client, pid, url, ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED"])
+    assert ensure_webhook(client, pid, url, ["ANNOTATION_CREATED"]) == first
+    assert ensure_webhook(client, pid, url, ["ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]) == first
     hooks = [h for h in client.request("GET", "/api/webhooks/", params={"project": pid}) if h["url"] == url]
     assert len(hooks) == 1 and hooks[0]["send_payload"]
     assert set(hooks[0]["actions"]) == {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
@@ -431,38 +434,49 @@ def test_ml_backend_connects_once_and_training_reaches_it(world, host):
     host.routes["/webhook"] = Route(status=201, content_type="application/json", body=b"{}")
     host.routes["/train"] = Route(status=201, content_type="application/json", body=b"{}")
     client, pid = world["client"], world["pid"]
-    backend = client.connect_ml_backend(pid, host.url, "Fake backend")
-    assert client.connect_ml_backend(pid, host.url + "/", "Fake backend") == backend
+    backend = connect_ml_backend(client, pid, host.url, "Fake backend")
+    assert connect_ml_backend(client, pid, host.url + "/", "Fake backend") == backend
     before = len(host.posts)
-    client.start_training(backend)
+    start_training(client, backend)
     assert any(b"START_TRAINING" in body or path == "/train" for path, body in host.posts[before:])
 
 
 def test_wrong_token_wrong_url_and_unreachable_server_give_clear_errors(world):
-    bad = LabelStudioClient(world["settings"].replace(label_studio_api_key="0" * 40))
-    with pytest.raises(LabelStudioUnavailable, match="rejected the token.*LABEL_STUDIO_API_KEY"):
-        bad.check()
-    down = LabelStudioClient(world["settings"].replace(label_studio_url=f"http://127.0.0.1:{free_port()}"),
-                             retry_delays=(0.1, 0.2))
+    with pytest.raises(LabelStudioTokenRejected, match="rejected the token.*LABEL_STUDIO_API_KEY"), \
+            LabelStudioClient(world["settings"].replace(label_studio_api_key="0" * 40)) as bad:
+        whoami(bad)
     started = time.monotonic()
-    with pytest.raises(LabelStudioUnavailable, match="did not answer GET /api/current-user/whoami after 3 tries"):
-        down.check()
+    with pytest.raises(LabelStudioUnavailable, match="did not answer GET /api/current-user/whoami after 3 tries"), \
+            LabelStudioClient(world["settings"].replace(label_studio_url=f"http://127.0.0.1:{free_port()}"),
+                              retry_delays=(0.1, 0.2)) as down:
+        whoami(down)
     assert time.monotonic() - started < 5
-    with ImageHost({"/api/current-user/whoami": Route(content_type="text/html", body=b"<html>a site</html>")}) as web:
-        not_ls = LabelStudioClient(world["settings"].replace(label_studio_url=web.url))
-        with pytest.raises(LabelStudioUnavailable, match="text/html, not JSON: is LABEL_STUDIO_URL the address"):
-            not_ls.check()
-    with pytest.raises(LabelStudioRequestFailed) as missing:
-        world["client"].get_project(999_999)
-    assert missing.value.status == 404 and not world["client"].project_exists(999_999)
+    with ImageHost({"/api/current-user/whoami": Route(content_type="text/html", body=b"<html>a site</html>")}) as web, \
+            LabelStudioClient(world["settings"].replace(label_studio_url=web.url)) as not_ls, \
+            pytest.raises(LabelStudioUnavailable, match="text/html, not JSON: is LABEL_STUDIO_URL the address"):
+        whoami(not_ls)
+
+
+def test_a_request_label_studio_refuses_is_rejected_not_unavailable(world):
+    """A 4xx is Label Studio's answer, given at once: not retried, and not "did not answer"."""
+    client = world["client"]
+    started = time.monotonic()
+    with pytest.raises(LabelStudioRejected, match=r"refused GET /api/projects/999999/ \(HTTP 404\)") as missing:
+        client.get_project(999_999)
+    assert missing.value.status == 404 and not isinstance(missing.value, LabelStudioUnavailable)
+    assert client.find_project(999_999) is None and not client.project_exists(999_999)
+    with pytest.raises(LabelStudioRejected, match="HTTP 400") as invalid:
+        client.request("POST", "/api/projects/", json={"title": "x" * 1000})
+    assert invalid.value.status == 400
+    assert time.monotonic() - started < 5  # no retries with backoff (the default delays sum to 15 s)
 
 
 def test_personal_access_token_works_for_api_and_media(world, personal_access_token):
     assert personal_access_token.count(".") == 2  # a JWT, not a legacy token
-    client = LabelStudioClient(world["settings"].replace(label_studio_api_key=personal_access_token))
-    assert client.check()["email"] == "admin@example.com"
-    upload = world["tasks"]["up0"]
-    data = client.fetch_image(client.get_task(upload), world["spec"])  # /data/upload/ needs the (Bearer) token
+    with LabelStudioClient(world["settings"].replace(label_studio_api_key=personal_access_token)) as client:
+        assert whoami(client)["email"] == "admin@example.com"
+        upload = world["tasks"]["up0"]
+        data = client.fetch_image(client.get_task(upload), world["spec"])  # /data/upload/ needs the (Bearer) token
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels(0))
 
 
@@ -492,9 +506,9 @@ def test_annotation_webhooks_carry_the_payloads_the_verdict_loop_reads(world, ho
     client = world["client"]
     pid = client.create_project("webhooks", CONFIG)
     t1, t2, t3 = client.import_tasks(pid, [{"data": {"img": f"/x/{n}.png"}} for n in range(3)])
-    client.ensure_webhook(pid, host.url + "/hook", ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED",
-                                                    "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"])
-    first = client.create_annotation(t1, choice("circle"))
+    ensure_webhook(client, pid, host.url + "/hook", ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED",
+                                                     "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"])
+    first = create_annotation(client, t1, choice("circle"))
     client.request("PATCH", f"/api/annotations/{first}/", json={"result": choice("square")})
     client.create_predictions(pid, [{"task": t, "result": choice("triangle"), "model_version": "deconfusion-x"}
                                     for t in (t2, t3)])

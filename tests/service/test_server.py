@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend.errors import LabelStudioUnavailable, UnknownProject
+from ml_backend.errors import LabelStudioRejected, LabelStudioTokenRejected, LabelStudioUnavailable, UnknownProject
 from ml_backend.service.app import create_app
 from ml_backend.service.jobs import job_path, update_job
 from ml_backend.service.requests import project_id_of
@@ -402,3 +402,18 @@ def test_a_bad_download_allow_entry_stops_the_start_naming_it(settings):
     from ml_backend.service.entrypoints import build_app
     with pytest.raises(ValueError, match="DOWNLOAD_ALLOW"):
         build_app(settings.replace(download_allow="10.0.0.0/33"))
+
+
+@pytest.mark.parametrize("error, status", [
+    (LabelStudioUnavailable("Label Studio did not answer"), 502),
+    (LabelStudioTokenRejected("Label Studio refused LABEL_STUDIO_API_KEY"), 502),
+    (LabelStudioRejected("Label Studio answered 400 to POST /api/predictions/", 400), 500),
+    (UnknownProject("no project 9"), 404),
+])
+def test_label_studio_errors_reach_the_caller_with_the_status_it_expects(settings, error, status):
+    def handler(action, project_id, annotation_ids):
+        raise error
+
+    client = create_app(settings, verdict_handler=handler).test_client()
+    resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 3}, "annotation": {"id": 1}})
+    assert resp.status_code == status and resp.get_json()["error"] == str(error)

@@ -1,5 +1,6 @@
-"""Start a real Label Studio (from .venv-ls) and the backend on 127.0.0.1, for the demo,
-the service benchmark and the integration tests. Context managers: both stop on exit."""
+"""Local servers: a real Label Studio (from .venv-ls) and the backend on 127.0.0.1, for the
+demo, the benchmarks and the integration tests. Context managers: both stop on exit. Not used
+by the deployed backend."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: .venv-ls and `python -m ml_backend` live here
 LS_VENV = Path(os.environ.get("LS_VENV", ROOT / ".venv-ls"))
 
 

@@ -1,0 +1,341 @@
+"""Image downloads from wherever task data points, and where the token may go.
+
+Sources: Label Studio's own media (/data/upload/, /data/local-files/), cloud URIs (s3://, gs://,
+azure-blob://; presigned or proxied by Label Studio at /tasks/<id>/resolve/?fileuri=<base64>),
+plain http(s) URLs and base64 data URIs. The token is only ever sent to Label Studio's media
+routes (MEDIA_ROUTES, under LABEL_STUDIO_URL's sub-path) on its own origin (scheme, host and port
+of LABEL_STUDIO_URL): never to its API through an image URL, never to another host named in task
+data or in a redirect. Other hosts are reached only as netpolicy allows (public addresses, or
+what DOWNLOAD_ALLOW names), at the address it checked. Redirects are followed by hand, one hop at
+a time, so that both rules hold for every hop. DOWNLOAD_TIMEOUT bounds a whole download.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import ssl
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from ..config import Settings
+from ..dataset import Record, SkippedItem
+from ..errors import DeConfusionError, LabelStudioError
+from .netpolicy import Address, AddressRefused, DownloadPolicy
+from .schema import ClassSpec
+
+WORKERS = 8  # concurrent downloads
+MAX_REDIRECTS = 5
+# Label Studio 1.23's routes that serve task media (data_import/urls.py, io_storages/urls.py): the
+# only paths downloads send the token to. /presign/ is the older name of /resolve/.
+MEDIA_ROUTES = re.compile(r"/(data/upload/.+|data/local-files/|storage-data/uploaded/|"
+                          r"(tasks|projects)/\d+/(resolve|presign)/)")
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                b"\x00\x00\x01\x00")
+
+
+class ImageFetchError(DeConfusionError):
+    """One image could not be fetched; the message names the cause (becomes a SkippedItem reason)."""
+
+
+class LabeledImage(NamedTuple):
+    """A labeled task's image to download: ``url`` as the task data holds it (may be missing)."""
+    task_id: int
+    url: Any
+    label: str
+    split: str
+
+
+class Media:
+    """Image downloads for one Label Studio. Thread-safe; close it when done.
+
+    settings : Settings, reads label_studio_url, download_timeout, max_image_bytes and
+        download_allow (a bad DOWNLOAD_ALLOW entry raises ValueError here).
+    auth_headers : returns the Authorization header for Label Studio's own origin
+        (Transport.auth_headers); asked only for its media routes.
+    """
+
+    def __init__(self, settings: Settings, auth_headers: Callable[[], Mapping[str, str]]) -> None:
+        self.settings = settings
+        self.base = settings.label_studio_url.rstrip("/")
+        self.origin = _origin(self.base)
+        self._policy = DownloadPolicy.parse(settings.download_allow)
+        self._prefix = urlsplit(self.base).path.rstrip("/")  # Label Studio served under a sub-path
+        self._auth_headers = auth_headers
+        self._media = _download_client()  # Label Studio's own origin
+        # Other hosts, asked at the address netpolicy checked. No keep-alive: the pool keys
+        # connections by that address, so a TLS connection verified for one name could carry a
+        # request for another name on the same address. No proxy: through an HTTP proxy, httpcore
+        # checks the certificate against the address instead of the name.
+        self._pinned = _download_client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
+
+    def records(self, wanted: Sequence[LabeledImage], image_key: str, cache_dir: str | os.PathLike,
+                progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[SkippedItem]]:
+        """One Record per image, downloaded into ``cache_dir`` WORKERS at a time; ``source`` is the
+        cached file, order is kept. Images that cannot be fetched become SkippedItems naming the
+        task, the URL and the cause; nothing raises for them. ``image_key`` names the task-data
+        field in the message for a missing URL. progress : called as progress(done, total)."""
+        cache = Path(cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+
+        def fetch(item: LabeledImage) -> Record | SkippedItem:
+            name = f"task-{item.task_id}"
+            if not isinstance(item.url, str) or not item.url.strip():
+                return SkippedItem(name, f"task {item.task_id}: no image URL in task data field {image_key!r}")
+            try:
+                path = self.cached_image(item.url, task_id=item.task_id, cache_dir=cache)
+            except (ImageFetchError, LabelStudioError, OSError) as exc:
+                return SkippedItem(name, f"task {item.task_id}: image {item.url!r} could not be downloaded: {exc}")
+            return Record(item=name, source=str(path), label=item.label, split=item.split, task_id=item.task_id)
+
+        records: list[Record] = []
+        skipped: list[SkippedItem] = []
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            for done, result in enumerate(pool.map(fetch, wanted), 1):
+                (skipped if isinstance(result, SkippedItem) else records).append(result)
+                if progress:
+                    progress(done, len(wanted))
+        return records, skipped
+
+    def cached_image(self, url: str, *, task_id: int, cache_dir: str | os.PathLike) -> Path:
+        """The image at ``url`` as a file under ``cache_dir`` (named by the SHA-1 of the URL);
+        downloaded once. Raises ImageFetchError."""
+        cache = Path(cache_dir)
+        path = cache / hashlib.sha1(self._cache_key(url).encode()).hexdigest()
+        if path.exists():
+            return path
+        data = self.download(url, task_id=task_id)
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=path.name, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def _cache_key(self, url: str) -> str:
+        return url if _is_storage_uri(url) else self._absolute(url)
+
+    def fetch_image(self, task: dict, spec: ClassSpec) -> bytes:
+        """Bytes of a task's image (for /predict on tasks no analysis has seen); raises ImageFetchError."""
+        url = (task.get("data") or {}).get(spec.image_key)
+        if not isinstance(url, str) or not url:
+            raise ImageFetchError(f"task {task.get('id')}: no image URL in task data field {spec.image_key!r}")
+        return self.download(url, task_id=int(task.get("id", 0)))
+
+    def download(self, url: str, *, task_id: int) -> bytes:
+        """Image bytes from Label Studio's media, a cloud URI (through Label Studio) or an http(s)
+        URL the download policy allows. At most settings.max_image_bytes, image content only, and
+        within settings.download_timeout seconds all told (redirects and slow bodies included).
+        Raises ImageFetchError, or a LabelStudioError when the token for Label Studio's media
+        cannot be had (refused, or its refresh failed)."""
+        url = url.strip()
+        if url.startswith("data:"):
+            return _data_uri(url, self.settings.max_image_bytes)
+        if _is_storage_uri(url):  # presigned or proxied by Label Studio, as its own frontend does
+            fileuri = base64.urlsafe_b64encode(url.encode()).decode()
+            url = f"/tasks/{int(task_id)}/resolve/?fileuri={fileuri}"
+        deadline = time.monotonic() + self.settings.download_timeout
+        return self._by_deadline(deadline, lambda: self._fetch(self._absolute(url), deadline))
+
+    def _by_deadline(self, deadline: float, fetch: Callable[[], bytes]) -> bytes:
+        """fetch() run in a daemon thread, waited for until ``deadline``. httpx's timeouts bound each
+        network operation, not their sum (a server sending a byte just before each read timeout
+        never trips one) and name resolution has none, so only this is a hard bound for the caller.
+        A fetch left behind stops at its next network read (see _read_image)."""
+        result: Future[bytes] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fetch())
+            except BaseException as exc:  # handed to the caller
+                result.set_exception(exc)
+
+        threading.Thread(target=run, name="image-download", daemon=True).start()
+        try:
+            return result.result(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ImageFetchError(self._timed_out()) from None
+
+    def _fetch(self, url: str, deadline: float) -> bytes:
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ImageFetchError(self._timed_out())
+            try:
+                with contextlib.closing(self._get(current, remaining)) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        current = urljoin(current, resp.headers["location"])
+                        continue
+                    if resp.status_code >= 400:
+                        raise ImageFetchError(self._http_failure(resp.status_code, current))
+                    return self._read_image(resp, deadline)
+            except httpx.TimeoutException:
+                raise ImageFetchError(self._timed_out()) from None
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+        raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _get(self, url: str, timeout: float) -> httpx.Response:
+        """The streamed answer to GET ``url`` (the caller closes it). Label Studio's own origin is
+        asked directly, with the token on its media routes only; any other host only at an address
+        the download policy checked, with the name in the Host header and, for https, in SNI and
+        the certificate check."""
+        target = httpx.URL(url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ImageFetchError(f"not an http(s) URL with a host: {url!r}")
+        scheme, host, port = _origin(target)
+        if (scheme, host, port) == self.origin:
+            headers = self._auth_headers() if self._is_media_route(target) else {}
+            return self._media.send(self._media.build_request("GET", target, headers=headers, timeout=timeout),
+                                    stream=True)
+        try:
+            addresses = self._policy.addresses(host, port)
+        except AddressRefused as exc:
+            raise ImageFetchError(str(exc)) from None
+        except OSError as exc:
+            raise ImageFetchError(f"could not resolve {host} ({exc})") from None
+
+        def send(address: Address) -> httpx.Response:
+            return self._pinned.send(self._pinned.build_request(
+                "GET", target.copy_with(host=str(address)), headers={"Host": target.netloc.decode("ascii")},
+                extensions={"sni_hostname": host} if scheme == "https" else None, timeout=timeout), stream=True)
+
+        for address in addresses[:-1]:
+            with contextlib.suppress(httpx.ConnectError):  # else the next address, as browsers do
+                return send(address)
+        return send(addresses[-1])
+
+    def _is_media_route(self, url: httpx.URL) -> bool:
+        """Whether ``url`` (on Label Studio's origin) is one of its media routes, judged on the path
+        as Label Studio, or a proxy before it, routes it: percent-decoded (httpx's URL.path), and
+        no dot segments (a proxy may resolve /data/upload/%2e%2e/ to /)."""
+        path = url.path
+        if not path.startswith(self._prefix + "/") or {".", ".."} & set(path.split("/")):
+            return False
+        return MEDIA_ROUTES.fullmatch(path[len(self._prefix):]) is not None
+
+    def _absolute(self, url: str) -> str:
+        """Absolute URL; a relative one is Label Studio media (under its sub-path, if any)."""
+        if urlsplit(url).scheme:
+            return url
+        path = url if url.startswith("/") else "/" + url
+        if self._prefix and not path.startswith(self._prefix + "/"):
+            path = self._prefix + path
+        base = urlsplit(self.base)
+        return f"{base.scheme}://{base.netloc}{path}"
+
+    def _timed_out(self) -> str:
+        return f"timed out after {self.settings.download_timeout:g} s (DOWNLOAD_TIMEOUT)"
+
+    def _http_failure(self, status: int, url: str) -> str:
+        target = httpx.URL(url)
+        own = _origin(target) == self.origin
+        if status in (401, 403) and own and self._is_media_route(target):
+            return f"HTTP {status}: Label Studio refused the token for this file; check LABEL_STUDIO_API_KEY"
+        if status in (401, 403) and own:
+            return (f"HTTP {status}: {target.path} is not one of Label Studio's media routes (/data/upload/, "
+                    "/data/local-files/, /tasks/<id>/resolve/, ...), so it gets no token")
+        if status in (401, 403):
+            return (f"HTTP {status} from {_origin_text(target)}, which gets no Label Studio token; if that is "
+                    "Label Studio under another address, set LABEL_STUDIO_URL to it")
+        if status == 404 and own and "/resolve/" in target.path:
+            return ("HTTP 404: Label Studio could not resolve this storage URI; connect the cloud storage holding it "
+                    "to the project (Project Settings → Cloud Storage)")
+        return f"HTTP {status}"
+
+    def _read_image(self, resp: httpx.Response, deadline: float) -> bytes:
+        limit = self.settings.max_image_bytes
+        kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        declared = resp.headers.get("content-length", "")
+        if kind and not kind.startswith("image/") and kind not in ("application/octet-stream", "binary/octet-stream"):
+            raise ImageFetchError(f"not an image (Content-Type {kind})")
+        if declared.isdigit() and int(declared) > limit:
+            raise ImageFetchError(f"{int(declared)} bytes is larger than MAX_IMAGE_BYTES={limit}")
+        chunks, size = [], 0
+        for chunk in resp.iter_bytes():  # no chunk size: one chunk per network read, so a trickle is seen
+            if time.monotonic() > deadline:
+                raise ImageFetchError(self._timed_out())
+            size += len(chunk)
+            if size > limit:
+                raise ImageFetchError(f"larger than MAX_IMAGE_BYTES={limit}")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if not data:
+            raise ImageFetchError("empty response")
+        if not kind.startswith("image/") and not _looks_like_image(data):
+            raise ImageFetchError(f"not an image (Content-Type {kind or 'missing'}, unknown file signature)")
+        return data
+
+    def close(self) -> None:
+        self._media.close()
+        self._pinned.close()
+
+
+def _origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
+    """Scheme, host and port, parsed as httpx parses the URL it connects to (so that no URL can
+    look like Label Studio's to us and lead httpx elsewhere)."""
+    try:
+        url = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "", "", None  # a malformed URL is nobody's origin
+    return url.scheme, url.raw_host.decode("ascii").lower(), url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _origin_text(url: httpx.URL | str) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
+def _download_client(**options: Any) -> httpx.Client:
+    """An httpx client for image downloads. Keeps no cookies: they ignore ports, so one Label
+    Studio sets on its host would be sent to every other server on that host an image URL names."""
+    return httpx.Client(follow_redirects=False, verify=_tls(), **options,
+                        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """httpx's default TLS settings (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), built once: that
+    takes ~20 ms and a client is made per job and per /predict image."""
+    return httpx.create_ssl_context()
+
+
+def _is_storage_uri(url: str) -> bool:
+    """A cloud-storage URI (s3://, gs://, azure-blob://, ...): anything with a scheme Label
+    Studio, not us, must resolve. Never read as a local path."""
+    scheme = urlsplit(url).scheme.lower()
+    return bool(scheme) and scheme not in ("http", "https", "data") and "://" in url
+
+
+def _data_uri(url: str, limit: int) -> bytes:
+    head, _, payload = url.partition(",")
+    if not head.startswith("data:image/") or not head.endswith(";base64"):
+        raise ImageFetchError(f"data URI is not a base64 image ({head[:40]!r})")
+    if len(payload) * 3 // 4 > limit:
+        raise ImageFetchError(f"larger than MAX_IMAGE_BYTES={limit}")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except ValueError as exc:
+        raise ImageFetchError(f"data URI is not valid base64 ({exc})") from None
+
+
+def _looks_like_image(data: bytes) -> bool:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    return data.startswith(_IMAGE_MAGIC)

@@ -1,0 +1,201 @@
+"""The Label Studio transport (ml_backend/ls/transport.py) against a tiny local HTTP server that
+answers as scripted: which failures are retried, and how each answer is classified. A server
+that did not answer is LabelStudioUnavailable, a refused token LabelStudioTokenRejected, a
+refused request LabelStudioRejected. Requests go through the real SDK client and httpx."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+
+from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioRejected, LabelStudioTokenRejected, LabelStudioUnavailable
+from ml_backend.ls.transport import Transport
+
+NO_WAIT = (0.0, 0.0)  # three tries, no sleeping
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: object = None  # JSON, or bytes sent as they are
+    content_type: str = "application/json"
+    location: str = ""
+
+
+@dataclass
+class FakeLabelStudio:
+    """Answers each path with its scripted answers in turn (the last one repeats); ``seen`` keeps
+    (method, path, Authorization header) of every request."""
+    url: str = ""
+    answers: dict[str, list[Answer]] = field(default_factory=dict)
+    seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def tries(self, path: str) -> int:
+        return sum(p == path for _, p, _ in self.seen)
+
+
+@pytest.fixture
+def fake():
+    script = FakeLabelStudio()
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            path = self.path.split("?")[0]
+            script.seen.append((self.command, path, self.headers.get("Authorization")))
+            queue = script.answers.get(path) or [Answer(404, {"detail": "Not found."})]
+            reply = queue.pop(0) if len(queue) > 1 else queue[0]
+            body = reply.body if isinstance(reply.body, bytes) else (
+                b"" if reply.body is None else json.dumps(reply.body).encode())
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if reply.location:
+                self.send_header("Location", reply.location)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    script.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield script
+    server.shutdown()
+    server.server_close()
+
+
+def transport(url: str, token: str = "0" * 40, delays=NO_WAIT) -> Transport:
+    return Transport(Settings(label_studio_url=url, label_studio_api_key=token), retry_delays=delays)
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_gets_are_retried_through_5xx_until_label_studio_answers(fake):
+    fake.answers["/api/x"] = [Answer(503, {"detail": "busy"}), Answer(500, b"oops", "text/plain"), Answer(200, {"ok": 1})]
+    with transport(fake.url) as ls:
+        assert ls.request("GET", "/api/x") == {"ok": 1}
+    assert fake.tries("/api/x") == 3
+
+
+def test_label_studio_failing_every_try_is_unavailable(fake):
+    fake.answers["/api/x"] = [Answer(500, {"detail": "boom"})]
+    with transport(fake.url) as ls, pytest.raises(
+            LabelStudioUnavailable, match=r"did not answer GET /api/x after 3 tries \(HTTP 500: boom\)"):
+        ls.request("GET", "/api/x")
+    assert fake.tries("/api/x") == 3
+
+
+def test_a_post_is_retried_only_on_gateway_errors_where_it_cannot_have_run(fake):
+    fake.answers["/api/ran"] = [Answer(500, {"detail": "half done"})]
+    fake.answers["/api/gateway"] = [Answer(502, b"bad gateway", "text/html"), Answer(201, {"id": 7})]
+    with transport(fake.url) as ls:
+        with pytest.raises(LabelStudioUnavailable, match="after 1 tries"):
+            ls.request("POST", "/api/ran", json={})
+        assert ls.request("POST", "/api/gateway", json={}) == {"id": 7}
+    assert fake.tries("/api/ran") == 1 and fake.tries("/api/gateway") == 2
+
+
+def test_connection_errors_are_retried_for_every_method_then_unavailable():
+    delays = (0.05, 0.05)
+    started = time.monotonic()
+    with transport(f"http://127.0.0.1:{unused_port()}", delays=delays) as ls, pytest.raises(
+            LabelStudioUnavailable, match=r"did not answer POST /api/projects/ after 3 tries \(ConnectError"):
+        ls.request("POST", "/api/projects/", json={})
+    assert time.monotonic() - started >= sum(delays)
+
+
+@pytest.mark.parametrize("answer, status, message", [
+    (Answer(404, {"detail": "Not found."}), 404, r"refused GET /api/x \(HTTP 404\): Not found\."),
+    (Answer(400, {"detail": "Validation error", "validation_errors": {"title": ["too long"]}}), 400,
+     r"HTTP 400\): Validation error: \{'title': \['too long'\]\}"),
+    (Answer(302, b"", "text/html", location="https://ls.example/api/x"), 302,
+     "redirected GET /api/x to 'https://ls.example/api/x': set LABEL_STUDIO_URL"),
+])
+def test_a_refused_request_is_rejected_at_once_not_unavailable(fake, answer, status, message):
+    fake.answers["/api/x"] = [answer]
+    with transport(fake.url) as ls, pytest.raises(LabelStudioRejected, match=message) as refused:
+        ls.request("GET", "/api/x")
+    assert refused.value.status == status and not isinstance(refused.value, LabelStudioUnavailable)
+    assert fake.tries("/api/x") == 1
+
+
+@pytest.mark.parametrize("status, message", [
+    (401, r"rejected the token \(HTTP 401 on GET /api/x: bad token\): check LABEL_STUDIO_API_KEY"),
+    (403, r"HTTP 403: bad token\): check that LABEL_STUDIO_API_KEY belongs to a user"),
+])
+def test_a_refused_token_is_a_configuration_error_raised_at_once(fake, status, message):
+    fake.answers["/api/x"] = [Answer(status, {"detail": "bad token"})]
+    with transport(fake.url) as ls, pytest.raises(LabelStudioTokenRejected, match=message) as refused:
+        ls.request("GET", "/api/x")
+    assert not isinstance(refused.value, (LabelStudioUnavailable, LabelStudioRejected))
+    assert fake.tries("/api/x") == 1
+
+
+def test_json_is_decoded_and_anything_else_is_not_label_studio(fake):
+    fake.answers["/api/empty"] = [Answer(204)]
+    fake.answers["/api/site"] = [Answer(200, b"<html>a site</html>", "text/html")]
+    with transport(fake.url) as ls:
+        assert ls.request("DELETE", "/api/empty") is None
+        with pytest.raises(LabelStudioUnavailable, match="text/html, not JSON: is LABEL_STUDIO_URL the address"):
+            ls.request("GET", "/api/site")
+
+
+def jwt_token(token_type: str, seconds: int) -> str:
+    return jwt.encode({"token_type": token_type, "exp": int(time.time()) + seconds}, "a test key, at least 32 bytes long", algorithm="HS256")
+
+
+def test_an_empty_or_expired_token_is_refused_before_any_request(fake):
+    for token, message in [("  ", "LABEL_STUDIO_API_KEY is empty"),
+                           (jwt_token("refresh", -60), "rejected the token .*expired")]:
+        with transport(fake.url, token) as ls, pytest.raises(LabelStudioTokenRejected, match=message):
+            ls.request("GET", "/api/x")
+    assert fake.seen == []
+
+
+def test_a_legacy_token_is_sent_as_is(fake):
+    fake.answers["/api/x"] = [Answer(200, {})]
+    with transport(fake.url, "abc123") as ls:
+        ls.request("GET", "/api/x")
+        assert ls.auth_headers() == {"Authorization": "Token abc123"}
+    assert fake.seen == [("GET", "/api/x", "Token abc123")]
+
+
+def test_a_personal_access_token_is_exchanged_for_an_access_token(fake):
+    access = jwt_token("access", 300)
+    fake.answers["/api/token/refresh/"] = [Answer(200, {"access": access})]
+    fake.answers["/api/x"] = [Answer(200, {})]
+    with transport(fake.url, jwt_token("refresh", 3600)) as ls:
+        ls.request("GET", "/api/x")
+        assert ls.auth_headers() == {"Authorization": f"Bearer {access}"}
+    assert fake.seen[-1] == ("GET", "/api/x", f"Bearer {access}")
+    assert fake.tries("/api/token/refresh/") == 1  # the access token is reused until it expires
+
+
+@pytest.mark.parametrize("status, error, message, refreshes", [
+    (401, LabelStudioTokenRejected, "rejected the token .*blacklisted", 1),
+    (500, LabelStudioUnavailable, r"after 3 tries \(token refresh answered HTTP 500\)", 3),
+])
+def test_a_failed_refresh_is_classified_like_any_answer(fake, status, error, message, refreshes):
+    fake.answers["/api/token/refresh/"] = [Answer(status, {"detail": "Token is blacklisted"})]
+    with transport(fake.url, jwt_token("refresh", 3600)) as ls:
+        with pytest.raises(error, match=message):
+            ls.request("GET", "/api/x")
+        with pytest.raises(error):  # as media downloads ask for it
+            ls.auth_headers()
+    assert fake.tries("/api/token/refresh/") == refreshes + 1 and fake.tries("/api/x") == 0
