@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..config import Settings
 from ..dataset import SPLITS, Record, SkippedItem
-from ..errors import LabelStudioRejected
+from ..errors import LabelStudioRejected, LabelStudioTokenRejected
 from .media import LabeledImage, Media
 from .schema import ClassSpec
 from .transport import RETRY_DELAYS, Transport
@@ -87,6 +87,17 @@ class LabelStudioClient:
         self.request("DELETE", f"/api/projects/{int(project_id)}/")
 
     # --- annotations ------------------------------------------------------------------------
+    def user_names(self) -> dict[str, str]:
+        """user id -> e-mail (or username) of the organization's users, for the report's annotator
+        table; empty when this token may not list users (only managers may)."""
+        try:
+            users = self.request("GET", "/api/users/")
+        except (LabelStudioRejected, LabelStudioTokenRejected) as exc:
+            log.info("Label Studio would not list its users (%s); the report shows user ids", exc)
+            return {}
+        users = users.get("results", []) if isinstance(users, dict) else users or []
+        return {str(u["id"]): u.get("email") or u.get("username") or f"user {u['id']}" for u in users if "id" in u}
+
     def find_annotations(self, annotation_ids: Iterable[int]) -> dict[int, dict | None]:
         """Each annotation as Label Studio holds it now (``task``, ``project``, ``result``,
         ``was_cancelled``, ...), or None for an id it does not have."""
@@ -183,17 +194,19 @@ class LabelStudioClient:
 
         A task is labeled when it has a non-cancelled annotation whose result picks a class in
         ``spec.choices_name``; the newest such annotation (updated_at, then id) gives the label.
-        ``split`` comes from task data ('train' or 'val', anything else counts as 'train').
+        ``split`` comes from task data ('train' or 'val', anything else counts as 'train');
+        ``annotations`` holds each annotator's newest label (:func:`annotator_labels`).
         progress : called as progress(done, total) after each download.
         """
         wanted = []
         for task in self.export_tasks(project_id, labeled_only=True):
-            label = newest_label(task.get("annotations") or [], spec)
+            annotations = task.get("annotations") or []
+            label = newest_label(annotations, spec)
             if label is not None:
                 data = task.get("data") or {}
                 split = str(data.get("split", "train")).strip().lower()
                 wanted.append(LabeledImage(int(task["id"]), data.get(spec.image_key), label,
-                                           split if split in SPLITS else "train"))
+                                           split if split in SPLITS else "train", annotator_labels(annotations, spec)))
         return self.media.records(wanted, spec.image_key, cache_dir, progress)
 
     def fetch_image(self, task: dict, spec: ClassSpec) -> bytes:
@@ -337,6 +350,24 @@ def newest_label(annotations: list[dict], spec: ClassSpec) -> str | None:
         if best_key is None or key > best_key:
             best_key, best = key, label
     return best
+
+
+def annotator_labels(annotations: list[dict], spec: ClassSpec) -> tuple[tuple[int, int | None, str], ...]:
+    """(annotation id, annotator id or None, class) of each annotator's newest non-cancelled
+    annotation that picks a class; ``completed_by`` as Label Studio exports it (an id, or a user
+    object with ``id``)."""
+    newest: dict[int | None, tuple] = {}
+    for annotation in annotations:
+        label = None if annotation.get("was_cancelled") else _choice(annotation.get("result") or [], spec)
+        if label is None:
+            continue
+        author = annotation.get("completed_by")
+        author = author.get("id") if isinstance(author, dict) else author
+        author = int(author) if isinstance(author, int) and not isinstance(author, bool) else None
+        key = (_when(annotation.get("updated_at") or annotation.get("created_at")), int(annotation.get("id") or 0))
+        if author not in newest or key > newest[author][0]:
+            newest[author] = (key, (int(annotation.get("id") or 0), author, label))
+    return tuple(entry for _, entry in sorted(newest.values(), key=lambda kv: kv[0]))
 
 
 def _choice(result: list[dict], spec: ClassSpec) -> str | None:

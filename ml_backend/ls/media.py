@@ -56,6 +56,7 @@ class LabeledImage(NamedTuple):
     url: Any
     label: str
     split: str
+    annotations: tuple = ()  # (annotation id, annotator id or None, class) per annotator
 
 
 class Media:
@@ -98,7 +99,8 @@ class Media:
                 path = self.cached_image(item.url, task_id=item.task_id, cache_dir=cache)
             except (ImageFetchError, LabelStudioError, OSError) as exc:
                 return SkippedItem(name, f"task {item.task_id}: image {item.url!r} could not be downloaded: {exc}")
-            return Record(item=name, source=str(path), label=item.label, split=item.split, task_id=item.task_id)
+            return Record(item=name, source=str(path), label=item.label, split=item.split, task_id=item.task_id,
+                          annotations=item.annotations)
 
         records: list[Record] = []
         skipped: list[SkippedItem] = []

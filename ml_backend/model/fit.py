@@ -93,8 +93,9 @@ def choose_views(image_shape: tuple[int, int, int], requested: str = "auto") -> 
         -> ['small_cnn']; colour images up to 64 px (CIFAR-like photos) -> ['small_cnn',
         'efficientnet_lite0']; larger images -> ['efficientnet_lite0'] (a CNN from scratch on
         photos is weak and slow on a CPU). Measured on CIFAR-10N: the pretrained view alone
-        ranks errors with AP 0.60, the CNN alone 0.43, both (with kNN and consensus) 0.64; on MNIST the CNN is 99%
-        accurate, and pretrained features of 70,000 images would cost ~10 CPU-minutes.
+        ranks errors with AP 0.60, the CNN alone 0.43, both (with kNN and consensus) 0.64. For grey
+        images the pipeline adds the pretrained view only when the CNN turns out to confuse classes
+        beyond the label noise (``pipeline.CONFUSION_FOR_PRETRAINED``): Fashion-MNIST yes, digits no.
     """
     if requested != "auto":
         return [check_backbone(name) for name in requested.split("+")]

@@ -28,6 +28,7 @@ PRETRAINED = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2") 
 PRETRAINED_SIDE = 224  # input side for photos
 SMALL_IMAGE_SIDE = 64  # images up to this side (CIFAR, MNIST) are upscaled to SMALL_INPUT_SIDE only:
 SMALL_INPUT_SIDE = 128  # on CIFAR, 224 px cost 3x the time for no better features (measured)
+GREY_INPUT_SIDE = 64  # small grey images (Fashion-MNIST): a quarter of the time of 128 px, AP 0.61 against 0.62
 STAGE_TAPS = 3  # EfficientNet-Lite: the pooled outputs of the last 3 stages join the pooled head features
 
 SMALL_CNN_WIDTHS = (8, 24, 48)  # channels of the three conv blocks (MNIST: 99.0% held-out in 3 epochs)
@@ -113,9 +114,12 @@ def _frozen(net: nn.Module) -> nn.Module:
 
 
 def input_side(image_shape: tuple[int, ...]) -> int:
-    """The side pretrained backbones see images of shape (H, W, C) at: SMALL_INPUT_SIDE for
-    images up to SMALL_IMAGE_SIDE px (upscaled), else PRETRAINED_SIDE."""
-    return SMALL_INPUT_SIDE if max(image_shape[:2]) <= SMALL_IMAGE_SIDE else PRETRAINED_SIDE
+    """The side pretrained backbones see images of shape (H, W, C) at: images up to
+    SMALL_IMAGE_SIDE px are upscaled to SMALL_INPUT_SIDE (colour) or GREY_INPUT_SIDE (grey),
+    larger ones resized to PRETRAINED_SIDE."""
+    if max(image_shape[:2]) > SMALL_IMAGE_SIDE:
+        return PRETRAINED_SIDE
+    return GREY_INPUT_SIDE if image_shape[2] == 1 else SMALL_INPUT_SIDE
 
 
 class PretrainedFeatures(nn.Module):

@@ -53,6 +53,7 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     save(analysis, folder)
     write_exports(analysis, folder)
     crowd = crowd_summary(analysis, labelers_annotations(records, store.verdicts()))
+    crowd["user_names"] = client.user_names()
     write_json(folder / CROWD_FILE, crowd)
     ensemble.save(folder / "model.pt")
     # /setup reports the current version; it must equal the published predictions' version.

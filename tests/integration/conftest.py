@@ -55,7 +55,8 @@ def backend(label_studio, tmp_path_factory):
                                  model_dir=str(tmp_path_factory.mktemp("model_dir")), port=port,
                                  public_url=f"http://127.0.0.1:{port}", webhook_secret=WEBHOOK_SECRET,
                                  download_allow=LOOPBACK)
-    with start_backend(settings, extra_env={"WEBHOOK_SECRET": WEBHOOK_SECRET, "DOWNLOAD_ALLOW": LOOPBACK}) as url:
+    extra_env = {"WEBHOOK_SECRET": WEBHOOK_SECRET, "DOWNLOAD_ALLOW": LOOPBACK, "DECONFUSION_RERANK_AFTER": "5"}
+    with start_backend(settings, extra_env=extra_env) as url:
         yield url, settings
 
 

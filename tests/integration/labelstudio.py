@@ -95,10 +95,19 @@ def whoami(client: LabelStudioClient) -> dict:
 
 
 def create_annotation(client: LabelStudioClient, task_id: int, result: list[dict], *,
-                      was_cancelled: bool = False) -> int:
-    """What a reviewer's Submit (or Skip, ``was_cancelled``) does; returns the annotation id."""
+                      was_cancelled: bool = False, completed_by: int | None = None) -> int:
+    """What a reviewer's Submit (or Skip, ``was_cancelled``) does; returns the annotation id.
+    ``completed_by``: another user of the organization made it (the token's user by default)."""
     body = {"result": result, "was_cancelled": bool(was_cancelled)}
+    if completed_by is not None:
+        body["completed_by"] = int(completed_by)
     return int(client.request("POST", f"/api/tasks/{int(task_id)}/annotations/", json=body)["id"])
+
+
+def create_user(client: LabelStudioClient, email: str) -> int:
+    """A second member of the organization (what an admin's invite ends in); returns its id."""
+    body = {"email": email, "username": email.split("@")[0], "password": "annotator-pass-1"}
+    return int(client.request("POST", "/api/users/", json=body)["id"])
 
 
 def upload_images(client: LabelStudioClient, project_id: int, files: list[tuple[str, bytes]]) -> list[int]:

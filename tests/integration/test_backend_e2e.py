@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.integration.browser import Browser, login_label_studio
-from tests.integration.labelstudio import LOOPBACK, create_annotation, view_task_ids, whoami
+from tests.integration.labelstudio import LOOPBACK, create_annotation, create_user, view_task_ids, whoami
 
 from tests.shapes import CLASSES, pattern
 from ml_backend.config import Settings
@@ -42,6 +42,9 @@ CONFIG = """<View>
 ROOT = Path(__file__).resolve().parents[2]
 PER_CLASS = 45
 SWAPPED = 12  # rings labeled "diagonal"
+SECOND_ANNOTATOR = "second.labeler@example.org"
+DISAGREED = 4  # of the swapped rings, the second annotator labeled this many "ring" (earlier: the label stays)
+AGREED = 3  # horizontals the second annotator labeled "horizontal" too
 
 
 def png(img: np.ndarray) -> bytes:
@@ -90,6 +93,7 @@ def world(label_studio, backend):
     folder = label_studio.files / "shapes"
     folder.mkdir(parents=True, exist_ok=True)
     pid = client.create_project("Shapes", CONFIG)
+    second = create_user(client, SECOND_ANNOTATOR)
     add_local_storage(client, pid, folder)
     tasks, truth = [], []
     for cls in CLASSES:
@@ -102,8 +106,10 @@ def world(label_studio, backend):
             else:
                 (folder / f"{cls}-{n}.png").write_bytes(png(img))
                 url = f"/data/local-files/?d=shapes/{cls}-{n}.png"
+            earlier = ([{**annotation(cls), "completed_by": second}]
+                       if (cls == "ring" and n < DISAGREED) or (cls == "horizontal" and 0 < n <= AGREED) else [])
             tasks.append({"data": {"image": url, "note": f"user key {cls}-{n}", "split": "val" if n % 7 == 0 else "train"},
-                          "annotations": [annotation(label)]})
+                          "annotations": earlier + [annotation(label)]})
             truth.append(cls)
     (folder / "copy.png").write_bytes((folder / "horizontal-1.png").read_bytes())  # an exact duplicate, in val
     tasks.append({"data": {"image": "/data/local-files/?d=shapes/copy.png", "note": "copy", "split": "val"},
@@ -178,8 +184,8 @@ def test_review_queue_ranks_planted_errors_first_numerically(world):
     assert scores == sorted(scores, reverse=True)
     order = sorted(tasks)  # imported in order: task index i <-> truth[i]
     wrong = {order[i] for i, cls in enumerate(world["truth"]) if cls == "ring"} & {
-        t for t in tasks if tasks[t]["annotations"] and
-        tasks[t]["annotations"][0]["result"][0]["value"]["choices"][0] == "diagonal"}
+        t for t in tasks if tasks[t]["annotations"] and  # the first annotator's label: the newest
+        tasks[t]["annotations"][-1]["result"][0]["value"]["choices"][0] == "diagonal"}
     assert len(wrong) == SWAPPED
     assert len(wrong & set(queue[:SWAPPED + 3])) >= SWAPPED - 1  # the swapped cell is flagged whole
     leakage = view_task_ids(client, pid, tabs["De-Confusion: train/val leakage"])
@@ -259,6 +265,21 @@ def tasks_once_reviewed(client, pid: int, task_ids: list[int], timeout: float = 
         time.sleep(0.5)
 
 
+def test_annotators_who_disagree_get_a_consensus_tab_and_the_report_names_them(world):
+    client, pid = world["client"], world["pid"]
+    tab = view_task_ids(client, pid, views_by_title(world)["De-Confusion: annotators disagree"])
+    tasks = {t["id"]: t for t in client.iter_tasks(pid)}
+    disagreed = {t for t, task in tasks.items()
+                 if task["data"]["note"] in {f"user key ring-{n}" for n in range(DISAGREED)}}
+    assert set(tab) == disagreed
+    assert all(tasks[t]["data"]["dc_consensus"] == "ring" for t in tab)  # the model sides with the second annotator
+    assert all(tasks[t]["annotations"][-1]["result"][0]["value"]["choices"] == ["diagonal"] for t in tab)  # untouched
+    annotators = {a["name"]: a for a in json.loads(get_json(f"{world['backend']}/report/{pid}.json")[2])["annotators"]}
+    assert annotators[SECOND_ANNOTATOR]["labels"] == DISAGREED + AGREED
+    admin = annotators[whoami(client)["email"]]
+    assert admin["labels"] == len(world["truth"]) and admin["flagged"] >= SWAPPED - 2
+
+
 def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     client, pid = world["client"], world["pid"]
     queue = view_task_ids(client, pid, views_by_title(world)["De-Confusion: review queue"])
@@ -281,6 +302,12 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     tasks = tasks_once_reviewed(client, pid, cell)
     assert all(tasks[t]["data"].get("dc_reviewed") == "relabeled_to_model" for t in cell)
     assert all(tasks[t]["annotations"][-1]["result"][0]["value"]["choices"] == ["ring"] for t in cell)
+    # Every DECONFUSION_RERANK_AFTER (5 here) verdicts re-rank the rest without retraining; the
+    # report shows how many of the reviewed labels were wrong on this ranking.
+    reranks = wait_until(lambda: stored_file(world, "reranks.json").exists() and stored(world, "reranks.json"))
+    assert reranks and reranks[-1]["model_version"] == first_version and reranks[-1]["verdicts"] >= 5
+    first = json.loads(get_json(f"{world['backend']}/report/{pid}.json")[2])["iterations"][0]
+    assert first["reviewed"] == first["found_wrong"] == len(reviewed) + len(cell) and first["queue_precision"] == 1.0
     titles_before = sorted(views_by_title(world))
     first_overview = stored(world, "project.json")["overview_project"]
     start_training(client, world["backend_id"])

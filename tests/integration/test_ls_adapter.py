@@ -25,8 +25,8 @@ from ml_backend.ls.client import LabelStudioClient, newest_label
 from ml_backend.ls.media import ImageFetchError
 from ml_backend.ls.schema import parse_label_config
 from tests.components import missing
-from tests.integration.labelstudio import (LOOPBACK, ImageHost, Route, create_annotation, free_port, png_bytes,
-                                           upload_images, view_task_ids, whoami)
+from tests.integration.labelstudio import (LOOPBACK, ImageHost, Route, create_annotation, create_user, free_port,
+                                           png_bytes, upload_images, view_task_ids, whoami)
 
 CONFIG = """<View>
   <Image name="picture" value="$img"/>
@@ -96,6 +96,8 @@ def world(label_studio, host, tmp_path_factory):
     create_annotation(client, tasks["up3"], choice("circle"), was_cancelled=True)  # cancelled only: unlabeled
     create_annotation(client, tasks["up4"], choice("triangle"))
     create_annotation(client, tasks["up4"], choice("circle"), was_cancelled=True)  # newer but cancelled
+    second_annotator = create_user(client, "second.annotator@example.org")
+    create_annotation(client, tasks["url-good"], choice("circle"), completed_by=second_annotator)  # older: loses
     for name in names:
         create_annotation(client, tasks[name], choice("square"))
     cache = tmp_path_factory.mktemp("cache")
@@ -109,6 +111,16 @@ def world(label_studio, host, tmp_path_factory):
 def by_task(world) -> dict[str, object]:
     names = {v: k for k, v in world["tasks"].items()}
     return {names[r.task_id]: r for r in world["records"]}
+
+
+def test_each_annotators_label_comes_with_who_made_it(world):
+    record = by_task(world)["url-good"]
+    names = world["client"].user_names()
+    authors = {names[str(author)]: label for _, author, label in record.annotations}
+    admin = whoami(world["client"])["email"]
+    assert authors == {"second.annotator@example.org": "circle", admin: "square"}
+    assert record.label == "square"  # the newest annotation still gives the label
+    assert [len(r.annotations) for name, r in by_task(world).items() if name.startswith("up")] == [1, 1, 1, 1]
 
 
 def test_labels_follow_the_newest_non_cancelled_annotation(world):

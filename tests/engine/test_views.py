@@ -1,0 +1,38 @@
+"""Which views an analysis trains is decided by the data: a lone small CNN on grey images gets
+a pretrained view when it confuses classes beyond the label noise."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_backend import pipeline
+from ml_backend.config import Settings
+from ml_backend.dataset import Record, build_dataset
+from tests.unit.test_model import make_squares
+
+
+def grey_squares():
+    images, labels, _ = make_squares(per_class=20)
+    records = []
+    for n, (img, label) in enumerate(zip(images, labels)):
+        buffer = io.BytesIO()
+        Image.fromarray(img[:, :, 0]).save(buffer, format="PNG")
+        records.append(Record(item=f"{n}.png", source=buffer.getvalue(), label=f"corner{label}"))
+    return build_dataset(records)
+
+
+@pytest.mark.parametrize("threshold, views", [(1.0, "small_cnn"), (-1.0, "small_cnn+efficientnet_lite0")])
+def test_a_pretrained_view_joins_when_the_cnn_confuses_beyond_the_noise(monkeypatch, threshold, views):
+    monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", threshold)
+    analysis, models = pipeline.run_analysis(grey_squares(), Settings(folds=2, epochs=2))
+    assert analysis.params["backbone_used"] == views
+    assert analysis.pred_probs.shape == (60, 3) and np.isfinite(analysis.error_score).all()
+    assert sorted(analysis.evidence) == sorted(f"doubt_{v}" for v in views.split("+"))
+
+
+def test_an_explicit_backbone_is_never_extended(monkeypatch):
+    monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", -1.0)
+    analysis, _ = pipeline.run_analysis(grey_squares(), Settings(folds=2, epochs=2, backbone="small_cnn"))
+    assert analysis.params["backbone_used"] == "small_cnn"
