@@ -21,7 +21,7 @@ from ml_backend.config import Settings
 from ml_backend.errors import LabelStudioRejected, LabelStudioTokenRejected, LabelStudioUnavailable
 from ml_backend.ls import media as media_module
 from ml_backend.ls.admin import add_local_storage, connect_ml_backend, ensure_webhook, start_training
-from ml_backend.ls.client import LabelStudioClient, newest_label
+from ml_backend.ls.client import LabelStudioClient
 from ml_backend.ls.media import ImageFetchError
 from ml_backend.ls.schema import parse_label_config
 from tests.components import missing
@@ -490,18 +490,6 @@ def test_personal_access_token_works_for_api_and_media(world, personal_access_to
         upload = world["tasks"]["up0"]
         data = client.fetch_image(client.get_task(upload), world["spec"])  # /data/upload/ needs the (Bearer) token
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels(0))
-
-
-def test_newest_label_ignores_other_controls_and_compares_timestamps_as_times():
-    spec = parse_label_config(CONFIG)
-    annotations = [
-        {"id": 1, "updated_at": "2026-01-01T10:00:00Z", "result": choice("circle")},
-        {"id": 2, "updated_at": "2026-01-01T10:00:00.5Z", "result": choice("square")},  # later, despite the text
-        {"id": 3, "updated_at": "2026-01-02T00:00:00Z", "result": [
-            {"from_name": "dc_verdict", "to_name": "picture", "type": "choices", "value": {"choices": ["Keep"]}}]},
-    ]
-    assert newest_label(annotations, spec) == "square"
-    assert newest_label([], spec) is None
 
 
 def _hooks(host, path: str, count: int, timeout: float = 10.0) -> list[dict]:
