@@ -193,18 +193,20 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
                      analysis: Analysis, settings: Settings, store: ProjectStore, progress: Progress, *,
                      crowd: dict | None = None) -> None:
     """Predictions, task fields, tabs and the overview project for ``analysis``; replaces older versions'.
-    ``crowd``: the annotators' disagreements (``service.crowd``), published as fields and a tab."""
-    labeled = np.flatnonzero(analysis.task_ids >= 0)
-    progress("publish", 0, 4)
-    client.create_predictions(project_id, [prediction(analysis, i, spec) for i in labeled])
-    client.delete_predictions(project_id, keep_version=analysis.model_version)
-    progress("publish", 1, 4)
+    ``crowd``: the annotators' disagreements (``service.crowd``), published as fields and a tab.
 
+    What a reviewer needs comes first (stage ``publish``): predictions of the tasks that get
+    fields (a task read without a prediction makes Label Studio ask the backend for one), their
+    fields, the tabs and the overview. Then (stage ``predictions``) every other task's prediction
+    and the removal of older versions' predictions, while review can already start."""
     urls = image_url(settings, project_id, analysis.model_version)
-    verdicts = store.verdicts()
     wanted = desired_fields(
-        analysis, verdicts, lambda i: evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i)
+        analysis, store.verdicts(), lambda i: evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i)
         else "", crowd)
+    index = analysis.index_of_task()
+    progress("publish", 0, 4)
+    client.create_predictions(project_id, [prediction(analysis, index[t], spec) for t in wanted if t in index])
+    progress("publish", 1, 4)
     client.sync_task_fields(project_id, wanted, prefix=FIELD_PREFIX)
     progress("publish", 2, 4)
 
@@ -218,6 +220,13 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
 
     publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls)
     progress("publish", 4, 4)
+
+    rest = [i for i in np.flatnonzero(analysis.task_ids >= 0) if int(analysis.task_ids[i]) not in wanted]
+    progress("predictions", 0, 2)
+    client.create_predictions(project_id, [prediction(analysis, i, spec) for i in rest])
+    progress("predictions", 1, 2)
+    client.delete_predictions(project_id, keep_version=analysis.model_version)
+    progress("predictions", 2, 2)
 
 
 def unpublish_project(project_id: int, settings: Settings) -> dict:
