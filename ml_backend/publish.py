@@ -207,7 +207,8 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("publish", 0, 4)
     client.create_predictions(project_id, [prediction(analysis, index[t], spec) for t in wanted if t in index])
     progress("publish", 1, 4)
-    client.sync_task_fields(project_id, wanted, prefix=FIELD_PREFIX)
+    client.sync_task_fields(project_id, wanted, prefix=FIELD_PREFIX,
+                            progress=lambda done, total: progress("publish fields", done, total))
     progress("publish", 2, 4)
 
     client.delete_views(project_id, TAB_PREFIX)

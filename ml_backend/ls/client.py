@@ -262,9 +262,10 @@ class LabelStudioClient:
         return sum(_parallel(merge, list(updates.items())))
 
     def sync_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
-                         prefix: str = OWN_PREFIX) -> int:
+                         prefix: str = OWN_PREFIX, progress: Callable[[int, int], None] | None = None) -> int:
         """Make every task of the project carry exactly ``wanted[task_id]`` as its ``prefix``
-        keys (none when absent); PATCH only tasks that change. Returns how many changed."""
+        keys (none when absent); PATCH only tasks that change. Returns how many changed.
+        progress : called as progress(done, total) over the tasks to rewrite."""
         for fields in wanted.values():
             _check_own_keys(fields, prefix)
         stale = [int(task["id"]) for task in self.export_tasks(project_id)
@@ -274,7 +275,7 @@ class LabelStudioClient:
             ours = wanted.get(task_id, {})
             return self._rewrite_data(task_id, lambda data: {
                 **{k: v for k, v in data.items() if not k.startswith(prefix)}, **ours})
-        return sum(_parallel(rewrite, stale))
+        return sum(_parallel(rewrite, stale, progress))
 
     def _rewrite_data(self, task_id: int, change: Callable[[dict], dict]) -> bool:
         """Read the task's data now, PATCH ``change(data)`` if it differs; whether it changed."""
@@ -413,8 +414,12 @@ def _filter_item(spec: tuple | Mapping) -> dict:
     return {"filter": "filter:" + _column(field), "operator": operator, "type": kind, "value": value}
 
 
-def _parallel(fn: Callable[[Any], Any], items: list) -> list:
-    if len(items) <= 1:
-        return [fn(item) for item in items]
+def _parallel(fn: Callable[[Any], Any], items: list, progress: Callable[[int, int], None] | None = None) -> list:
+    """``fn`` over ``items``, WORKERS at a time, results in order; progress(done, total) as they finish."""
+    results = []
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        return list(pool.map(fn, items))
+        for done, result in enumerate(pool.map(fn, items), 1):
+            results.append(result)
+            if progress:
+                progress(done, len(items))
+    return results

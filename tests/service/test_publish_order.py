@@ -23,8 +23,10 @@ class RecordingClient:
     def delete_predictions(self, project_id, keep_version=None):
         self.calls.append(("delete_old", keep_version))
 
-    def sync_task_fields(self, project_id, wanted, prefix):
+    def sync_task_fields(self, project_id, wanted, prefix, progress):
         self.calls.append(("fields", sorted(wanted)))
+        for done in range(1, len(wanted) + 1):
+            progress(done, len(wanted))
 
     def delete_views(self, project_id, prefix):
         self.calls.append(("delete_tabs", prefix))
@@ -53,4 +55,5 @@ def test_the_review_is_ready_before_the_other_predictions_and_the_old_version_go
     assert client.calls[0] == ("predictions", [2, 3, 4]) and client.calls[1] == ("fields", [2, 3, 4])
     assert kinds.index("overview_tasks") < kinds.index("delete_old")
     assert client.calls[-2:] == [("predictions", [1]), ("delete_old", analysis.model_version)]
-    assert stages[4] == ("publish", 4, 4) and stages[-1] == ("predictions", 2, 2)
+    assert ("publish fields", 3, 3) in stages and stages.index(("publish fields", 3, 3)) < stages.index(("publish", 2, 4))
+    assert ("publish", 4, 4) in stages and stages[-1] == ("predictions", 2, 2)
