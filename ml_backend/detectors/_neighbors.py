@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 # approximate search below keeps the k-d tree fast there.
 NEIGHBOUR_DIMS = 16
 PCA_SAMPLE = 5000  # rows the PCA is fitted on: the top components are stable long before that
+PROJECT_CHUNK = 8192  # rows projected at a time
 EXACT_PCA_SIDE = 512  # larger matrices get a randomized PCA
 # (1 + eps)-approximate search: the j-th returned neighbour is at most (1 + eps) times as far as
 # the true j-th neighbour, so a copy more than 3x closer than every other image is always found.
@@ -41,7 +42,11 @@ def pca_reduce(x: np.ndarray, dims: int = NEIGHBOUR_DIMS, *, seed: int = 0, samp
     # these matrices are too small to gain from threads.
     with threadpool_limits(limits=1, user_api="blas"):
         components = _top_components(rows - mean, dims, rng)
-    return (x - mean.astype(np.float32)) @ components.T.astype(np.float32)
+    mean, components = mean.astype(np.float32), components.T.astype(np.float32)
+    out = np.empty((len(x), components.shape[1]), dtype=np.float32)
+    for start in range(0, len(x), PROJECT_CHUNK):  # no centred (N, D) copy of wide features
+        out[start:start + PROJECT_CHUNK] = (x[start:start + PROJECT_CHUNK] - mean) @ components
+    return out
 
 
 def _top_components(rows: np.ndarray, dims: int, rng: np.random.Generator) -> np.ndarray:
