@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..config import Settings
 from ..dataset import SPLITS, Record, SkippedItem
-from ..errors import LabelStudioRejected, LabelStudioTokenRejected
+from ..errors import LabelStudioError, LabelStudioRejected
 from .media import LabeledImage, Media
 from .schema import ClassSpec
 from .transport import RETRY_DELAYS, Transport
@@ -92,7 +92,7 @@ class LabelStudioClient:
         table; empty when this token may not list users (only managers may)."""
         try:
             users = self.request("GET", "/api/users/")
-        except (LabelStudioRejected, LabelStudioTokenRejected) as exc:
+        except LabelStudioError as exc:  # names are a nicety: never fail an analysis for them
             log.info("Label Studio would not list its users (%s); the report shows user ids", exc)
             return {}
         users = users.get("results", []) if isinstance(users, dict) else users or []
