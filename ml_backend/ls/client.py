@@ -339,24 +339,16 @@ class LabelStudioClient:
 
 def newest_label(annotations: list[dict], spec: ClassSpec) -> str | None:
     """The class chosen in the newest non-cancelled annotation that picks one, or None.
-    Newest: latest updated_at (created_at if missing), then highest id."""
-    best_key, best = None, None
-    for annotation in annotations:
-        if annotation.get("was_cancelled"):
-            continue
-        label = _choice(annotation.get("result") or [], spec)
-        if label is None:
-            continue
-        key = (_when(annotation.get("updated_at") or annotation.get("created_at")), int(annotation.get("id") or 0))
-        if best_key is None or key > best_key:
-            best_key, best = key, label
-    return best
+    Newest: latest updated_at (created_at if missing), then highest id; it is the newest of
+    the annotators' own newest (:func:`annotator_labels`, oldest first)."""
+    labels = annotator_labels(annotations, spec)
+    return labels[-1][2] if labels else None
 
 
 def annotator_labels(annotations: list[dict], spec: ClassSpec) -> tuple[tuple[int, int | None, str], ...]:
     """(annotation id, annotator id or None, class) of each annotator's newest non-cancelled
     annotation that picks a class; ``completed_by`` as Label Studio exports it (an id, or a user
-    object with ``id``)."""
+    object with ``id``); oldest first, so the last gives the task's label (:func:`newest_label`)."""
     newest: dict[int | None, tuple] = {}
     for annotation in annotations:
         label = None if annotation.get("was_cancelled") else _choice(annotation.get("result") or [], spec)
