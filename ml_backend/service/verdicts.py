@@ -99,7 +99,6 @@ class VerdictHandler:
                         project_id, action, unknown)
         return {"status": "ok", "verdicts": len(changed), "ignored": unknown}
 
-
     def rerank(self, project_id: int) -> dict:
         """Re-rank the project's published scores from its stored analysis and verdicts."""
         store = ProjectStore(self.settings.model_dir, project_id)
@@ -131,7 +130,7 @@ class Coalescing:
         thread.start()
 
     def wait(self, timeout: float) -> None:
-        """Wait for the runs started so far (tests, shutdown)."""
+        """Wait for the runs started so far."""
         for thread in list(self._threads):
             thread.join(timeout)
 
@@ -198,10 +197,8 @@ def rerank_published(store: ProjectStore, analysis: Analysis,
 def rerank_due(store: ProjectStore, after_verdicts: int) -> bool:
     """Whether ``after_verdicts`` (0 = never) verdicts on the current version came in since the last
     re-rank; marks the count re-ranked when so (a repeated webhook adds no verdict, so no re-rank)."""
-    version = store.current_version()
-    fresh = sum(1 for v in store.verdicts().values() if v.get("version") == version)
-    info = store.project_info()
-    done = info.get("reranked_at", {}).get(version, 0) if isinstance(info.get("reranked_at"), dict) else 0
+    version, fresh = _verdicts_on_current(store)
+    done = (store.project_info().get("reranked_at") or {}).get(version, 0)
     if not after_verdicts or fresh - done < after_verdicts:
         return False
     store.update_project_info(reranked_at={version: fresh})
@@ -242,12 +239,17 @@ def forget_verdicts(store: ProjectStore, deleted_annotations: set[int]) -> int:
 def retrain_due(store: ProjectStore, after_verdicts: int) -> bool:
     """Whether ``after_verdicts`` (0 = never) verdicts on the current version call for a new analysis
     that was not requested yet; marks it requested when so."""
-    version = store.current_version()
-    fresh = sum(1 for v in store.verdicts().values() if v.get("version") == version)
+    version, fresh = _verdicts_on_current(store)
     if not after_verdicts or fresh < after_verdicts or store.project_info().get("retrain_requested_for") == version:
         return False
     store.update_project_info(retrain_requested_for=version)
     return True
+
+
+def _verdicts_on_current(store: ProjectStore) -> tuple[str | None, int]:
+    """The project's current version and how many verdicts were given on it."""
+    version = store.current_version()
+    return version, sum(1 for v in store.verdicts().values() if v.get("version") == version)
 
 
 def _in_project(client: LabelStudioClient, annotation: dict, project_id: int) -> bool:
