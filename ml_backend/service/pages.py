@@ -25,12 +25,17 @@ def _analysis(model_dir: str, project_id: int, version: str) -> Analysis:
     return ProjectStore(model_dir, project_id).load_analysis(version)
 
 
-def _history(project_id: int) -> list[dict]:
+def _report_data(project_id: int) -> tuple[list[dict], list[dict]]:
+    """The report's iterations (with what reviewers found on each) and its annotators' table,
+    from one read of the project's verdicts."""
     store = ProjectStore(backend().settings.model_dir, project_id)
     history = store.history()
     if not history:
         abort(404, f"project {project_id} has no analysis yet: press Start Training in Label Studio")
-    return with_review_outcomes(history, store.verdicts(), store.reranks())
+    verdicts = store.verdicts()
+    crowd = read_json(store.version_dir(history[-1]["model_version"]) / CROWD_FILE, {})
+    return (with_review_outcomes(history, verdicts, store.reranks()),
+            annotator_report(crowd, verdicts, crowd.get("user_names") or {}))
 
 
 @pages.get("/evidence/<int:project_id>/<version>/<kind>.png")
@@ -46,24 +51,17 @@ def evidence(project_id: int, version: str, kind: str):
                     headers={"Cache-Control": f"public, max-age={IMAGE_CACHE_SECONDS}, immutable"})
 
 
-def _annotators(project_id: int, history: list[dict]) -> list[dict]:
-    store = ProjectStore(backend().settings.model_dir, project_id)
-    crowd = read_json(store.version_dir(history[-1]["model_version"]) / CROWD_FILE, {})
-    return annotator_report(crowd, store.verdicts(), crowd.get("user_names") or {})
-
-
 @pages.get("/report/<int:project_id>")
 def report(project_id: int):
     base = f"{backend().settings.backend_url}/report/{project_id}"
-    history = _history(project_id)
-    return Response(report_html(history, chart_url=lambda name: f"{base}/chart/{name}.png",
-                                annotators=_annotators(project_id, history)), mimetype="text/html")
+    history, annotators = _report_data(project_id)
+    return Response(report_html(history, chart_url=lambda name: f"{base}/chart/{name}.png", annotators=annotators),
+                    mimetype="text/html")
 
 
 @pages.get("/report/<int:project_id>.json")
 def report_data(project_id: int):
-    history = _history(project_id)
-    return jsonify(report_json(history, _annotators(project_id, history)))
+    return jsonify(report_json(*_report_data(project_id)))
 
 
 @pages.get("/report/<int:project_id>/chart/<name>.png")
