@@ -43,8 +43,8 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     dataset = build_dataset(records, class_names=spec.labels,
                             progress=lambda done, total: progress("decode", done, total))
     dataset.skipped[:0] = skipped
-    dataset, outcome = apply_reviews(dataset, reviews_from_verdicts(store.verdicts(), dataset),
-                                     settings.confirmed_weight)
+    verdicts = store.verdicts()  # as the analysis starts; publishing and the history read them again, later
+    dataset, outcome = apply_reviews(dataset, reviews_from_verdicts(verdicts, dataset), settings.confirmed_weight)
 
     iteration = store.next_iteration()
     version = new_model_version(f"{VERSION_PREFIX}-v{iteration}")
@@ -52,7 +52,7 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     folder = store.version_dir(version)
     save(analysis, folder)
     write_exports(analysis, folder)
-    crowd = crowd_summary(analysis, labelers_annotations(records, store.verdicts()))
+    crowd = crowd_summary(analysis, labelers_annotations(records, verdicts))
     crowd["user_names"] = client.user_names()
     write_json(folder / CROWD_FILE, crowd)
     ensemble.save(folder / "model.pt")
@@ -111,6 +111,6 @@ def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict],
 
 
 def _resolved_duplicates(analysis: Analysis, verdicts: dict[str, dict]) -> int:
-    removed = {int(t) for t, v in verdicts.items() if v["verdict"] == "removed"}
+    removed = {int(t) for t, v in verdicts.items() if v["verdict"] == Verdict.REMOVED}
     return sum(1 for p in analysis.duplicates
                if {int(analysis.task_ids[p["a"]]), int(analysis.task_ids[p["b"]])} & removed)
