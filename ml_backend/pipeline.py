@@ -26,9 +26,8 @@ from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import interpretation_members, mismatch_score, overview_cells, representatives
 from .detectors.verifier import enough_verdicts, verified_scores, verifier_evidence
 from .model import ModelSet, choose_views, cross_fit
-from .model.fit import DEFAULT_PRETRAINED
 from .model.ensemble import is_pretrained
-from .model.fit import CrossFitResult
+from .model.fit import DEFAULT_PRETRAINED, CrossFitResult
 from .reviews import ReviewOutcome
 from .vocabulary import VERSION_PREFIX, Progress
 

@@ -349,9 +349,9 @@ def _run_workers(jobs: list[Callable[[], object]], workers: int, reporters: list
 
 def _train_head(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int, *,
                 iterations: int, seed: int, device: torch.device) -> FeatureHead:
-    """Multinomial logistic regression on features (n, D) float32 (standardised in place: pass a
-    copy the caller no longer needs), standardised with the training features' statistics: full-batch L-BFGS on the weighted cross-entropy plus
-    HEAD_L2 / 2 * ||W||^2. Deterministic for a seed; a second on CPU for 7,500 x 1,392."""
+    """Multinomial logistic regression on features (n, D) float32, standardised in place (pass a
+    copy the caller no longer needs) with their own statistics: full-batch L-BFGS on the weighted
+    cross-entropy plus HEAD_L2 / 2 * ||W||^2. Deterministic for a seed; a second on CPU for 7,500 x 1,392."""
     torch.manual_seed(seed)
     y, w = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (labels, weights))
     z = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
