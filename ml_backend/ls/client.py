@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from ..config import Settings
 from ..dataset import SPLITS, Record, SkippedItem
 from ..errors import LabelStudioError, LabelStudioRejected
+from ..vocabulary import FIELD_PREFIX, VERSION_PREFIX
 from .media import LabeledImage, Media
 from .schema import ClassSpec
 from .transport import RETRY_DELAYS, Transport
@@ -31,8 +32,6 @@ IMPORT_BATCH = 1000  # tasks per import request
 PREDICTION_BATCH = 50_000
 IMPORT_PARAMS = {"commit_to_project": "true", "return_task_ids": "true"}
 WORKERS = 8  # concurrent task reads and PATCHes
-OWN_PREFIX = "dc_"  # our task-data keys
-OUR_VERSIONS = "deconfusion"  # our predictions' model_version prefix
 
 
 class LabelStudioClient:
@@ -230,7 +229,7 @@ class LabelStudioClient:
         """Prediction counts by model_version (Label Studio also lists connected backends, at 0)."""
         return self.request("GET", f"/api/projects/{int(project_id)}/model-versions/") or {}
 
-    def delete_predictions(self, project_id: int, model_version_prefix: str = OUR_VERSIONS, *,
+    def delete_predictions(self, project_id: int, model_version_prefix: str = VERSION_PREFIX, *,
                            keep_version: str | None = None) -> list[str]:
         """Delete the predictions whose model_version starts with ``model_version_prefix`` (ours),
         except ``keep_version``; others' predictions stay. Returns the versions removed."""
@@ -250,7 +249,7 @@ class LabelStudioClient:
     # made while we publish (minutes for a big project) is kept. What is left is one request's
     # latency between that GET and the PATCH; an export is only used to pick the tasks to touch.
     def merge_task_fields(self, project_id: int, updates: Mapping[int, Mapping[str, Any]], *,
-                          prefix: str = OWN_PREFIX) -> int:
+                          prefix: str = FIELD_PREFIX) -> int:
         """Add or replace our ``prefix`` keys in a few tasks' data (``updates[task_id]``), keeping
         every user key as it is, WORKERS tasks at a time. Returns how many tasks changed."""
         for fields in updates.values():
@@ -262,7 +261,7 @@ class LabelStudioClient:
         return sum(_parallel(merge, list(updates.items())))
 
     def sync_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
-                         prefix: str = OWN_PREFIX, progress: Callable[[int, int], None] | None = None) -> int:
+                         prefix: str = FIELD_PREFIX, progress: Callable[[int, int], None] | None = None) -> int:
         """Make every task of the project carry exactly ``wanted[task_id]`` as its ``prefix``
         keys (none when absent); PATCH only tasks that change. Returns how many changed.
         progress : called as progress(done, total) over the tasks to rewrite."""
