@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from ..config import Settings
 from ..errors import (ArtefactError, DatasetError, DeConfusionError, LabelConfigError, LabelStudioError,
                       LabelStudioRejected, UnknownProject, UnreadableImage)
-from .backend import Backend, Predictor, ProjectCheck, VerdictHandler, backend
+from .backend import EXTENSION, Backend, Predictor, ProjectCheck, VerdictHandler, backend
 from .contract import contract
 from .jobs import JobQueueUnavailable, JobRunner, recover_interrupted
 from .pages import pages
@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
                          + ("BASIC_AUTH_USER" if settings.basic_auth_user else "BASIC_AUTH_PASS"))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # werkzeug answers 413 beyond it
-    app.extensions["deconfusion"] = Backend(settings, runner, predictor, verdict_handler, project_check)
+    app.extensions[EXTENSION] = Backend(settings, runner, predictor, verdict_handler, project_check)
     interrupted = recover_interrupted(settings)
     if interrupted:
         log.warning("analyses of projects %s were interrupted by a restart; press Start Training to rerun",

@@ -64,6 +64,9 @@ class Backend:
     stats: RequestStats = field(default_factory=RequestStats)
 
 
+EXTENSION = "deconfusion"  # key of the app's Backend in ``app.extensions``
+
+
 def backend() -> Backend:
     """The :class:`Backend` of the app serving this request."""
-    return current_app.extensions["deconfusion"]
+    return current_app.extensions[EXTENSION]
