@@ -15,10 +15,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..config import Settings
-from ..dataset import SPLITS, Record, SkippedItem
+from ..dataset import SPLITS
 from ..errors import LabelStudioError, LabelStudioRejected
 from ..vocabulary import FIELD_PREFIX, VERSION_PREFIX
-from .media import LabeledImage, Media
+from .media import Downloads, LabeledImage, Media
 from .schema import ClassSpec
 from .transport import RETRY_DELAYS, Transport
 
@@ -188,7 +188,7 @@ class LabelStudioClient:
 
     # --- labeled images ---------------------------------------------------------------------
     def labeled_records(self, project_id: int, spec: ClassSpec, cache_dir: str | os.PathLike,
-                        progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[SkippedItem]]:
+                        progress: Callable[[int, int], None] | None = None) -> Downloads:
         """One Record per labeled task, image downloaded into ``cache_dir`` (see Media.records).
 
         A task is labeled when it has a non-cancelled annotation whose result picks a class in

@@ -15,11 +15,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
-import hashlib
 import os
 import re
 import ssl
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +31,7 @@ import httpx
 from ..config import Settings
 from ..dataset import Record, SkippedItem
 from ..errors import DeConfusionError, LabelStudioError
+from .image_cache import ImageCache, conditional_headers
 from .netpolicy import Address, AddressRefused, DownloadPolicy
 from .schema import ClassSpec
 
@@ -42,12 +41,35 @@ MAX_REDIRECTS = 5
 # only paths downloads send the token to. /presign/ is the older name of /resolve/.
 MEDIA_ROUTES = re.compile(r"/(data/upload/.+|data/local-files/|storage-data/uploaded/|"
                           r"(tasks|projects)/\d+/(resolve|presign)/)")
+UPLOADS = re.compile(r"/data/upload/.+")  # files uploaded to Label Studio
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
                 b"\x00\x00\x01\x00")
 
 
 class ImageFetchError(DeConfusionError):
-    """One image could not be fetched; the message names the cause (becomes a SkippedItem reason)."""
+    """One image could not be fetched; the message names the cause (becomes a SkippedItem reason).
+    ``status``: the HTTP status that refused it, if one did."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+GONE = (404, 410)  # the URL no longer serves an image: its cached copy is dropped
+
+
+class Fetched(NamedTuple):
+    data: bytes | None  # None: the server said the cached copy is current (HTTP 304)
+    headers: Mapping[str, str]
+
+
+class Downloads(NamedTuple):
+    """What :meth:`Media.records` got: records, skipped items, and how many images came over the
+    network (``fetched``) or were confirmed unchanged without their bytes (``unchanged``)."""
+    records: list[Record]
+    skipped: list[SkippedItem]
+    fetched: int
+    unchanged: int
 
 
 class LabeledImage(NamedTuple):
@@ -83,51 +105,63 @@ class Media:
         self._pinned = _download_client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
 
     def records(self, wanted: Sequence[LabeledImage], image_key: str, cache_dir: str | os.PathLike,
-                progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[SkippedItem]]:
-        """One Record per image, downloaded into ``cache_dir`` WORKERS at a time; ``source`` is the
-        cached file, order is kept. Images that cannot be fetched become SkippedItems naming the
-        task, the URL and the cause; nothing raises for them. ``image_key`` names the task-data
-        field in the message for a missing URL. progress : called as progress(done, total)."""
-        cache = Path(cache_dir)
-        cache.mkdir(parents=True, exist_ok=True)
+                progress: Callable[[int, int], None] | None = None) -> Downloads:
+        """One Record per image, WORKERS at a time, through the image cache in ``cache_dir``
+        (:mod:`.image_cache`: an image seen before is only asked about, not downloaded again);
+        ``source`` is the cached file, order is kept. Images that cannot be fetched (or are gone
+        since the last analysis) become SkippedItems naming the task, the URL and the cause;
+        nothing raises for them. ``image_key`` names the task-data field in the message for a
+        missing URL. progress : called as progress(done, total)."""
+        cache = ImageCache(cache_dir)
 
-        def fetch(item: LabeledImage) -> Record | SkippedItem:
+        def fetch(item: LabeledImage) -> tuple[Record | SkippedItem, bool]:
             name = f"task-{item.task_id}"
             if not isinstance(item.url, str) or not item.url.strip():
-                return SkippedItem(name, f"task {item.task_id}: no image URL in task data field {image_key!r}")
+                return SkippedItem(name, f"task {item.task_id}: no image URL in task data field {image_key!r}"), False
             try:
-                path = self.cached_image(item.url, task_id=item.task_id, cache_dir=cache)
+                path, fetched = self.cached_image(item.url, task_id=item.task_id, cache=cache)
             except (ImageFetchError, LabelStudioError, OSError) as exc:
-                return SkippedItem(name, f"task {item.task_id}: image {item.url!r} could not be downloaded: {exc}")
+                return SkippedItem(name, f"task {item.task_id}: image {item.url!r} could not be downloaded: {exc}"), False
             return Record(item=name, source=str(path), label=item.label, split=item.split, task_id=item.task_id,
-                          annotations=item.annotations)
+                          annotations=item.annotations), fetched
 
         records: list[Record] = []
         skipped: list[SkippedItem] = []
+        fetched = 0
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            for done, result in enumerate(pool.map(fetch, wanted), 1):
+            for done, (result, came) in enumerate(pool.map(fetch, wanted), 1):
                 (skipped if isinstance(result, SkippedItem) else records).append(result)
+                fetched += came
                 if progress:
                     progress(done, len(wanted))
-        return records, skipped
+        return Downloads(records, skipped, fetched, len(records) - fetched)
 
-    def cached_image(self, url: str, *, task_id: int, cache_dir: str | os.PathLike) -> Path:
-        """The image at ``url`` as a file under ``cache_dir`` (named by the SHA-1 of the URL);
-        downloaded once. Raises ImageFetchError."""
-        cache = Path(cache_dir)
-        path = cache / hashlib.sha1(self._cache_key(url).encode()).hexdigest()
-        if path.exists():
-            return path
-        data = self.download(url, task_id=task_id)
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=path.name, suffix=".part")
+    def cached_image(self, url: str, *, task_id: int, cache: ImageCache) -> tuple[Path, bool]:
+        """The image at ``url`` as a file in ``cache``, and whether its bytes were fetched (False:
+        the server confirmed the cached copy). Raises ImageFetchError; one for a URL that is gone
+        (HTTP 404 / 410) also drops its cache entry."""
+        key = self._cache_key(url)
+        if url.strip().startswith("data:"):  # the bytes are in the task itself
+            return cache.store(key, _data_uri(url.strip(), self.settings.max_image_bytes), {}), False
+        cached = cache.lookup(key)
+        if cached is not None and self._is_upload(key):
+            return cached.path, False
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            answer = self._download(url, task_id, conditional_headers(cached))
+        except ImageFetchError as exc:
+            if exc.status in GONE:
+                cache.forget(key)
             raise
-        return path
+        if answer.data is None and cached is not None:
+            return cached.path, False
+        if answer.data is None:
+            raise ImageFetchError("HTTP 304 to a request that was not conditional", 304)
+        return cache.store(key, answer.data, answer.headers), True
+
+    def _is_upload(self, url: str) -> bool:
+        """A file uploaded to this Label Studio: named uniquely and never rewritten, so a cached
+        copy needs no question (Label Studio serves uploads without ETag or Last-Modified)."""
+        return _origin(url) == self.origin and UPLOADS.fullmatch(urlsplit(url).path[len(self._prefix):]) is not None
 
     def _cache_key(self, url: str) -> str:
         return url if _is_storage_uri(url) else self._absolute(url)
@@ -148,18 +182,26 @@ class Media:
         url = url.strip()
         if url.startswith("data:"):
             return _data_uri(url, self.settings.max_image_bytes)
+        data = self._download(url, task_id, {}).data
+        assert data is not None  # an unconditional request gets the bytes or raises
+        return data
+
+    def _download(self, url: str, task_id: int, conditional: Mapping[str, str]) -> Fetched:
+        """:meth:`download` of a network URL, with ``conditional`` request headers (If-None-Match,
+        If-Modified-Since): a Fetched without data when the server answers 304."""
+        url = url.strip()
         if _is_storage_uri(url):  # presigned or proxied by Label Studio, as its own frontend does
             fileuri = base64.urlsafe_b64encode(url.encode()).decode()
             url = f"/tasks/{int(task_id)}/resolve/?fileuri={fileuri}"
         deadline = time.monotonic() + self.settings.download_timeout
-        return self._by_deadline(deadline, lambda: self._fetch(self._absolute(url), deadline))
+        return self._by_deadline(deadline, lambda: self._fetch(self._absolute(url), deadline, conditional))
 
-    def _by_deadline(self, deadline: float, fetch: Callable[[], bytes]) -> bytes:
+    def _by_deadline(self, deadline: float, fetch: Callable[[], Fetched]) -> Fetched:
         """fetch() run in a daemon thread, waited for until ``deadline``. httpx's timeouts bound each
         network operation, not their sum (a server sending a byte just before each read timeout
         never trips one) and name resolution has none, so only this is a hard bound for the caller.
         A fetch left behind stops at its next network read (see _read_image)."""
-        result: Future[bytes] = Future()
+        result: Future[Fetched] = Future()
 
         def run() -> None:
             try:
@@ -173,27 +215,29 @@ class Media:
         except TimeoutError:
             raise ImageFetchError(self._timed_out()) from None
 
-    def _fetch(self, url: str, deadline: float) -> bytes:
+    def _fetch(self, url: str, deadline: float, conditional: Mapping[str, str]) -> Fetched:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ImageFetchError(self._timed_out())
             try:
-                with contextlib.closing(self._get(current, remaining)) as resp:
+                with contextlib.closing(self._get(current, remaining, conditional)) as resp:
                     if resp.is_redirect and "location" in resp.headers:
                         current = urljoin(current, resp.headers["location"])
                         continue
                     if resp.status_code >= 400:
-                        raise ImageFetchError(self._http_failure(resp.status_code, current))
-                    return self._read_image(resp, deadline)
+                        raise ImageFetchError(self._http_failure(resp.status_code, current), resp.status_code)
+                    if resp.status_code == 304:
+                        return Fetched(None, resp.headers)
+                    return Fetched(self._read_image(resp, deadline), resp.headers)
             except httpx.TimeoutException:
                 raise ImageFetchError(self._timed_out()) from None
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
         raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects")
 
-    def _get(self, url: str, timeout: float) -> httpx.Response:
+    def _get(self, url: str, timeout: float, conditional: Mapping[str, str]) -> httpx.Response:
         """The streamed answer to GET ``url`` (the caller closes it). Label Studio's own origin is
         asked directly, with the token on its media routes only; any other host only at an address
         the download policy checked, with the name in the Host header and, for https, in SNI and
@@ -203,7 +247,7 @@ class Media:
             raise ImageFetchError(f"not an http(s) URL with a host: {url!r}")
         scheme, host, port = _origin(target)
         if (scheme, host, port) == self.origin:
-            headers = self._auth_headers() if self._is_media_route(target) else {}
+            headers = {**conditional, **(self._auth_headers() if self._is_media_route(target) else {})}
             return self._media.send(self._media.build_request("GET", target, headers=headers, timeout=timeout),
                                     stream=True)
         try:
@@ -215,7 +259,7 @@ class Media:
 
         def send(address: Address) -> httpx.Response:
             return self._pinned.send(self._pinned.build_request(
-                "GET", target.copy_with(host=str(address)), headers={"Host": target.netloc.decode("ascii")},
+                "GET", target.copy_with(host=str(address)), headers={**conditional, "Host": target.netloc.decode("ascii")},
                 extensions={"sni_hostname": host} if scheme == "https" else None, timeout=timeout), stream=True)
 
         for address in addresses[:-1]:

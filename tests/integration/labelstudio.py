@@ -140,6 +140,7 @@ class Route:
     trickle: float = 0.0  # seconds between the body's bytes, sent one at a time: no read ever times out
     location: str = ""  # set with a 3xx status: a redirect
     cookie: str = ""  # a Set-Cookie header, as Label Studio sends csrftoken/sessionid
+    etag: str = ""  # an ETag header; a request with If-None-Match: <etag> then gets 304 and no body
 
 
 @dataclass
@@ -170,7 +171,14 @@ class ImageHost:
                     return
                 if route.delay:
                     time.sleep(route.delay)
+                if route.etag and self.headers.get("If-None-Match") == route.etag:
+                    self.send_response(304)
+                    self.send_header("ETag", route.etag)
+                    self.end_headers()
+                    return
                 self.send_response(route.status)
+                if route.etag:
+                    self.send_header("ETag", route.etag)
                 if route.location:
                     self.send_header("Location", route.location)
                 if route.cookie:

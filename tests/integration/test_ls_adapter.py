@@ -50,10 +50,10 @@ def choice(label: str) -> list[dict]:
 def host():
     """Another origin: good PNGs, a 404, an HTML page, an oversized and a slow file, redirects."""
     routes = {
-        "/url-good.png": Route(body=png_bytes(pixels(10))),
+        "/url-good.png": Route(body=png_bytes(pixels(10)), etag='"good-1"'),
         "/url-octet.png": Route(content_type="application/octet-stream", body=png_bytes(pixels(11))),
         "/redirect": Route(status=302, location="/url-target.png", content_type="text/plain"),
-        "/url-target.png": Route(body=png_bytes(pixels(12))),
+        "/url-target.png": Route(body=png_bytes(pixels(12)), etag='"target-1"'),
         "/page.html": Route(content_type="text/html; charset=utf-8", body=b"<html>login</html>"),
         "/huge.png": Route(body=b"\x89PNG\r\n\x1a\n" + bytes(MAX_BYTES * 2)),
         "/slow.png": Route(body=png_bytes(pixels(13)), delay=TIMEOUT + 2),
@@ -102,8 +102,10 @@ def world(label_studio, host, tmp_path_factory):
         create_annotation(client, tasks[name], choice("square"))
     cache = tmp_path_factory.mktemp("cache")
     seen_before = len(host.seen)
-    records, skipped = client.labeled_records(pid, spec, cache)
+    first = client.labeled_records(pid, spec, cache)
+    records, skipped = first.records, first.skipped
     yield {"client": client, "pid": pid, "spec": spec, "tasks": tasks, "records": records, "skipped": skipped,
+           "first_fetched": first.fetched,
            "cache": cache, "settings": settings, "host_requests": len(host.seen) - seen_before}
     client.close()
 
@@ -290,12 +292,33 @@ def test_token_goes_only_to_label_studios_media_routes(world, host, label_studio
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels(seed)), name
 
 
-def test_downloads_are_cached_by_url(world, host):
+def test_a_second_run_asks_whether_images_changed_and_downloads_only_those_that_did(world, host, label_studio):
+    """Label Studio's local files and hosts that send an ETag answer 304 to the second run; an image
+    replaced on its host is fetched again; one deleted since is reported and skipped."""
+    assert world["first_fetched"] == len(world["records"])
+    local = label_studio.files / "adapter" / "local.png"
+    kept, target = local.read_bytes(), host.routes["/url-target.png"]
     before = len(host.seen)
-    records, _ = world["client"].labeled_records(world["pid"], world["spec"], world["cache"])
-    good = {"/url-good.png", "/url-octet.png", "/redirect", "/url-target.png"}
-    assert not [p for p, _ in host.seen[before:] if p in good]  # failures are retried, successes are not
-    assert sorted(r.task_id for r in records) == sorted(r.task_id for r in world["records"])
+    try:
+        host.routes["/url-target.png"] = Route(body=png_bytes(pixels(30)), etag='"target-2"')
+        local.unlink()
+        again = world["client"].labeled_records(world["pid"], world["spec"], world["cache"])
+    finally:
+        local.write_bytes(kept)
+        host.routes["/url-target.png"] = target
+    asked = dict(host.seen[before:])
+    assert asked["/url-good.png"].get("If-None-Match") == '"good-1"'  # asked, answered 304, not downloaded
+    assert asked["/url-target.png"].get("If-None-Match") == '"target-1"'
+    by_name = {name: r for name, r in by_task({**world, "records": again.records}).items()}
+    with Image.open(by_name["redirect"].source) as img:
+        assert np.array_equal(np.asarray(img), pixels(30))  # the replaced image, not the cached one
+    reason = {s.item: s.reason for s in again.skipped}[f"task-{world['tasks']['local']}"]
+    assert "local.png" in reason and "HTTP 404" in reason
+    # fetched: the replaced image and url-octet, whose host sends no ETag; the rest answered 304 or,
+    # uploads to Label Studio (named uniquely, never rewritten), were not asked for
+    assert (again.fetched, again.unchanged) == (2, len(world["records"]) - 3)
+    restored = world["client"].labeled_records(world["pid"], world["spec"], world["cache"])
+    assert "local" in by_task({**world, "records": restored.records})  # back, fetched again
 
 
 def test_iter_tasks_pages_through_every_task_with_raw_data(world):

@@ -1,0 +1,83 @@
+"""Downloaded images on disk, content-addressed, with what is needed to ask "has it changed?".
+
+Layout under the cache folder (MODEL_DIR/cache)::
+
+    objects/<sha256 of the bytes>     the image file; identical images are stored once
+    urls/<sha1 of the URL>.json       {"object": sha256, "etag": ..., "last_modified": ...}
+
+A second analysis asks the server only whether each image changed (If-None-Match /
+If-Modified-Since): Label Studio's local files, S3 and most web servers then answer 304 with no
+body. Images are never read from the cache without that question, so an image that changed is
+fetched again and one that disappeared is reported, never served stale. Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+VALIDATOR_HEADERS = {"etag": "If-None-Match", "last_modified": "If-Modified-Since"}
+_ANSWER_HEADERS = {"etag": "etag", "last_modified": "last-modified"}
+
+
+class CachedImage(NamedTuple):
+    path: Path
+    validators: dict  # {"etag": ..., "last_modified": ...}, those the server sent
+
+
+class ImageCache:
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.objects = Path(folder) / "objects"
+        self.urls = Path(folder) / "urls"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.urls.mkdir(parents=True, exist_ok=True)
+
+    def lookup(self, key: str) -> CachedImage | None:
+        """The cached copy of ``key`` (a URL), or None when there is none (or its file is gone)."""
+        try:
+            entry = json.loads(self._entry(key).read_text())
+            path = self.objects / entry["object"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not path.exists():
+            return None
+        return CachedImage(path, {k: entry[k] for k in VALIDATOR_HEADERS if entry.get(k)})
+
+    def store(self, key: str, data: bytes, headers) -> Path:
+        """Keep ``data``, fetched from ``key`` with response ``headers`` (a mapping); returns its file."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.objects / digest
+        if not path.exists():
+            _write_atomic(path, data)
+        validators = {k: headers[h] for k, h in _ANSWER_HEADERS.items() if headers.get(h)}
+        _write_atomic(self._entry(key), json.dumps({"object": digest, **validators}).encode())
+        return path
+
+    def forget(self, key: str) -> None:
+        """The URL no longer serves an image; its bytes stay while other URLs may share them."""
+        self._entry(key).unlink(missing_ok=True)
+
+    def _entry(self, key: str) -> Path:
+        return self.urls / f"{hashlib.sha1(key.encode()).hexdigest()}.json"
+
+
+def conditional_headers(cached: CachedImage | None) -> dict[str, str]:
+    """The request headers that ask whether ``cached`` is still current (empty: ask for the image)."""
+    if cached is None:
+        return {}
+    return {VALIDATOR_HEADERS[k]: v for k, v in cached.validators.items()}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
