@@ -4,7 +4,8 @@ version, reviewers' verdicts and the iteration history. Standard library + our a
 Layout::
 
     current.json            {"model_version": ..., "iteration": n}
-    versions/<version>/     analysis.json, arrays.npz, model.pt (one folder per analysis)
+    versions/<version>/     analysis.json, arrays.npz, model.pt (one folder per analysis;
+                            written as <version>.partial/ and renamed when complete)
     verdicts.json           {task_id: {"verdict", "label", "annotation_id", "updated_at", "version"}}
     history.json            one entry per iteration (see views.report)
     job.json                job state (jobs module)
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .analysis import Analysis, load
 
+PARTIAL = ".partial"  # suffix of a version folder still being written
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -52,6 +56,23 @@ class ProjectStore:
     # versions -----------------------------------------------------------------
     def version_dir(self, model_version: str) -> Path:
         return self.root / "versions" / model_version
+
+    @contextmanager
+    def new_version(self, model_version: str) -> Iterator[Path]:
+        """A folder to write a new version's files into; moved into place whole when the block
+        ends without error, so a job killed or failing on the way leaves no half-written version.
+        Partial folders of earlier jobs (one analysis per project runs at a time) are cleared."""
+        versions = self.root / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        for stale in versions.glob(f"*{PARTIAL}"):
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = versions / f"{model_version}{PARTIAL}"
+        partial.mkdir()
+        try:
+            yield partial
+            partial.replace(self.version_dir(model_version))
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
 
     def current(self) -> dict:
         return read_json(self.root / "current.json", {})
