@@ -12,7 +12,8 @@ Per project, both runners
   sets a flag (``job.again`` file, or a Redis key), and the owner runs once more if it is set;
 - keep the state in ``job.json`` (:mod:`.jobs`), written atomically by the owner only.
 
-An RQ job whose RQ job failed, stopped or vanished is reported ``interrupted``.
+An RQ job whose RQ job failed, stopped or vanished, or whose worker stopped beating (killed,
+out of memory, machine lost), is reported ``interrupted``; the next Start Training takes over.
 """
 
 
@@ -24,7 +25,9 @@ import queue
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, TypeVar
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -53,6 +56,10 @@ RESULT_TTL_S = 24 * 3600
 """How long Redis keeps a finished or failed RQ job, in seconds."""
 ENQUEUE_GRACE_S = 60.0
 """An RQ job missing from Redis counts as lost only this long after it was queued, in seconds."""
+HEARTBEAT_EVERY_S = 2.0
+HEARTBEAT_TTL_S = 10.0
+"""A worker running a project's job refreshes a Redis key every HEARTBEAT_EVERY_S seconds with
+this lifetime; a started job without it has lost its worker."""
 SECRET_SETTINGS = ("label_studio_api_key", "basic_auth_pass")
 """Settings never put into Redis: RQ workers take them from their own environment."""
 
@@ -231,8 +238,45 @@ T = TypeVar("T")
 
 
 def _redis_keys(queue_name: str, project_id: int) -> list[str]:
+    """[owner, follow-up flag, heartbeat] keys of a project."""
     prefix = f"deconfusion:{queue_name}:project:{int(project_id)}"
-    return [f"{prefix}:active", f"{prefix}:again"]
+    return [f"{prefix}:active", f"{prefix}:again", f"{prefix}:alive"]
+
+
+@contextmanager
+def _heartbeat(redis: Redis, key: str, job_id: str) -> Iterator[None]:
+    """Keep ``key`` = ``job_id`` alive in Redis while the block runs (a daemon thread refreshes it)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                redis.set(key, job_id, px=int(HEARTBEAT_TTL_S * 1000))
+            except RedisError as exc:  # Redis away for a moment: the next beat may get through
+                log.warning("heartbeat of RQ job %s not written: %s", job_id, exc)
+            if stop.wait(HEARTBEAT_EVERY_S):
+                return
+
+    thread = threading.Thread(target=beat, name="deconfusion-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with suppress(RedisError):
+            redis.delete(key)
+
+
+def _lost_worker(redis: Redis, job: Job, project_id: int, queue_name: str) -> bool:
+    """A started RQ job whose worker has not beaten for HEARTBEAT_TTL_S: killed or gone."""
+    if job.get_status(refresh=False) != RQJobStatus.STARTED or job.started_at is None:
+        return False
+    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
+    if (datetime.now(timezone.utc) - started).total_seconds() <= HEARTBEAT_TTL_S:
+        return False
+    beat = redis.get(_redis_keys(queue_name, project_id)[2])
+    return (beat.decode() if isinstance(beat, bytes) else beat) != job.id
 
 
 def _with_retries(action: Callable[[], T], what: str, delays: Iterable[float] = REDIS_RETRY_DELAYS_S) -> T:
@@ -303,8 +347,15 @@ def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str)
     if job_id is None:  # called directly, not by a worker: no project lock to release
         return execute(project_id, settings, analyze_fn) if analyze_fn is not None else state
     redis = _redis(settings)
+    with _heartbeat(redis, _redis_keys(settings.queue_name, project_id)[2], job_id):
+        return _run_and_follow_up(project_id, settings, analyze_fn, redis, job_id, state)
+
+
+def _run_and_follow_up(project_id: int, settings: Settings, analyze_fn: AnalyzeFn | None, redis: Redis,
+                       job_id: str, state: JobState) -> JobState:
+    """The owner's loop: run, then release the project or run the follow-up requested meanwhile."""
     finish = redis.register_script(_FINISH_LUA)
-    keys = _redis_keys(settings.queue_name, project_id)
+    keys = _redis_keys(settings.queue_name, project_id)[:2]
     while True:
         if analyze_fn is not None:
             state = execute(project_id, settings, analyze_fn)
@@ -355,7 +406,7 @@ class RQRunner:
         """Enqueue an analysis, or flag one follow-up run if the project's job is queued or running.
         Raises JobQueueUnavailable when Redis does not answer after retries."""
         project_id = check_project_id(project_id)
-        keys = _redis_keys(self.settings.queue_name, project_id)
+        keys = _redis_keys(self.settings.queue_name, project_id)[:2]
         job_id = f"deconfusion-{project_id}-{uuid.uuid4().hex[:12]}"
         token = f"{job_id}|{time.time():.0f}"
         seen, stale = "", "0"
@@ -368,7 +419,8 @@ class RQRunner:
                 log.info("project %s: analysis already queued or running; one follow-up run requested", project_id)
                 return {**(read_job(self.settings, project_id) or {"project_id": project_id}), "requested_again": True}
             seen = outcome
-            stale = "1" if self._retry(lambda: self._holder_is_stale(seen), "checking the running analysis") else "0"
+            stale = "1" if self._retry(lambda: self._holder_is_stale(seen, project_id),
+                                       "checking the running analysis") else "0"
             if stale == "1":
                 log.warning("project %s: taking over from RQ job %s, which no longer runs", project_id, seen)
         else:
@@ -397,7 +449,7 @@ class RQRunner:
     def _retry(self, action: Callable[[], T], what: str) -> T:
         return _with_retries(action, what, self.retry_delays)
 
-    def _holder_is_stale(self, token: str) -> bool:
+    def _holder_is_stale(self, token: str, project_id: int) -> bool:
         job_id, _, queued = token.partition("|")
         try:
             job = Job.fetch(job_id, connection=self.redis)
@@ -406,7 +458,8 @@ class RQRunner:
                 return time.time() - float(queued) > ENQUEUE_GRACE_S
             except ValueError:
                 return True
-        return job.get_status(refresh=False) in _DEAD_RQ_STATES
+        return job.get_status(refresh=False) in _DEAD_RQ_STATES or \
+            _lost_worker(self.redis, job, project_id, self.settings.queue_name)
 
     def status(self, project_id: int) -> JobState | None:
         """job.json, reconciled with RQ (one quick Redis look-up; never retried, never raises)."""
@@ -425,17 +478,21 @@ class RQRunner:
     def _reconcile_rq(self, project_id: int, job: JobState) -> JobState:
         rq_id = job.get("rq_job_id")
         try:
-            rq_status = Job.fetch(str(rq_id), connection=self.redis).get_status(refresh=False)
+            rq_job = Job.fetch(str(rq_id), connection=self.redis)
+            rq_status = rq_job.get_status(refresh=False)
         except NoSuchJobError:
             if age_seconds(job.get("queued_at")) <= ENQUEUE_GRACE_S:
                 return job
-            rq_status = None
-        if rq_status is not None and rq_status not in _DEAD_RQ_STATES:
+            rq_job = rq_status = None
+        lost = rq_job is not None and _lost_worker(self.redis, rq_job, project_id, self.settings.queue_name)
+        if rq_status is not None and rq_status not in _DEAD_RQ_STATES and not lost:
             return job
         latest = read_job(self.settings, project_id) or job  # the worker may have just finished
         if latest.get("status") not in ACTIVE or latest.get("rq_job_id") != rq_id:
             return latest
-        what = "vanished from Redis" if rq_status is None else f"is {rq_status.value}"
+        what = ("vanished from Redis" if rq_status is None else
+                f"has not reported for {HEARTBEAT_TTL_S:g} s: killed, out of memory, or its machine is gone" if lost
+                else f"is {rq_status.value}")
         state = mark_interrupted(self.settings, project_id, latest, f"the RQ worker stopped (RQ job {rq_id} {what})")
         log.warning("project %s: %s", project_id, state["message"])
         return state

@@ -32,6 +32,13 @@ def analyze_fails(project_id, settings, progress):
     raise DatasetError("only one class is labeled; label at least two classes")
 
 
+def analyze_hangs(project_id, settings, progress):
+    """Reports progress, then works on for minutes: a job to kill its worker under."""
+    progress("train", 1, 10)
+    time.sleep(600)
+    return "never"
+
+
 # --- in-process analysis you can hold and release -------------------------------------------------
 class SlowAnalysis:
     """analyze_fn that records its calls and waits for ``release()`` (or ``timeout`` s) before

@@ -3,8 +3,13 @@ interrupted jobs, progress; the RQ runner against a real redis-server with an in
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -21,6 +26,7 @@ from tests.service.conftest import SlowAnalysis, free_port, wait_until
 
 OK_PATH = "tests.service.conftest:analyze_ok"
 FAILS_PATH = "tests.service.conftest:analyze_fails"
+HANGS_PATH = "tests.service.conftest:analyze_hangs"
 
 
 def test_job_status_is_a_string_enum():
@@ -235,6 +241,33 @@ def test_rq_job_whose_worker_died_is_reported_interrupted_and_the_next_press_tak
     assert job["status"] == "interrupted" and "RQ worker stopped" in job["message"] and dead in job["message"]
     again = runner.submit(9)
     assert again["status"] == "queued" and again["rq_job_id"] != dead
+    work(settings)
+    assert runner.status(9)["status"] == "done"
+
+
+def test_a_worker_killed_mid_job_leaves_an_interrupted_status_and_the_next_press_runs(settings, redis_url):
+    """A real `python -m ml_backend worker` process, SIGKILLed (as the OOM killer does) while its
+    job runs: RQ still calls the job started, the missing heartbeat tells the truth."""
+    settings = settings.replace(redis_url=redis_url)
+    env = {**os.environ, "REDIS_URL": redis_url, "MODEL_DIR": settings.model_dir}
+    worker = subprocess.Popen([sys.executable, "-m", "ml_backend", "worker"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        killed = RQRunner(settings, HANGS_PATH).submit(9)["rq_job_id"]
+        assert wait_until(lambda: (read_job(settings, 9) or {}).get("stage") == "train", timeout=60)
+    finally:  # RQ runs the job in a forked "work horse" in a session of its own: kill both
+        horses = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+        for pid in [worker.pid, *map(int, horses)]:
+            os.kill(pid, signal.SIGKILL)
+        worker.wait(10)
+    runner = RQRunner(settings, OK_PATH)
+    assert runner.status(9)["status"] == "running"  # within the heartbeat's lifetime
+    assert wait_until(lambda: runner.status(9)["status"] == "interrupted", timeout=runners.HEARTBEAT_TTL_S + 20)
+    job = runner.status(9)
+    assert killed in job["message"] and "killed" in job["message"] and "train, 1/10" in job["message"]
+    assert Job.fetch(killed, connection=Redis.from_url(redis_url)).get_status() == "started"  # RQ does not know
+    again = runner.submit(9)
+    assert again["status"] == "queued" and again["rq_job_id"] != killed
     work(settings)
     assert runner.status(9)["status"] == "done"
 
