@@ -56,7 +56,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = Path(args.out)
     bar = StageBar()
     try:
-        dataset = load_folder(args.root, progress=lambda done, total: bar("load", done, total))
+        dataset = load_folder(args.root, progress=lambda done, total: bar("load", done, total), scratch_dir=out)
         reviews = read_verdicts(args.verdicts, dataset.items, dataset.class_names) if args.verdicts else {}
         dataset, outcome = apply_reviews(dataset, reviews, settings.confirmed_weight)
         analysis, ensemble = run_analysis(dataset, settings, progress=bar, reviews=outcome if reviews else None)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml_backend import dataset as dataset_module
 from ml_backend.dataset import Record, build_dataset, decode_image, load_folder
 from ml_backend.errors import DatasetError, UnreadableImage
 
@@ -101,3 +102,34 @@ def test_unknown_label_and_split_are_skipped_with_reasons():
                         Record("d", img, "x", split="test")], class_names=["x", "y"])
     assert ds.items == ["a", "b"]
     assert {s.item for s in ds.skipped} == {"c", "d"}
+
+
+def rotated_jpeg(h: int, w: int) -> bytes:
+    """A JPEG stored w x h whose EXIF orientation (6: rotate 90°) shows it as h x w."""
+    img = Image.fromarray(np.full((w, h, 3), 90, np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_the_working_shape_comes_from_headers_with_exif_rotation_and_unreadable_files_leave_no_gap():
+    records = [Record("r1", rotated_jpeg(24, 12), "x"), Record("r2", rotated_jpeg(24, 12), "y"),
+               Record("bad", b"\x89PNG\r\n\x1a\nbroken", "x"), Record("r3", rotated_jpeg(24, 12), "y")]
+    ds = build_dataset(records)
+    assert ds.images.shape == (3, 24, 12, 3) and ds.items == ["r1", "r2", "r3"]
+    assert [s.item for s in ds.skipped] == ["bad"] and "not a readable image" in ds.skipped[0].reason
+    assert (ds.images > 0).all()  # every row was written
+
+
+def test_a_large_working_copy_lives_in_a_file_and_holds_the_same_pixels(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    records = [Record(f"i{n}", png_bytes(rng.integers(0, 256, (16, 16, 3), np.uint8), "RGB"), "xy"[n % 2])
+               for n in range(6)]
+    in_ram = build_dataset(records, scratch_dir=tmp_path)
+    monkeypatch.setattr(dataset_module, "MEMMAP_ABOVE_BYTES", 0)
+    on_disk = build_dataset(records, scratch_dir=tmp_path)
+    assert not isinstance(in_ram.images, np.memmap) and isinstance(on_disk.images, np.memmap)
+    assert np.array_equal(in_ram.images, on_disk.images)
+    assert not list(tmp_path.iterdir())  # the file is unlinked: it goes with the array
