@@ -37,25 +37,29 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     project = client.get_project(project_id)
     spec = parse_label_config(project["label_config"])
     store.update_project_info(title=project.get("title", ""), spec=spec.__dict__)
-    records, skipped = client.labeled_records(
+    downloads = client.labeled_records(
         project_id, spec, Path(settings.model_dir) / "cache",
         progress=lambda done, total: progress("download", done, total))
-    dataset = build_dataset(records, class_names=spec.labels,
+    log.info("project %s: %d images downloaded, %d unchanged since the last analysis, %d skipped", project_id,
+             downloads.fetched, downloads.unchanged, len(downloads.skipped))
+    records = downloads.records
+    dataset = build_dataset(records, class_names=spec.labels, scratch_dir=Path(settings.model_dir) / "tmp",
                             progress=lambda done, total: progress("decode", done, total))
-    dataset.skipped[:0] = skipped
+    dataset.skipped[:0] = downloads.skipped
     verdicts = store.verdicts()  # as the analysis starts; publishing and the history read them again, later
     dataset, outcome = apply_reviews(dataset, reviews_from_verdicts(verdicts, dataset), settings.confirmed_weight)
 
     iteration = store.next_iteration()
     version = new_model_version(f"{VERSION_PREFIX}-v{iteration}")
     analysis, ensemble = run_analysis(dataset, settings, model_version=version, progress=progress, reviews=outcome)
-    folder = store.version_dir(version)
-    save(analysis, folder)
-    write_exports(analysis, folder)
+    analysis.summary["downloads"] = {"fetched": downloads.fetched, "unchanged": downloads.unchanged}
     crowd = crowd_summary(analysis, labelers_annotations(records, verdicts))
     crowd["user_names"] = client.user_names()
-    write_json(folder / CROWD_FILE, crowd)
-    ensemble.save(folder / "model.pt")
+    with store.new_version(version) as folder:
+        save(analysis, folder)
+        write_exports(analysis, folder)
+        write_json(folder / CROWD_FILE, crowd)
+        ensemble.save(folder / "model.pt")
     # /setup reports the current version; it must equal the published predictions' version.
     store.set_current(version, iteration)
     publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress, crowd=crowd)

@@ -4,6 +4,7 @@ the API, then check what a reviewer sees; submit verdicts; analyse again."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import io
 import json
@@ -64,10 +65,13 @@ class ImageHost(http.server.BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
-        self.send_response(200)
+        etag = f'"{hashlib.sha1(body).hexdigest()}"'
+        self.send_response(304 if self.headers.get("If-None-Match") == etag else 200)
+        self.send_header("ETag", etag)
         self.send_header("Content-Type", "image/png")
         self.end_headers()
-        self.wfile.write(body)
+        if self.headers.get("If-None-Match") != etag:
+            self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -126,6 +130,7 @@ def world(label_studio, backend):
     start_training(client, backend_id)
     job = wait_for_job(backend_url, pid, timeout=600)
     yield {"client": client, "pid": pid, "backend_id": backend_id, "backend": backend_url, "settings": settings,
+           "folder": folder,
            "job": job, "before": before, "truth": truth, "seconds": time.perf_counter() - started}
     server.shutdown()
     client.close()
@@ -154,6 +159,7 @@ def test_analysis_finishes_and_reports_the_unreachable_image(world):
     assert job["status"] == "done", job
     summary = stored(world, "versions", job["model_version"], "analysis.json")["summary"]
     assert summary["images"] == len(world["truth"])
+    assert summary["downloads"] == {"fetched": len(world["truth"]), "unchanged": 0}
     assert len(summary["skipped"]) == 1 and "missing.png" in summary["skipped"][0]["reason"]
 
 
@@ -310,10 +316,19 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     assert first["reviewed"] == first["found_wrong"] == len(reviewed) + len(cell) and first["queue_precision"] == 1.0
     titles_before = sorted(views_by_title(world))
     first_overview = stored(world, "project.json")["overview_project"]
-    start_training(client, world["backend_id"])
-    time.sleep(1)
-    job = wait_for_job(world["backend"], pid, timeout=600)
+    vanished = world["folder"] / "vertical-5.png"  # deleted from disk between the runs
+    kept = vanished.read_bytes()
+    vanished.unlink()
+    try:
+        start_training(client, world["backend_id"])
+        time.sleep(1)
+        job = wait_for_job(world["backend"], pid, timeout=600)
+    finally:
+        vanished.write_bytes(kept)
     assert job["status"] == "done" and job["model_version"] != first_version
+    summary = stored(world, "versions", job["model_version"], "analysis.json")["summary"]
+    assert summary["downloads"] == {"fetched": 0, "unchanged": len(world["truth"]) - 1}  # only asked, 304 each
+    assert any("vertical-5.png" in s["reason"] and "HTTP 404" in s["reason"] for s in summary["skipped"])
     assert list(predictions_by_version(world)) == [job["model_version"]]  # old predictions replaced, not piled up
     titles = [v["title"] for v in client.list_views(pid)]
     fixed = ("review queue", "duplicates", "train/val leakage", "excluded")
