@@ -174,11 +174,19 @@ def _header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | N
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             w, h = img.size
-            if img.getexif().get(0x0112) in ROTATED:
+            if "exif" in img.info and _orientation(img.info["exif"]) in ROTATED:
                 w, h = h, w
             return h, w, 1 if img.mode in GREY_MODES else 3
     except Exception:  # Pillow raises many types for corrupt files
         return None
+
+
+def _orientation(exif: bytes) -> int | None:
+    """The EXIF orientation in ``exif`` bytes as found in the header (Image.getexif() would decode
+    a whole PNG to look for a late eXIf chunk)."""
+    tags = Image.Exif()
+    tags.load(exif)
+    return tags.get(0x0112)
 
 
 def _working_array(n: int, shape: tuple[int, int, int], scratch_dir: str | os.PathLike | None) -> np.ndarray:
