@@ -46,9 +46,10 @@ log = logging.getLogger("ml_backend.model")
 
 HEAD_CHUNK = 8192  # images per head forward pass when scoring all images
 DEFAULT_PRETRAINED = "efficientnet_lite0"  # Lite1/Lite2 alone cost 1.5x the time for no better CIFAR features,
-# but as a second view beside Lite0 Lite2 adds what one network misses (CIFAR-10N, cached features, AP of the
-# combined evidence: aggre 0.649 -> 0.682, random1 0.801 -> 0.829; Lite0+Lite1+Lite2 0.687 for 1.5x more time).
-PHOTO_VIEWS = ("small_cnn", DEFAULT_PRETRAINED, "efficientnet_lite2")  # 'auto' for small colour photos
+# but as a second view beside Lite0 Lite2 adds what one network misses (CIFAR-10N, cached features,
+# combined AP aggre 0.649 -> 0.682, random1 0.801 -> 0.829; Lite0+Lite1+Lite2 0.687 for 1.5x more time;
+# Fashion-MNIST corruption at 64 px 0.610 -> 0.629).
+PRETRAINED_PAIR = (DEFAULT_PRETRAINED, "efficientnet_lite2")  # what 'auto' adds to a small CNN
 SMALL_CNN_SAMPLES = 150_000  # training images seen per fold model (auto epochs)
 SMALL_CNN_EPOCHS = (3, 40)
 SMALL_CNN_LR = 3e-3
@@ -95,19 +96,19 @@ def choose_views(image_shape: tuple[int, int, int], requested: str = "auto") -> 
         ``torchvision:<arch>``, ``hub:<repo>:<model>``), or several joined by '+'
         (e.g. 'small_cnn+efficientnet_lite2'). 'auto': grey images up to 64 px (digits)
         -> ['small_cnn']; colour images up to 64 px (CIFAR-like photos) -> ['small_cnn',
-        'efficientnet_lite0', 'efficientnet_lite2'] (PHOTO_VIEWS); larger images -> ['efficientnet_lite0']
+        'efficientnet_lite0', 'efficientnet_lite2'] (PRETRAINED_PAIR); larger images -> ['efficientnet_lite0']
         (a CNN from scratch on photos is weak and slow on a CPU). Measured on CIFAR-10N: the Lite0 view
         alone ranks errors with AP 0.62, the CNN alone 0.43, both (with kNN and consensus) 0.65, with
-        Lite2 as a third view 0.68. For grey
-        images the pipeline adds the pretrained view only when the CNN turns out to confuse classes
-        beyond the label noise (``pipeline.CONFUSION_FOR_PRETRAINED``): Fashion-MNIST yes, digits no.
+        Lite2 as a third view 0.68. For grey images the pipeline adds the two pretrained views only
+        when the CNN turns out to confuse classes beyond the label noise
+        (``pipeline.CONFUSION_FOR_PRETRAINED``): Fashion-MNIST yes, digits no.
     """
     if requested != "auto":
         return [check_backbone(name) for name in requested.split("+")]
     small = max(image_shape[:2]) <= SMALL_IMAGE_SIDE
     if small and image_shape[2] == 1:
         return ["small_cnn"]
-    return list(PHOTO_VIEWS) if small else [DEFAULT_PRETRAINED]
+    return ["small_cnn", *PRETRAINED_PAIR] if small else [DEFAULT_PRETRAINED]
 
 
 def choose_backbone(num_images: int, image_shape: tuple[int, int, int], requested: str = "auto") -> str:

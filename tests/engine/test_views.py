@@ -23,8 +23,9 @@ def grey_squares():
     return build_dataset(records)
 
 
-@pytest.mark.parametrize("threshold, views", [(1.0, "small_cnn"), (-1.0, "small_cnn+efficientnet_lite0")])
-def test_a_pretrained_view_joins_when_the_cnn_confuses_beyond_the_noise(monkeypatch, threshold, views):
+@pytest.mark.parametrize("threshold, views", [(1.0, "small_cnn"),
+                                              (-1.0, "small_cnn+efficientnet_lite0+efficientnet_lite2")])
+def test_the_pretrained_views_join_when_the_cnn_confuses_beyond_the_noise(monkeypatch, threshold, views):
     monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", threshold)
     analysis, models = pipeline.run_analysis(grey_squares(), Settings(folds=2, epochs=2))
     assert analysis.params["backbone_used"] == views
