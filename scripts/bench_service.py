@@ -12,9 +12,11 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -42,13 +44,37 @@ def percentiles(seconds: list[float]) -> str:
     return f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms"
 
 
-def timed_run(client: LabelStudioClient, backend: str, backend_id: int, pid: int) -> dict:
-    """Press Start Training and wait: seconds to the review tab, to every prediction, stage starts."""
+def predict_load(backend: str, body_for: Callable[[int], dict], seconds: float, clients: int = 8) -> dict:
+    """``clients`` threads posting /predict back to back for ``seconds``: requests/s, p50, p99 (ms)."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    def client(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop:
+            latencies.append(post(f"{backend}/predict", body_for(i))[0])
+            i += clients
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.array(latencies) * 1000
+    return {"rps": len(ms) / seconds, "p50": np.percentile(ms, 50), "p99": np.percentile(ms, 99)}
+
+
+def timed_run(client: LabelStudioClient, backend: str, backend_id: int, pid: int,
+              on_stage: Callable[[str], None] = lambda stage: None) -> dict:
+    """Press Start Training and wait: seconds to the review tab, to every prediction, stage starts.
+    ``on_stage(stage)`` is called when a stage begins."""
     start = time.perf_counter()
     stages: dict[str, float] = {}  # stage -> seconds after Start Training when it began
     tab_at: list[float] = []
 
     def watch(state: dict) -> None:
+        if str(state.get("stage")) not in stages:
+            on_stage(str(state.get("stage")))
         stages.setdefault(str(state.get("stage")), time.perf_counter() - start)
         if not tab_at and state.get("stage") == "predictions":  # the review tab is published
             tab_at.append(time.perf_counter() - start)
@@ -68,7 +94,9 @@ def main() -> None:
     parser.add_argument("--mnist", type=Path)
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--rerun", action="store_true", help="press Start Training a second time, nothing changed")
+    parser.add_argument("--rerun", action="store_true", help="press Start Training a second time, nothing changed, "
+                                                               "with /predict under load while it trains")
+    parser.add_argument("--load-seconds", type=float, default=30.0, help="length of each /predict load test")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
     images, truth = mnist(args.mnist, args.images) if args.mnist else digits()
@@ -88,10 +116,25 @@ def main() -> None:
                                       for n, y in zip(names, noisy)])
             backend_id = connect_ml_backend(client, pid, backend)
             runs = [timed_run(client, backend, backend_id, pid)]
-            if args.rerun:
-                runs.append(timed_run(client, backend, backend_id, pid))
             tasks = list(client.iter_tasks(pid))
             label_config = client.get_project(pid)["label_config"]
+
+            def body_for(i: int) -> dict:
+                return {"tasks": [tasks[i % len(tasks)]], "project": f"{pid}.0", "label_config": label_config}
+
+            loads = {"idle": predict_load(backend, body_for, args.load_seconds)}
+            if args.rerun:
+                load_thread: list[threading.Thread] = []
+
+                def load_while_training(stage: str) -> None:
+                    if stage == "train" and not load_thread:
+                        load_thread.append(threading.Thread(target=lambda: loads.update(
+                            {"while an analysis trains": predict_load(backend, body_for, args.load_seconds)})))
+                        load_thread[0].start()
+
+                runs.append(timed_run(client, backend, backend_id, pid, on_stage=load_while_training))
+                for t in load_thread:
+                    t.join()
             known = [post(f"{backend}/predict", {"tasks": [tasks[i % len(tasks)]], "project": f"{pid}.0",
                                                  "label_config": label_config})[0] for i in range(args.requests)]
             new_task = {"id": 10 ** 9, "data": {"image": f"/data/local-files/?d=images/{names[0]}"}}
@@ -110,6 +153,9 @@ def main() -> None:
         row(f"stage `{stage}` began", [f"{r['stages'][stage]:.0f} s" if stage in r["stages"] else "—" for r in runs])
     print(f"| /predict, analysed task ({args.requests} requests) | {percentiles(known)} |")
     print(f"| /predict, new task (download + classify, 20 requests) | {percentiles(new)} |")
+    for when, load in loads.items():
+        print(f"| /predict on analysed tasks, 8 clients for {args.load_seconds:.0f} s, {when} | {load['rps']:.0f} req/s, "
+              f"p50 {load['p50']:.1f} ms, p99 {load['p99']:.1f} ms |")
 
 
 if __name__ == "__main__":
