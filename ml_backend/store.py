@@ -3,7 +3,7 @@ version, reviewers' verdicts and the iteration history. Standard library + our a
 
 Layout::
 
-    current.json            {"model_version": ..., "iteration": n}
+    current.json            {"model_version": ..., "iteration": n, "input_fingerprint": ... once published}
     versions/<version>/     analysis.json, arrays.npz, model.pt (one folder per analysis;
                             written as <version>.partial/ and renamed when complete)
     verdicts.json           {task_id: {"verdict", "label", "annotation_id", "updated_at", "version"}}
@@ -85,6 +85,10 @@ class ProjectStore:
 
     def set_current(self, model_version: str, iteration: int) -> None:
         write_json(self.root / "current.json", {"model_version": model_version, "iteration": iteration})
+
+    def mark_published(self, input_fingerprint: str) -> None:
+        """The current version is published completely, from inputs with this fingerprint."""
+        write_json(self.root / "current.json", {**self.current(), "input_fingerprint": input_fingerprint})
 
     def load_analysis(self, model_version: str | None = None) -> Analysis | None:
         version = model_version or self.current_version()

@@ -6,17 +6,19 @@ project's history for the report. ``analyze_project`` is what the runners execut
 from __future__ import annotations
 
 import logging
+import hashlib
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import publish
+from .. import __version__, publish
 from ..analysis import Analysis, save, write_exports
 from ..config import Settings
-from ..dataset import Record, build_dataset
+from ..dataset import ImageDataset, Record, build_dataset
 from ..errors import LabelStudioError, UnknownProject
 from ..ls.client import LabelStudioClient
 from ..ls.schema import parse_label_config
-from ..pipeline import new_model_version, run_analysis
+from ..pipeline import ANALYSIS_PARAMS, new_model_version, run_analysis
 from ..reviews import apply_reviews
 from ..store import ProjectStore, write_json
 from ..vocabulary import VERSION_PREFIX, Progress, Verdict
@@ -27,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def analyze_project(project_id: int, settings: Settings, progress: Progress) -> str:
-    """Fetch, analyse and publish one project; returns the new model version."""
+    """Fetch, analyse and publish one project; returns the new model version, or the current one
+    when its images, labels, verdicts and settings are unchanged and it is still published."""
     with LabelStudioClient(settings) as client:
         return _analyze_and_publish(client, project_id, settings, progress)
 
@@ -48,6 +51,10 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     dataset.skipped[:0] = downloads.skipped
     verdicts = store.verdicts()  # as the analysis starts; publishing and the history read them again, later
     dataset, outcome = apply_reviews(dataset, reviews_from_verdicts(verdicts, dataset), settings.confirmed_weight)
+    fingerprint = input_fingerprint(dataset, verdicts, settings)
+    if _still_published(client, project_id, store, fingerprint, len(dataset)):
+        log.info("project %s: nothing changed since %s; it stays published", project_id, store.current_version())
+        return str(store.current_version())
 
     iteration = store.next_iteration()
     version = new_model_version(f"{VERSION_PREFIX}-v{iteration}")
@@ -64,8 +71,32 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     store.set_current(version, iteration)
     publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress, crowd=crowd)
     store.append_history(history_entry(analysis, iteration, store.verdicts(), crowd))
+    store.mark_published(fingerprint)
     log.info("project %s: published %s (%d candidates)", project_id, version, int(analysis.is_candidate.sum()))
     return version
+
+
+def input_fingerprint(dataset: ImageDataset, verdicts: dict[str, dict], settings: Settings) -> str:
+    """SHA-256 of everything an analysis depends on: each image's task, pixels, label, split and
+    weight, the verdicts, the analysis settings and the code version. Equal fingerprints give
+    the same analysis (every random choice is seeded)."""
+    digest = hashlib.sha256(json.dumps({
+        "code": __version__, "classes": dataset.class_names, "verdicts": verdicts,
+        "settings": {name: getattr(settings, name) for name in ANALYSIS_PARAMS}}, sort_keys=True).encode())
+    for row in zip(dataset.task_ids.tolist(), dataset.pixel_hashes, dataset.labels.tolist(), dataset.splits.tolist(),
+                   dataset.weights.tolist()):
+        digest.update(repr(row).encode())
+    return digest.hexdigest()
+
+
+def _still_published(client: LabelStudioClient, project_id: int, store: ProjectStore, fingerprint: str,
+                     images: int) -> bool:
+    """The current version came from the same inputs and all its predictions are still in Label
+    Studio (the last step of publishing: a job killed earlier leaves fewer)."""
+    current = store.current()
+    if current.get("input_fingerprint") != fingerprint:
+        return False
+    return client.model_versions(project_id).get(current["model_version"], 0) >= images
 
 
 def check_project_exists(settings: Settings, project_id: int) -> None:

@@ -299,6 +299,7 @@ def execute(project_id: int, settings: Settings, analyze_fn: AnalyzeFn) -> JobSt
     update_job(settings, project_id, status=JobStatus.RUNNING.value, started_at=now(), finished_at=None,
                duration_seconds=None, stage="starting", done=0, total=0, eta_seconds=None,
                message=ANALYSIS_MESSAGE, requested_again=False, worker=worker_name())
+    previous = (read_job(settings, project_id) or {}).get("model_version")
     log.info("project %s: analysis started", project_id)
     try:
         version = analyze_fn(project_id, settings, _Progress(settings, project_id))
@@ -309,9 +310,11 @@ def execute(project_id: int, settings: Settings, analyze_fn: AnalyzeFn) -> JobSt
         return update_job(settings, project_id, status=JobStatus.FAILED.value, finished_at=now(), eta_seconds=None,
                           duration_seconds=round(time.monotonic() - started, 3), message=describe(exc))
     log.info("project %s: analysis finished: %s", project_id, version)
+    message = (f"nothing changed since model version {version} (same images, labels, verdicts and settings): "
+               "it stays published" if version == previous else f"analysis finished: model version {version}")
     return update_job(settings, project_id, status=JobStatus.DONE.value, finished_at=now(), eta_seconds=None,
                       duration_seconds=round(time.monotonic() - started, 3), stage="done", model_version=version,
-                      message=f"analysis finished: model version {version}")
+                      message=message)
 
 
 def resolve(path: str) -> AnalyzeFn:

@@ -323,9 +323,17 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
         start_training(client, world["backend_id"])
         time.sleep(1)
         job = wait_for_job(world["backend"], pid, timeout=600)
+        assert job["status"] == "done" and job["model_version"] != first_version
+        # Pressed again with nothing changed: the published analysis stands, nothing is rewritten.
+        predictions = predictions_by_version(world)
+        start_training(client, world["backend_id"])
+        time.sleep(1)
+        again = wait_for_job(world["backend"], pid, timeout=600)
     finally:
         vanished.write_bytes(kept)
-    assert job["status"] == "done" and job["model_version"] != first_version
+    assert again["status"] == "done" and again["model_version"] == job["model_version"]
+    assert "nothing changed" in again["message"] and again["duration_seconds"] < job["duration_seconds"] / 2
+    assert predictions_by_version(world) == predictions
     summary = stored(world, "versions", job["model_version"], "analysis.json")["summary"]
     assert summary["downloads"] == {"fetched": 0, "unchanged": len(world["truth"]) - 1}  # only asked, 304 each
     assert any("vertical-5.png" in s["reason"] and "HTTP 404" in s["reason"] for s in summary["skipped"])

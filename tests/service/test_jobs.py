@@ -287,3 +287,10 @@ def test_redis_down_is_retried_then_reported_clearly(settings):
 def test_direct_call_of_the_job_function_runs_the_analysis(settings):
     state = runners.run_analysis_job(2, runners.settings_payload(settings), OK_PATH)
     assert state["status"] == "done" and wait_until(lambda: read_job(settings, 2)["status"] == "done")
+
+
+def test_a_run_that_returns_the_published_version_says_nothing_changed(settings):
+    first = jobs.execute(5, settings, lambda project_id, s, progress: "deconfusion-v1")
+    again = jobs.execute(5, settings, lambda project_id, s, progress: "deconfusion-v1")
+    assert first["message"] == "analysis finished: model version deconfusion-v1"
+    assert again["status"] == "done" and "nothing changed since model version deconfusion-v1" in again["message"]
