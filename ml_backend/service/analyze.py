@@ -5,9 +5,9 @@ project's history for the report. ``analyze_project`` is what the runners execut
 
 from __future__ import annotations
 
-import logging
 import hashlib
 import json
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,10 +78,12 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
 
 def input_fingerprint(dataset: ImageDataset, verdicts: dict[str, dict], settings: Settings) -> str:
     """SHA-256 of everything an analysis depends on: each image's task, pixels, label, split and
-    weight, the verdicts, the analysis settings and the code version. Equal fingerprints give
-    the same analysis (every random choice is seeded)."""
+    weight, the verdicts, the analysis settings and the code version, and the images it had to
+    skip (so a new broken image is reported). Equal fingerprints give the same analysis (every
+    random choice is seeded)."""
     digest = hashlib.sha256(json.dumps({
         "code": __version__, "classes": dataset.class_names, "verdicts": verdicts,
+        "skipped": sorted((s.item, s.reason) for s in dataset.skipped),
         "settings": {name: getattr(settings, name) for name in ANALYSIS_PARAMS}}, sort_keys=True).encode())
     for row in zip(dataset.task_ids.tolist(), dataset.pixel_hashes, dataset.labels.tolist(), dataset.splits.tolist(),
                    dataset.weights.tolist()):
