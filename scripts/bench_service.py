@@ -99,6 +99,8 @@ def main() -> None:
                         help="press Start Training a second time: with nothing changed, or after relabeling 1%% of "
                              "the tasks (it then trains, under a /predict load)")
     parser.add_argument("--load-seconds", type=float, default=30.0, help="length of each /predict load test")
+    parser.add_argument("--server", choices=["serve", "gunicorn"], default="serve",
+                        help="the backend's HTTP server: `python -m ml_backend serve`, or gunicorn as in the Dockerfile")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
     images, truth = mnist(args.mnist, args.images) if args.mnist else digits()
@@ -108,7 +110,7 @@ def main() -> None:
         port = free_port()
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
                                      model_dir=str(work / "model_dir"), port=port, public_url=f"http://127.0.0.1:{port}")
-        with start_backend(settings) as backend, LabelStudioClient(settings) as client:
+        with start_backend(settings, server=args.server) as backend, LabelStudioClient(settings) as client:
             pid = client.create_project("bench", CONFIG.format(choices="\n".join(
                 f'<Choice value="{d}"/>' for d in range(10))))
             add_local_storage(client, pid, work / "images")
@@ -150,7 +152,7 @@ def main() -> None:
                                                "label_config": label_config})[0] for _ in range(20)]
     # one line per run in the backend's log (a run that keeps the published version saves no summary)
     downloads = re.findall(r"(\d+) images downloaded, (\d+) unchanged", (work / "model_dir" / "backend.log").read_text())
-    print(f"\n{len(names)} images, jobs {[r['job']['status'] for r in runs]}\n")
+    print(f"\n{len(names)} images, backend under {args.server}, jobs {[r['job']['status'] for r in runs]}\n")
     print("| measure | " + " | ".join(["first run", f"second run, {args.rerun}"][:len(runs)]) + " |")
     print("|---|" + "---|" * len(runs))
     row = lambda name, values: print(f"| {name} | " + " | ".join(values) + " |")  # noqa: E731

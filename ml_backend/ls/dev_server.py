@@ -154,9 +154,14 @@ class LabelStudioServer:
         return api("POST", "/api/token/")["token"]
 
 
+GUNICORN = ["-m", "gunicorn", "--workers", "1", "--threads", "8", "--timeout", "120",
+            "ml_backend.service:app_from_env()"]  # as the Dockerfile runs it
+
+
 @contextlib.contextmanager
-def start_backend(settings, *, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run ``python -m ml_backend serve`` with ``settings``; yields its URL."""
+def start_backend(settings, *, extra_env: dict[str, str] | None = None, server: str = "serve") -> Iterator[str]:
+    """Run the backend with ``settings``: ``python -m ml_backend serve``, or with ``server='gunicorn'``
+    gunicorn as the Docker image runs it; yields its URL."""
     env = {**os.environ, "LABEL_STUDIO_URL": settings.label_studio_url,
            "LABEL_STUDIO_API_KEY": settings.label_studio_api_key, "MODEL_DIR": settings.model_dir,
            "PORT": str(settings.port), "HOST": "127.0.0.1", "BACKEND_PUBLIC_URL": settings.backend_url,
@@ -164,7 +169,9 @@ def start_backend(settings, *, extra_env: dict[str, str] | None = None) -> Itera
     Path(settings.model_dir).mkdir(parents=True, exist_ok=True)
     log = Path(settings.model_dir) / "backend.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ml_backend", "serve"], cwd=ROOT, env=env, stdout=out,
+        command = (["-m", "ml_backend", "serve"] if server == "serve" else
+                   [*GUNICORN[:2], "--bind", f"127.0.0.1:{settings.port}", *GUNICORN[2:]])
+        proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{settings.port}"
     try:
