@@ -31,7 +31,8 @@ PROGRESS_EVERY = 500  # images decoded between progress reports
 MIN_SIDE = 8  # smaller images carry no usable content (1x1 tracking pixels, icons)
 MAX_WORKING_SIDE = 160  # cap for the working copy; photos are resized, small images kept
 THUMB_SIDE = 64
-GREY_MODES = ("1", "L", "I;16", "I;16B", "I;16L", "I", "F")  # decoded to one channel; every other mode to RGB
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit and float: rescaled to 8-bit grey
+GREY_MODES = ("1", "L", *DEEP_MODES)  # decoded to one channel; every other mode to RGB
 ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 MEMMAP_ABOVE_BYTES = 1 << 30  # working copies larger than this live in a file, not in RAM
 
@@ -121,12 +122,12 @@ def decode_image(data: bytes, *, name: str = "image") -> tuple[np.ndarray, str]:
 
 
 def _to_uint8(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in DEEP_MODES:
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         return arr.astype(np.uint8)[:, :, None]
-    if img.mode in ("1", "L"):
+    if img.mode in GREY_MODES:  # the deep ones returned above
         return np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
     if img.mode in ("LA", "PA", "RGBA", "P"):
         rgba = img.convert("RGBA")
