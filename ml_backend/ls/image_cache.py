@@ -47,14 +47,19 @@ class ImageCache:
             return None
         return CachedImage(path, {k: entry[k] for k in VALIDATOR_HEADERS if entry.get(k)})
 
-    def store(self, key: str, data: bytes, headers) -> Path:
-        """Keep ``data``, fetched from ``key`` with response ``headers`` (a mapping); returns its file."""
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.objects / digest
+    def keep(self, data: bytes) -> Path:
+        """The file holding ``data`` (written unless those bytes are already kept)."""
+        path = self.objects / hashlib.sha256(data).hexdigest()
         if not path.exists():
             _write_atomic(path, data)
+        return path
+
+    def store(self, key: str, data: bytes, headers) -> Path:
+        """Keep ``data``, fetched from ``key`` with response ``headers`` (a mapping), and remember
+        it for ``key``; returns its file."""
+        path = self.keep(data)
         validators = {k: headers[h] for k, h in _ANSWER_HEADERS.items() if headers.get(h)}
-        _write_atomic(self._entry(key), json.dumps({"object": digest, **validators}).encode())
+        _write_atomic(self._entry(key), json.dumps({"object": path.name, **validators}).encode())
         return path
 
     def forget(self, key: str) -> None:

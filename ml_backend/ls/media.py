@@ -140,9 +140,9 @@ class Media:
         """The image at ``url`` as a file in ``cache``, and whether its bytes were fetched (False:
         the server confirmed the cached copy). Raises ImageFetchError; one for a URL that is gone
         (HTTP 404 / 410) also drops its cache entry."""
+        if url.strip().startswith("data:"):  # the bytes are in the task itself: nothing to look up later
+            return cache.keep(_data_uri(url.strip(), self.settings.max_image_bytes)), False
         key = self._cache_key(url)
-        if url.strip().startswith("data:"):  # the bytes are in the task itself
-            return cache.store(key, _data_uri(url.strip(), self.settings.max_image_bytes), {}), False
         cached = cache.lookup(key)
         if cached is not None and self._is_upload(key):
             return cached.path, False
