@@ -121,7 +121,8 @@ class Media:
             try:
                 path, fetched = self.cached_image(item.url, task_id=item.task_id, cache=cache)
             except (ImageFetchError, LabelStudioError, OSError) as exc:
-                return SkippedItem(name, f"task {item.task_id}: image {item.url!r} could not be downloaded: {exc}"), False
+                reason = f"task {item.task_id}: image {item.url!r} could not be downloaded: {exc}"
+                return SkippedItem(name, reason), False
             return Record(item=name, source=str(path), label=item.label, split=item.split, task_id=item.task_id,
                           annotations=item.annotations), fetched
 
@@ -259,7 +260,8 @@ class Media:
 
         def send(address: Address) -> httpx.Response:
             return self._pinned.send(self._pinned.build_request(
-                "GET", target.copy_with(host=str(address)), headers={**conditional, "Host": target.netloc.decode("ascii")},
+                "GET", target.copy_with(host=str(address)),
+                headers={**conditional, "Host": target.netloc.decode("ascii")},
                 extensions={"sni_hostname": host} if scheme == "https" else None, timeout=timeout), stream=True)
 
         for address in addresses[:-1]:

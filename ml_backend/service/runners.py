@@ -27,7 +27,7 @@ import time
 import uuid
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -237,10 +237,21 @@ _DEAD_RQ_STATES = (RQJobStatus.FINISHED, RQJobStatus.FAILED, RQJobStatus.STOPPED
 T = TypeVar("T")
 
 
-def _redis_keys(queue_name: str, project_id: int) -> list[str]:
-    """[owner, follow-up flag, heartbeat] keys of a project."""
+class _Keys(NamedTuple):
+    """A project's Redis keys: its owner (KEYS[1] of the Lua scripts), the follow-up flag
+    (KEYS[2]) and the running job's heartbeat."""
+    active: str
+    again: str
+    alive: str
+
+    @property
+    def locking(self) -> list[str]:
+        return [self.active, self.again]
+
+
+def _redis_keys(queue_name: str, project_id: int) -> _Keys:
     prefix = f"deconfusion:{queue_name}:project:{int(project_id)}"
-    return [f"{prefix}:active", f"{prefix}:again", f"{prefix}:alive"]
+    return _Keys(f"{prefix}:active", f"{prefix}:again", f"{prefix}:alive")
 
 
 @contextmanager
@@ -275,7 +286,7 @@ def _lost_worker(redis: Redis, job: Job, project_id: int, queue_name: str) -> bo
     started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
     if (datetime.now(timezone.utc) - started).total_seconds() <= HEARTBEAT_TTL_S:
         return False
-    beat = redis.get(_redis_keys(queue_name, project_id)[2])
+    beat = redis.get(_redis_keys(queue_name, project_id).alive)
     return (beat.decode() if isinstance(beat, bytes) else beat) != job.id
 
 
@@ -347,7 +358,7 @@ def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str)
     if job_id is None:  # called directly, not by a worker: no project lock to release
         return execute(project_id, settings, analyze_fn) if analyze_fn is not None else state
     redis = _redis(settings)
-    with _heartbeat(redis, _redis_keys(settings.queue_name, project_id)[2], job_id):
+    with _heartbeat(redis, _redis_keys(settings.queue_name, project_id).alive, job_id):
         return _run_and_follow_up(project_id, settings, analyze_fn, redis, job_id, state)
 
 
@@ -355,12 +366,12 @@ def _run_and_follow_up(project_id: int, settings: Settings, analyze_fn: AnalyzeF
                        job_id: str, state: JobState) -> JobState:
     """The owner's loop: run, then release the project or run the follow-up requested meanwhile."""
     finish = redis.register_script(_FINISH_LUA)
-    keys = _redis_keys(settings.queue_name, project_id)[:2]
+    keys = _redis_keys(settings.queue_name, project_id)
     while True:
         if analyze_fn is not None:
             state = execute(project_id, settings, analyze_fn)
         try:
-            outcome = _with_retries(lambda: finish(keys=keys, args=[job_id]), "releasing the project")
+            outcome = _with_retries(lambda: finish(keys=keys.locking, args=[job_id]), "releasing the project")
         except JobQueueUnavailable as exc:  # the next Start Training sees this job finished and takes over
             log.error("project %s: %s", project_id, exc)
             return state
@@ -368,7 +379,7 @@ def _run_and_follow_up(project_id: int, settings: Settings, analyze_fn: AnalyzeF
         if outcome != "again" or analyze_fn is None:
             if outcome == "again":  # cannot run: release the project, keep the request for later
                 try:
-                    _with_retries(lambda: redis.delete(keys[0]), "releasing the project")
+                    _with_retries(lambda: redis.delete(keys.active), "releasing the project")
                 except JobQueueUnavailable as exc:
                     log.error("project %s: %s", project_id, exc)
             return state
@@ -376,7 +387,7 @@ def _run_and_follow_up(project_id: int, settings: Settings, analyze_fn: AnalyzeF
                    finished_at=None, stage=None, done=0, total=0, eta_seconds=None, requested_again=False,
                    message="a follow-up analysis was requested during the last run; starting it")
         try:
-            _with_retries(lambda: redis.delete(keys[1]), "starting the follow-up run")
+            _with_retries(lambda: redis.delete(keys.again), "starting the follow-up run")
         except JobQueueUnavailable as exc:  # the flag stays: at worst one extra run later
             log.error("project %s: %s", project_id, exc)
 
@@ -406,12 +417,13 @@ class RQRunner:
         """Enqueue an analysis, or flag one follow-up run if the project's job is queued or running.
         Raises JobQueueUnavailable when Redis does not answer after retries."""
         project_id = check_project_id(project_id)
-        keys = _redis_keys(self.settings.queue_name, project_id)[:2]
+        keys = _redis_keys(self.settings.queue_name, project_id)
         job_id = f"deconfusion-{project_id}-{uuid.uuid4().hex[:12]}"
         token = f"{job_id}|{time.time():.0f}"
         seen, stale = "", "0"
         for _ in range(5):
-            outcome = self._retry(lambda: self._claim(keys=keys, args=[token, seen, stale]), "queueing the analysis")
+            outcome = self._retry(lambda: self._claim(keys=keys.locking, args=[token, seen, stale]),
+                                  "queueing the analysis")
             outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
             if outcome == "claimed":
                 break
@@ -439,7 +451,7 @@ class RQRunner:
         except JobQueueUnavailable as exc:
             update_job(self.settings, project_id, status=JobStatus.FAILED.value, finished_at=now(), message=str(exc))
             try:  # free the project now; if Redis is down, the next submit finds the job missing and takes over
-                self.redis.delete(keys[0])
+                self.redis.delete(keys.active)
             except RedisError:
                 pass
             raise
@@ -470,7 +482,7 @@ class RQRunner:
         try:
             if job.get("status") in ACTIVE:
                 job = self._reconcile_rq(project_id, job)
-            job["requested_again"] = bool(self.redis.exists(_redis_keys(self.settings.queue_name, project_id)[1]))
+            job["requested_again"] = bool(self.redis.exists(_redis_keys(self.settings.queue_name, project_id).again))
         except RedisError as exc:
             job["queue_error"] = f"Redis did not answer ({type(exc).__name__}: {exc}); this state may be out of date"
         return job
