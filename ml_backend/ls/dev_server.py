@@ -154,8 +154,7 @@ class LabelStudioServer:
         return api("POST", "/api/token/")["token"]
 
 
-GUNICORN = ["-m", "gunicorn", "--workers", "1", "--threads", "8", "--timeout", "120",
-            "ml_backend.service:app_from_env()"]  # as the Dockerfile runs it
+GUNICORN_OPTIONS = ("--workers", "1", "--threads", "8", "--timeout", "120")  # as the Dockerfile runs it
 
 
 @contextlib.contextmanager
@@ -170,7 +169,8 @@ def start_backend(settings, *, extra_env: dict[str, str] | None = None, server: 
     log = Path(settings.model_dir) / "backend.log"
     with open(log, "ab") as out:
         command = (["-m", "ml_backend", "serve"] if server == "serve" else
-                   [*GUNICORN[:2], "--bind", f"127.0.0.1:{settings.port}", *GUNICORN[2:]])
+                   ["-m", "gunicorn", "--bind", f"127.0.0.1:{settings.port}", *GUNICORN_OPTIONS,
+                    "ml_backend.service:app_from_env()"])
         proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{settings.port}"
