@@ -196,9 +196,10 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     ``crowd``: the annotators' disagreements (``service.crowd``), published as fields and a tab.
 
     What a reviewer needs comes first (stage ``publish``): predictions of the tasks that get
-    fields (a task read without a prediction makes Label Studio ask the backend for one), their
-    fields, the tabs and the overview. Then (stage ``predictions``) every other task's prediction
-    and the removal of older versions' predictions, while review can already start."""
+    fields (a task read without a prediction makes Label Studio ask the backend for one), the
+    fields of the review queue's tasks, the tabs and the overview. Then, while review can already
+    start, the other flagged tasks' fields (stage ``more fields``), every other task's prediction
+    and the removal of older versions' predictions (stage ``predictions``)."""
     urls = image_url(settings, project_id, analysis.model_version)
     wanted = desired_fields(
         analysis, store.verdicts(), lambda i: evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i)
@@ -207,8 +208,10 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("publish", 0, 4)
     client.create_predictions(project_id, [prediction(analysis, index[t], spec) for t in wanted if t in index])
     progress("publish", 1, 4)
-    client.sync_task_fields(project_id, wanted, prefix=FIELD_PREFIX,
-                            progress=lambda done, total: progress("publish fields", done, total))
+    stale = client.stale_task_fields(project_id, wanted, prefix=FIELD_PREFIX)
+    queue, rest = _queue_first(stale, wanted)
+    client.write_task_fields(project_id, queue, prefix=FIELD_PREFIX,
+                             progress=lambda done, total: progress("publish fields", done, total))
     progress("publish", 2, 4)
 
     client.delete_views(project_id, TAB_PREFIX)
@@ -222,12 +225,27 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls)
     progress("publish", 4, 4)
 
-    rest = [i for i in np.flatnonzero(analysis.task_ids >= 0) if int(analysis.task_ids[i]) not in wanted]
+    client.write_task_fields(project_id, rest, prefix=FIELD_PREFIX,
+                             progress=lambda done, total: progress("more fields", done, total))
+    others = [i for i in np.flatnonzero(analysis.task_ids >= 0) if int(analysis.task_ids[i]) not in wanted]
     progress("predictions", 0, 2)
-    client.create_predictions(project_id, [prediction(analysis, i, spec) for i in rest])
+    client.create_predictions(project_id, [prediction(analysis, i, spec) for i in others])
     progress("predictions", 1, 2)
     client.delete_predictions(project_id, keep_version=analysis.model_version)
     progress("predictions", 2, 2)
+
+
+def _queue_first(stale: dict[int, dict], wanted: dict[int, dict]) -> tuple[dict[int, dict], dict[int, dict]]:
+    """The field writes ``stale`` needs (task id -> fields it should carry), split into what the
+    review queue shows (tasks entering or leaving it), written before the tabs appear, and the
+    rest (cells, duplicates, old versions' fields elsewhere), written after: Label Studio takes
+    ~0.1 s per task, so at 20,000 images this halves the wait for the queue."""
+    queue, rest = {}, {}
+    for task_id, now in stale.items():
+        fields = wanted.get(task_id, {})
+        in_queue = fields.get("dc_candidate") == 1 or now.get("dc_candidate") == 1
+        (queue if in_queue else rest)[task_id] = fields
+    return queue, rest
 
 
 def unpublish_project(project_id: int, settings: Settings) -> dict:

@@ -9,6 +9,9 @@ Without --mnist it uses scikit-learn's digits (1,797 images).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import http.server
 import json
 import re
 import sys
@@ -65,6 +68,25 @@ def predict_load(backend: str, body_for: Callable[[int], dict], seconds: float, 
     return {"rps": len(ms) / seconds, "p50": np.percentile(ms, 50), "p99": np.percentile(ms, 99)}
 
 
+@contextlib.contextmanager
+def plain_http_server(folder: Path):
+    """A plain web server (Python's, threaded) for ``folder``: sends Last-Modified and answers
+    If-Modified-Since with 304, as most static file servers do. Yields its base URL."""
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # one line per image would drown the table
+        pass
+
+
 def timed_run(client: LabelStudioClient, backend: str, backend_id: int, pid: int,
               on_stage: Callable[[str], None] = lambda stage: None) -> dict:
     """Press Start Training and wait: seconds to the review tab, to every prediction, stage starts.
@@ -77,7 +99,7 @@ def timed_run(client: LabelStudioClient, backend: str, backend_id: int, pid: int
         if str(state.get("stage")) not in stages:
             on_stage(str(state.get("stage")))
         stages.setdefault(str(state.get("stage")), time.perf_counter() - start)
-        if not tab_at and state.get("stage") == "predictions":  # the review tab is published
+        if not tab_at and state.get("stage") in ("more fields", "predictions"):  # the review tab is published
             tab_at.append(time.perf_counter() - start)
 
     start_training(client, backend_id)
@@ -99,6 +121,8 @@ def main() -> None:
                         help="press Start Training a second time: with nothing changed, or after relabeling 1%% of "
                              "the tasks (it then trains, under a /predict load)")
     parser.add_argument("--load-seconds", type=float, default=30.0, help="length of each /predict load test")
+    parser.add_argument("--images-from", choices=["label-studio", "http"], default="label-studio",
+                        help="who serves the images: Label Studio's local-files route, or a plain web server")
     parser.add_argument("--server", choices=["serve", "gunicorn"], default="serve",
                         help="the backend's HTTP server: `python -m ml_backend serve`, or gunicorn as in the Dockerfile")
     args = parser.parse_args()
@@ -106,15 +130,20 @@ def main() -> None:
     images, truth = mnist(args.mnist, args.images) if args.mnist else digits()
     noisy, _ = plant_errors(truth, np.random.default_rng(0))
     names = write_images(images, work / "images")
-    with LabelStudioServer(data_dir=work / "ls", files_root=work) as ls:
+    with LabelStudioServer(data_dir=work / "ls", files_root=work) as ls, \
+            plain_http_server(work / "images") as web:
         port = free_port()
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
                                      model_dir=str(work / "model_dir"), port=port, public_url=f"http://127.0.0.1:{port}")
-        with start_backend(settings, server=args.server) as backend, LabelStudioClient(settings) as client:
+        image_url = (f"{web}/{{}}" if args.images_from == "http" else "/data/local-files/?d=images/{}").format
+        allow = {"DOWNLOAD_ALLOW": "127.0.0.1"} if args.images_from == "http" else {}
+        with start_backend(settings, server=args.server, extra_env=allow) as backend, \
+                LabelStudioClient(settings) as client:
             pid = client.create_project("bench", CONFIG.format(choices="\n".join(
                 f'<Choice value="{d}"/>' for d in range(10))))
-            add_local_storage(client, pid, work / "images")
-            client.import_tasks(pid, [{"data": {"image": f"/data/local-files/?d=images/{n}"},
+            if args.images_from == "label-studio":
+                add_local_storage(client, pid, work / "images")
+            client.import_tasks(pid, [{"data": {"image": image_url(n)},
                                        "annotations": [{"result": [{"from_name": "label", "to_name": "image",
                                                                     "type": "choices", "value": {"choices": [str(y)]}}]}]}
                                       for n, y in zip(names, noisy)])
@@ -147,12 +176,12 @@ def main() -> None:
                     t.join()
             known = [post(f"{backend}/predict", {"tasks": [tasks[i % len(tasks)]], "project": f"{pid}.0",
                                                  "label_config": label_config})[0] for i in range(args.requests)]
-            new_task = {"id": 10 ** 9, "data": {"image": f"/data/local-files/?d=images/{names[0]}"}}
+            new_task = {"id": 10 ** 9, "data": {"image": image_url(names[0])}}
             new = [post(f"{backend}/predict", {"tasks": [new_task], "project": f"{pid}.0",
                                                "label_config": label_config})[0] for _ in range(20)]
     # one line per run in the backend's log (a run that keeps the published version saves no summary)
     downloads = re.findall(r"(\d+) images downloaded, (\d+) unchanged", (work / "model_dir" / "backend.log").read_text())
-    print(f"\n{len(names)} images, backend under {args.server}, jobs {[r['job']['status'] for r in runs]}\n")
+    print(f"\n{len(names)} images served by {args.images_from}, backend under {args.server}, jobs {[r['job']['status'] for r in runs]}\n")
     print("| measure | " + " | ".join(["first run", f"second run, {args.rerun}"][:len(runs)]) + " |")
     print("|---|" + "---|" * len(runs))
     row = lambda name, values: print(f"| {name} | " + " | ".join(values) + " |")  # noqa: E731

@@ -265,16 +265,31 @@ class LabelStudioClient:
         """Make every task of the project carry exactly ``wanted[task_id]`` as its ``prefix``
         keys (none when absent); PATCH only tasks that change. Returns how many changed.
         progress : called as progress(done, total) over the tasks to rewrite."""
+        stale = self.stale_task_fields(project_id, wanted, prefix=prefix)
+        return self.write_task_fields(project_id, {t: wanted.get(t, {}) for t in stale}, prefix=prefix,
+                                      progress=progress)
+
+    def stale_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
+                          prefix: str = FIELD_PREFIX) -> dict[int, dict]:
+        """task id -> the ``prefix`` keys it carries now, for every task whose keys differ from
+        ``wanted[task_id]`` (none when absent). One export of the project."""
         for fields in wanted.values():
             _check_own_keys(fields, prefix)
-        stale = [int(task["id"]) for task in self.export_tasks(project_id)
-                 if _own_keys(task.get("data") or {}, prefix) != wanted.get(int(task["id"]), {})]
+        now = {int(task["id"]): _own_keys(task.get("data") or {}, prefix) for task in self.export_tasks(project_id)}
+        return {task_id: ours for task_id, ours in now.items() if ours != wanted.get(task_id, {})}
+
+    def write_task_fields(self, project_id: int, fields: Mapping[int, Mapping[str, Any]], *,
+                          prefix: str = FIELD_PREFIX, progress: Callable[[int, int], None] | None = None) -> int:
+        """Make each task ``fields`` names carry exactly ``fields[task_id]`` as its ``prefix`` keys
+        (an empty mapping removes ours), keeping every user key as it is, WORKERS tasks at a time.
+        Returns how many tasks changed. progress : progress(done, total) over these tasks."""
+        for ours in fields.values():
+            _check_own_keys(ours, prefix)
 
         def rewrite(task_id: int) -> bool:
-            ours = wanted.get(task_id, {})
             return self._rewrite_data(task_id, lambda data: {
-                **{k: v for k, v in data.items() if not k.startswith(prefix)}, **ours})
-        return sum(_parallel(rewrite, stale, progress))
+                **{k: v for k, v in data.items() if not k.startswith(prefix)}, **fields[task_id]})
+        return sum(_parallel(rewrite, list(fields), progress))
 
     def _rewrite_data(self, task_id: int, change: Callable[[dict], dict]) -> bool:
         """Read the task's data now, PATCH ``change(data)`` if it differs; whether it changed."""

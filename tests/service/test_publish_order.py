@@ -1,5 +1,6 @@
-"""What a reviewer needs is published first: the flagged tasks' predictions, fields, tabs and the
-overview; every other task's prediction and the removal of old versions follow. (The writes
+"""What a reviewer needs is published first: the flagged tasks' predictions, the review queue's
+fields, the tabs and the overview; the other flagged tasks' fields, every other task's prediction
+and the removal of old versions follow. (The writes
 themselves are exercised against a real Label Studio in tests/integration.)"""
 
 from ml_backend.config import Settings
@@ -14,8 +15,9 @@ SPEC = ClassSpec(image_key="image", image_name="image", choices_name="label", la
 class RecordingClient:
     """Records the order of the writes publishing makes; answers like an empty Label Studio."""
 
-    def __init__(self):
+    def __init__(self, fields_now=None):
         self.calls = []
+        self.fields_now = fields_now or {}  # task id -> our fields it carries before publishing
 
     def create_predictions(self, project_id, predictions):
         self.calls.append(("predictions", sorted(p["task"] for p in predictions)))
@@ -23,10 +25,14 @@ class RecordingClient:
     def delete_predictions(self, project_id, keep_version=None):
         self.calls.append(("delete_old", keep_version))
 
-    def sync_task_fields(self, project_id, wanted, prefix, progress):
-        self.calls.append(("fields", sorted(wanted)))
-        for done in range(1, len(wanted) + 1):
-            progress(done, len(wanted))
+    def stale_task_fields(self, project_id, wanted, prefix):
+        tasks = set(self.fields_now) | set(wanted)
+        return {t: self.fields_now.get(t, {}) for t in tasks if self.fields_now.get(t, {}) != wanted.get(t, {})}
+
+    def write_task_fields(self, project_id, fields, prefix, progress):
+        self.calls.append(("fields", sorted(fields)))
+        for done in range(1, len(fields) + 1):
+            progress(done, len(fields))
 
     def delete_views(self, project_id, prefix):
         self.calls.append(("delete_tabs", prefix))
@@ -47,13 +53,19 @@ class RecordingClient:
 
 
 def test_the_review_is_ready_before_the_other_predictions_and_the_old_version_go(tmp_path):
-    client, stages = RecordingClient(), []
-    analysis = tiny_analysis()  # tasks 2, 3 and 4 are flagged (candidates, misclassified, duplicates)
+    # Task 1 is in the queue of an older version; tasks 2 and 4 are candidates now, task 3 only
+    # a duplicate (tiny_analysis).
+    client, stages = RecordingClient({1: {"dc_candidate": 1, "dc_version": "old"}}), []
+    analysis = tiny_analysis()
     publish_analysis(client, 5, {"title": "Pets"}, SPEC, analysis, Settings(model_dir=str(tmp_path)),
                      ProjectStore(tmp_path, 5), lambda stage, done, total: stages.append((stage, done, total)))
     kinds = [kind for kind, _ in client.calls]
-    assert client.calls[0] == ("predictions", [2, 3, 4]) and client.calls[1] == ("fields", [2, 3, 4])
-    assert kinds.index("overview_tasks") < kinds.index("delete_old")
-    assert client.calls[-2:] == [("predictions", [1]), ("delete_old", analysis.model_version)]
+    # the queue's tasks (entering or leaving it) get their fields before the tabs exist
+    assert client.calls[0] == ("predictions", [2, 3, 4]) and client.calls[1] == ("fields", [1, 2, 4])
+    assert kinds.index("tab") > 1
+    # the duplicate's fields follow the overview, then the other predictions and the old version go
+    assert client.calls[-3:] == [("fields", [3]), ("predictions", [1]), ("delete_old", analysis.model_version)]
+    assert kinds.index("overview_tasks") < len(kinds) - 3
     assert ("publish fields", 3, 3) in stages and stages.index(("publish fields", 3, 3)) < stages.index(("publish", 2, 4))
-    assert ("publish", 4, 4) in stages and stages[-1] == ("predictions", 2, 2)
+    assert stages.index(("publish", 4, 4)) < stages.index(("more fields", 1, 1)) < stages.index(("predictions", 0, 2))
+    assert stages[-1] == ("predictions", 2, 2)
