@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1000, client_module.PREDICTION_BATCH],
                         help="predictions per import request")
     parser.add_argument("--flagged", type=float, default=0.15, help="share of tasks that get our fields")
+    parser.add_argument("--workers", type=int, nargs="+", default=[client_module.WORKERS],
+                        help="concurrent requests while writing fields (one measurement each)")
     args = parser.parse_args()
     with LabelStudioServer(data_dir=Path(tempfile.mkdtemp(prefix="bench-publish-"))) as ls, \
             LabelStudioClient(Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token)) as client:
@@ -58,9 +60,11 @@ def main() -> None:
             rows.append((f"create {len(ids)} predictions, {batch} per request",
                          timed(lambda: client.create_predictions(pid, [prediction(t, version) for t in ids]))))
             rows.append(("delete that model version", timed(lambda: client.delete_predictions(pid))))
-        flagged = {t: {"dc_error_score": 0.9, "dc_candidate": 1} for t in ids[:int(args.flagged * len(ids))]}
-        rows.append((f"write fields on {len(flagged)} tasks (re-read + PATCH each)",
-                     timed(lambda: client.sync_task_fields(pid, flagged))))
+        for workers in args.workers:
+            client_module.WORKERS = workers
+            flagged = {t: {"dc_error_score": 0.9, "dc_candidate": workers} for t in ids[:int(args.flagged * len(ids))]}
+            rows.append((f"write fields on {len(flagged)} tasks (re-read + PATCH each), {workers} at a time",
+                         timed(lambda: client.sync_task_fields(pid, flagged))))
     print("\n| step | seconds |\n|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} |")
