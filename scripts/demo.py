@@ -54,7 +54,11 @@ def mnist(folder: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
         dims = raw[3]
         shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
         return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
-    return idx("train-images-idx3-ubyte.gz")[:limit], idx("train-labels-idx1-ubyte.gz")[:limit].astype(np.int64)
+    images, labels = idx("train-images-idx3-ubyte.gz"), idx("train-labels-idx1-ubyte.gz")
+    if limit > len(images):  # all 70,000: the test images follow the training ones
+        images = np.concatenate([images, idx("t10k-images-idx3-ubyte.gz")])
+        labels = np.concatenate([labels, idx("t10k-labels-idx1-ubyte.gz")])
+    return images[:limit], labels[:limit].astype(np.int64)
 
 
 def plant_errors(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
