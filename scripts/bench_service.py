@@ -3,7 +3,8 @@ on a real Label Studio with a project of a few thousand images.
 
     .venv/bin/python scripts/bench_service.py --mnist ../shared/datasets/mnist --images 3000
 
-Without --mnist it uses scikit-learn's digits (1,797 images).
+Without --mnist it uses scikit-learn's digits (1,797 images). The images are served by Label
+Studio's local-files route, or with --images-from http by a plain web server.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def predict_load(backend: str, body_for: Callable[[int], dict], seconds: float, 
     return {"rps": len(ms) / seconds, "p50": np.percentile(ms, 50), "p99": np.percentile(ms, 99)}
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # one line per image would drown the table
+        pass
+
+
 @contextlib.contextmanager
 def plain_http_server(folder: Path):
     """A plain web server (Python's, threaded) for ``folder``: sends Last-Modified and answers
@@ -80,11 +86,6 @@ def plain_http_server(folder: Path):
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # one line per image would drown the table
-        pass
 
 
 def timed_run(client: LabelStudioClient, backend: str, backend_id: int, pid: int,
