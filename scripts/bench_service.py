@@ -131,8 +131,8 @@ def main() -> None:
     images, truth = mnist(args.mnist, args.images) if args.mnist else digits()
     noisy, _ = plant_errors(truth, np.random.default_rng(0))
     names = write_images(images, work / "images")
-    with LabelStudioServer(data_dir=work / "ls", files_root=work) as ls, \
-            plain_http_server(work / "images") as web:
+    web_server = plain_http_server(work / "images") if args.images_from == "http" else contextlib.nullcontext("")
+    with LabelStudioServer(data_dir=work / "ls", files_root=work) as ls, web_server as web:
         port = free_port()
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
                                      model_dir=str(work / "model_dir"), port=port, public_url=f"http://127.0.0.1:{port}")
@@ -175,8 +175,7 @@ def main() -> None:
                 runs.append(timed_run(client, backend, backend_id, pid, on_stage=load_while_training))
                 for t in load_thread:
                     t.join()
-            known = [post(f"{backend}/predict", {"tasks": [tasks[i % len(tasks)]], "project": f"{pid}.0",
-                                                 "label_config": label_config})[0] for i in range(args.requests)]
+            known = [post(f"{backend}/predict", body_for(i))[0] for i in range(args.requests)]
             new_task = {"id": 10 ** 9, "data": {"image": image_url(names[0])}}
             new = [post(f"{backend}/predict", {"tasks": [new_task], "project": f"{pid}.0",
                                                "label_config": label_config})[0] for _ in range(20)]
