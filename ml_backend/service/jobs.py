@@ -46,6 +46,10 @@ LOG_EVERY_S = 10.0
 """Progress is logged at most this often, in seconds (and at each stage change)."""
 
 ANALYSIS_MESSAGE = "analysis running"
+# Publishing's later stages (publish.publish_analysis) start once the tabs and the overview are up.
+REVIEW_READY_STAGES = ("more fields", "predictions")
+REVIEW_READY_MESSAGE = ("review can start: the review tabs and the overview are up in Label Studio; "
+                        "the other tasks' fields and predictions follow")
 RESTART_HINT = "press Start Training to run it again"
 
 
@@ -283,8 +287,9 @@ class _Progress:
             if new_stage or now - self.last_write >= WRITE_EVERY_S or 0 < total <= done:
                 self.last_write = now
                 try:
+                    ready = {"message": REVIEW_READY_MESSAGE} if new_stage and stage in REVIEW_READY_STAGES else {}
                     update_job(self.settings, self.project_id, stage=stage, done=int(done), total=int(total),
-                               eta_seconds=eta)
+                               eta_seconds=eta, **ready)
                 except OSError as exc:
                     log.warning("project %s: could not record progress: %s", self.project_id, exc)
             if new_stage or now - self.last_log >= LOG_EVERY_S:

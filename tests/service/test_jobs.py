@@ -153,6 +153,22 @@ def test_progress_is_written_with_eta_and_logged_at_most_every_ten_seconds(setti
     assert len(progress_lines) == 1  # one per stage change, then at most every LOG_EVERY_S
 
 
+def test_job_status_says_when_review_can_start_while_publishing_goes_on(settings):
+    seen = {}
+
+    def analysis(project_id, settings, progress):
+        for stage in ("publish", "more fields", "predictions"):
+            progress(stage, 0, 2)
+            seen[stage] = read_job(settings, project_id)["message"]
+        return "deconfusion-v1"
+
+    runner = LocalRunner(settings, analysis)
+    runner.submit(3)
+    runner.wait(3, 5)
+    assert seen["publish"] == jobs.ANALYSIS_MESSAGE
+    assert seen["more fields"].startswith("review can start") and seen["predictions"] == seen["more fields"]
+
+
 def test_shutdown_interrupts_queued_jobs_and_refuses_new_ones(settings, slow):
     runner = LocalRunner(settings, slow)
     runner.submit(1)
