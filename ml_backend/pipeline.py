@@ -23,7 +23,7 @@ from .dataset import ImageDataset
 from .detectors.duplicates import find_duplicates, similar_images
 from .detectors.label_errors import consensus, error_scores, find_candidates, knn_disagreement
 from .detectors.maps import cell_map, saliency_features
-from .detectors.overview import interpretation_members, mismatch_score, overview_cells, representatives
+from .detectors.overview import mismatch_score, overview_cells, representatives
 from .detectors.verifier import enough_verdicts, verified_scores, verifier_evidence
 from .model import ModelSet, choose_views, cross_fit
 from .model.ensemble import is_pretrained
@@ -109,8 +109,7 @@ def run_analysis(
     lap("duplicates")
 
     cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
-    is_candidate, n_estimated = find_candidates(probs, labels, scores, consensus=agreement,
-                                                systematic=interpretation_members(cells, labels, predicted))
+    is_candidate, n_estimated = find_candidates(probs, labels, scores)
     is_candidate &= ~reviewed
     map_xy = _inspection_maps(dataset, models, predicted, fits[0].fold_of, cells, settings.seed, progress)
     lap("maps")
@@ -166,7 +165,7 @@ def _cross_fit_views(dataset: ImageDataset, settings: Settings, progress: Progre
 def _confusion_beyond_noise(fit: CrossFitResult, labels: np.ndarray) -> float:
     """Share of images the view classifies against their label minus the share confident
     learning counts as wrong labels: confusion the view itself cannot resolve."""
-    doubt = error_scores(fit.pred_probs, labels, fold_probs=fit.fold_probs, weights=(1, 0, 0))
+    doubt = error_scores(fit.pred_probs, labels, fold_probs=fit.fold_probs)
     _, estimated = find_candidates(fit.pred_probs, labels, doubt)
     misclassified = float((fit.pred_probs.argmax(axis=1) != labels).mean())
     log.info("%s: %.1f%% misclassified, %.1f%% estimated wrong labels", fit.backbone, 100 * misclassified,
@@ -194,18 +193,10 @@ def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Set
     kNN disagreement in ``space`` (:func:`_neighbour_space`), and each view's doubt alone."""
     view_weights = [VIEW_WEIGHT["pretrained" if is_pretrained(f.backbone) else "small_cnn"] for f in fits]
     probs = sum(w * f.pred_probs for w, f in zip(view_weights, fits)) / sum(view_weights)
-    # The small CNN alone ranks the paper's MNIST swaps best by the normalized margin (AP 0.952;
-    # self-confidence 0.906, their mean 0.937); with a pretrained view, on CIFAR-10N photos, the
-    # mean of both is best (0.633; margin 0.600, self-confidence 0.623).
-    quality = "both" if any(is_pretrained(f.backbone) for f in fits) else "normalized_margin"
-    evidence = {}
-    for f in fits:
-        evidence[f"doubt_{f.backbone}"] = error_scores(f.pred_probs, labels, fold_probs=f.fold_probs,
-                                                       weights=(1, 0, 0), quality=quality)
+    evidence = {f"doubt_{f.backbone}": error_scores(f.pred_probs, labels, fold_probs=f.fold_probs) for f in fits}
     knn = knn_disagreement(space, labels, fits[0].fold_of, k=settings.knn_k, dims=space_dims)
     agreement = consensus(np.concatenate([f.fold_probs for f in fits]), labels)
-    scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights,
-                          knn_disagreement=knn, consensus=agreement, quality=quality)
+    scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights)
     return probs, scores, agreement, knn, evidence
 
 

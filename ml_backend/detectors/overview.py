@@ -317,18 +317,3 @@ def _compute_cells(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, gr
     for cell, value in zip(cells, _compute_saturation(np.array([c["score_wrong"] for c in cells]))):
         cell["saturation"] = float(value)
     return cells
-
-
-def interpretation_members(cells: list[dict], labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """(N,) bool: images in the cells flagged as class interpretation errors.
-
-    cells : from :func:`overview_cells`. labels, predicted : ndarray of shape (N,), int.
-    """
-    caller = "interpretation_members"
-    labels = labels_checked(labels, len(labels), None, caller)
-    predicted = length_checked("predicted", predicted, len(labels), caller)
-    members = np.zeros(len(labels), dtype=bool)
-    for cell in cells:
-        if cell["interpretation_error"]:
-            members |= (labels == cell["label"]) & (predicted == cell["predicted"])
-    return members

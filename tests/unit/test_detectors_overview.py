@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ml_backend.detectors.overview import (histogram, interpretation_members, mismatch_score, overview_cells,
+from ml_backend.detectors.overview import (histogram, mismatch_score, overview_cells,
                                          representatives, saturation)
 
 
@@ -170,13 +170,3 @@ def test_overview_options_and_arrays_are_checked():
         overview_cells(np.full_like(probs, np.nan), labels)
     with pytest.raises(TypeError, match="labels.*integer"):
         overview_cells(probs, labels.astype(float))
-
-
-def test_interpretation_members_are_the_images_of_flagged_cells_only():
-    labels = np.array([0, 0, 0, 1, 1, 2])
-    predicted = np.array([0, 1, 1, 0, 2, 2])
-    cells = [{"label": 0, "predicted": 1, "interpretation_error": True},
-             {"label": 1, "predicted": 0, "interpretation_error": False},
-             {"label": 1, "predicted": 2, "interpretation_error": False}]
-    members = interpretation_members(cells, labels, predicted)
-    assert members.dtype == bool and members.tolist() == [False, True, True, False, False, False]
