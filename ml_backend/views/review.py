@@ -14,6 +14,7 @@ import html
 import numpy as np
 
 from ..analysis import Analysis
+from ..detectors.label_errors import REVIEW_THRESHOLD
 from .overview import FONT, INK, ImageUrl
 from .render import similarity_text
 
@@ -26,13 +27,15 @@ def _q(name: str) -> str:
     return f"‘{html.escape(name)}’"
 
 
-def likelihood_words(error_score: float) -> str:
-    """The error score (in [0, 1], higher = label more likely wrong) in everyday words."""
+def likelihood_words(error_score: float, candidate: bool = False) -> str:
+    """The error score (in [0, 1], higher = label more likely wrong) in everyday words. When two
+    classes compete the score is about the chance that the label is wrong; every image in the
+    review list is at least "possibly wrong"."""
     if error_score >= 0.8:
         return "very likely wrong"
-    if error_score >= 0.6:
+    if error_score >= 0.5:
         return "likely wrong"
-    if error_score >= 0.4:
+    if error_score >= REVIEW_THRESHOLD or candidate:
         return "possibly wrong"
     return "probably right"
 
@@ -76,7 +79,7 @@ def evidence_html(analysis: Analysis, i: int, *, image_url: ImageUrl) -> str:
                       f"({float(analysis.pred_probs[i, runner_up]):.0%}).") if runner_up != model else ""
     parts = [f'<div style="{FONT};color:{INK};font-size:13px;line-height:1.45">',
              f'<div style="font-size:16px;margin-bottom:2px">{headline}</div>',
-             f'<div>The label is <b>{likelihood_words(score)}</b> (score {score:.2f} of 1). {suggestion}</div>']
+             f'<div>The label is <b>{likelihood_words(score, bool(analysis.is_candidate[i]))}</b> (score {score:.2f} of 1). {suggestion}</div>']
 
     badges = []
     if str(analysis.splits[i]) == "val":

@@ -26,7 +26,7 @@ from ml_backend.views.render import (
     thumbnail_png,
 )
 from ml_backend.views.report import CHARTS, report_chart_png, report_html, report_json
-from ml_backend.views.review import evidence_html
+from ml_backend.views.review import evidence_html, likelihood_words
 
 CONFIGS = Path(__file__).resolve().parents[2] / "label_studio_config"
 BACKEND = "http://backend:9090/evidence/1/v1/"
@@ -248,6 +248,12 @@ def test_evidence_speaks_plainly_and_shows_partners(analysis):
     agreeing = evidence_html(analysis, 27, image_url=urls)  # a cat, validation, model agrees
     assert "The model agrees with the label <b>‘cat’</b>" in agreeing and "validation image" in agreeing
     assert "map.png" not in agreeing
+
+
+def test_every_image_in_the_review_list_reads_at_least_possibly_wrong():
+    assert likelihood_words(0.9) == "very likely wrong" and likelihood_words(0.55) == "likely wrong"
+    assert likelihood_words(0.2) == "possibly wrong"  # from the list's threshold up
+    assert likelihood_words(0.1) == "probably right" and likelihood_words(0.1, candidate=True) == "possibly wrong"
 
 
 # --- review config ------------------------------------------------------------------------------
