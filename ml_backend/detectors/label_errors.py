@@ -138,7 +138,7 @@ def noise_matrix(pred_probs: np.ndarray, labels: np.ndarray, *, smoothing: float
     pred_probs : ndarray of shape (N, K), float
         Out-of-sample softmax outputs; every class must have labeled images.
     labels : ndarray of shape (N,), int in [0, K)
-    smoothing : float in (0, 1], default 0.2
+    smoothing : float in (0, 1), default 0.2
 
     Returns
     -------
@@ -150,9 +150,13 @@ def noise_matrix(pred_probs: np.ndarray, labels: np.ndarray, *, smoothing: float
     labels = labels_checked(labels, len(probs), probs.shape[1], caller)
     if np.unique(labels).size != probs.shape[1]:
         fail("labels", caller, f"every one of the {probs.shape[1]} classes present", f"{np.unique(labels).size}")
-    if not 0 < float(smoothing) <= 1:
-        fail("smoothing", caller, "a number in (0, 1]", repr(smoothing))
-    return _compute_noise_matrix(probs, labels, float(smoothing))
+    return _compute_noise_matrix(probs, labels, _smoothing_checked(smoothing, caller))
+
+
+def _smoothing_checked(smoothing, caller: str) -> float:
+    if not isinstance(smoothing, (int, float)) or not 0 < smoothing < 1:
+        fail("smoothing", caller, "a number in (0, 1)", repr(smoothing))
+    return float(smoothing)
 
 
 def _compute_noise_matrix(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> np.ndarray:
@@ -205,9 +209,8 @@ def error_scores(pred_probs: np.ndarray, labels: np.ndarray, *, fold_probs=None,
     the correct labels of the class it is swapped with (AP on our Fashion-MNIST corruption
     0.633 -> 0.815, the paper's MNIST swaps 0.959 -> 0.992, CIFAR-10N 0.682 -> 0.692; adding
     kNN disagreement and consensus at weight 0.1 each, as before, lowered it to 0.795 / 0.988 /
-    0.691, offline on the same arrays). When
-    fewer than two classes have labels there is no noise to estimate and ``q`` is read off
-    the probabilities themselves. Unlike eq. 1 (``mismatch_score``) the score is continuous
+    0.691, offline on the same arrays). When fewer than two classes have labels there is no
+    noise to estimate and ``q`` is read off the probabilities themselves. Unlike eq. 1 (``mismatch_score``) the score is continuous
     for correctly classified images too.
 
     Parameters
@@ -218,8 +221,8 @@ def error_scores(pred_probs: np.ndarray, labels: np.ndarray, *, fold_probs=None,
     fold_probs : ndarray of shape (F, N, K), or a list of them (one per view), optional
         Every fold model's softmax outputs; replaces ``pred_probs`` in ``q`` when given.
     view_weights : sequence of floats > 0, one per view, optional (default equal)
-    smoothing : float in (0, 1], default 0.2
-        See :func:`noise_matrix`; 1 would drop the correction's class structure.
+    smoothing : float in (0, 1), default 0.2
+        See :func:`noise_matrix`.
 
     Returns
     -------
@@ -238,10 +241,8 @@ def error_scores(pred_probs: np.ndarray, labels: np.ndarray, *, fold_probs=None,
     view_weights = [1.0] * len(views) if view_weights is None else [float(x) for x in view_weights]
     if len(view_weights) != len(views) or any(not np.isfinite(x) or x <= 0 for x in view_weights):
         fail("view_weights", caller, f"{len(views)} numbers > 0 (one per view)", repr(view_weights))
-    if not 0 < float(smoothing) <= 1:
-        fail("smoothing", caller, "a number in (0, 1]", repr(smoothing))
     mean = probs if not views else sum(x * v.mean(axis=0) for v, x in zip(views, view_weights)) / sum(view_weights)
-    return _compute_error_scores(probs, mean, labels, float(smoothing))
+    return _compute_error_scores(probs, mean, labels, _smoothing_checked(smoothing, caller))
 
 
 def _compute_error_scores(oof: np.ndarray, probs: np.ndarray, labels: np.ndarray, smoothing: float) -> np.ndarray:
@@ -275,7 +276,7 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
     of the confident joint calibrated to the label counts) on the out-of-sample
     ``pred_probs``, over the classes that have labeled images. Not a fixed top-k: the cut
     follows the data's noise. Confident learning undercounts large systematic swaps (a model
-    that saw 20% of a class mislabeled is rarely *confident* about them); the noise-aware
+    that saw 20% of a class mislabeled is rarely *confident* about them); the noise-corrected
     error score is not fooled by them, so the threshold adds what the count misses. An error
     score of 0.15 is about a one-in-seven chance that the label is wrong when two classes
     compete: on the paper's MNIST swaps the list holds 1.04 x the true errors with recall
