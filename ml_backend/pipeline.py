@@ -21,7 +21,8 @@ from .analysis import Analysis
 from .config import Settings
 from .dataset import ImageDataset
 from .detectors.duplicates import find_duplicates, similar_images
-from .detectors.label_errors import consensus, error_scores, find_candidates, knn_disagreement
+from .detectors.label_errors import (consensus, error_scores, estimated_error_count, find_candidates,
+                                      knn_disagreement)
 from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import mismatch_score, overview_cells, representatives
 from .detectors.verifier import enough_verdicts, verified_scores, verifier_evidence
@@ -165,8 +166,7 @@ def _cross_fit_views(dataset: ImageDataset, settings: Settings, progress: Progre
 def _confusion_beyond_noise(fit: CrossFitResult, labels: np.ndarray) -> float:
     """Share of images the view classifies against their label minus the share confident
     learning counts as wrong labels: confusion the view itself cannot resolve."""
-    doubt = error_scores(fit.pred_probs, labels, fold_probs=fit.fold_probs)
-    _, estimated = find_candidates(fit.pred_probs, labels, doubt)
+    estimated = estimated_error_count(fit.pred_probs, labels)
     misclassified = float((fit.pred_probs.argmax(axis=1) != labels).mean())
     log.info("%s: %.1f%% misclassified, %.1f%% estimated wrong labels", fit.backbone, 100 * misclassified,
              100 * estimated / len(labels))

@@ -189,6 +189,18 @@ def label_posterior(probs: np.ndarray, labels: np.ndarray, noise: np.ndarray) ->
     -------
     ndarray of shape (N, K), float64, rows summing to 1
     """
+    caller = "label_posterior"
+    probs = pred_probs_checked(probs, caller, name="probs")
+    labels = labels_checked(labels, len(probs), probs.shape[1], caller)
+    k = probs.shape[1]
+    noise = array_checked(noise, "noise", caller, ndim=2, shape="(K, K)")
+    if noise.shape != (k, k) or noise.min() < 0 or not np.allclose(noise.sum(axis=0), 1.0):
+        fail("noise", caller, f"a ({k}, {k}) matrix of probabilities, columns summing to 1 (noise_matrix)",
+             f"shape {noise.shape}")
+    return _compute_label_posterior(probs, labels, noise)
+
+
+def _compute_label_posterior(probs: np.ndarray, labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
     clean = probs @ np.linalg.pinv(noise).T
     clean = np.clip(clean, 0.0, None) + 1e-6
     clean /= clean.sum(axis=1, keepdims=True)
@@ -210,8 +222,8 @@ def error_scores(pred_probs: np.ndarray, labels: np.ndarray, *, fold_probs=None,
     0.633 -> 0.815, the paper's MNIST swaps 0.959 -> 0.992, CIFAR-10N 0.682 -> 0.692; adding
     kNN disagreement and consensus at weight 0.1 each, as before, lowered it to 0.795 / 0.988 /
     0.691, offline on the same arrays). When fewer than two classes have labels there is no
-    noise to estimate and ``q`` is read off the probabilities themselves. Unlike eq. 1 (``mismatch_score``) the score is continuous
-    for correctly classified images too.
+    noise to estimate and ``q`` is read off the probabilities themselves. Unlike eq. 1
+    (``mismatch_score``) the score is continuous for correctly classified images too.
 
     Parameters
     ----------
@@ -253,7 +265,7 @@ def _compute_error_scores(oof: np.ndarray, probs: np.ndarray, labels: np.ndarray
         sub_labels = np.searchsorted(present, labels)
         noise = _compute_noise_matrix(_restricted(oof, present), sub_labels, smoothing)
         posterior = np.zeros(probs.shape)
-        posterior[:, present] = label_posterior(_restricted(probs, present), sub_labels, noise)
+        posterior[:, present] = _compute_label_posterior(_restricted(probs, present), sub_labels, noise)
     q = np.mean([get_label_quality_scores(labels, posterior, method=m)
                  for m in ("self_confidence", "normalized_margin")], axis=0)
     return np.clip(1.0 - q, 0.0, 1.0).astype(np.float32)
@@ -310,10 +322,28 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
 def _compute_candidates(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray,
                         threshold: float) -> tuple[np.ndarray, int]:
     flagged = np.zeros(len(probs), dtype=bool)
-    present = np.unique(labels)
-    if present.size < 2:
+    if np.unique(labels).size < 2:  # nothing to compare a label with
         return flagged, 0
-    n = int(num_label_issues(np.searchsorted(present, labels), _restricted(probs, present),
-                             estimation_method="off_diagonal_calibrated"))
+    n = _compute_error_count(probs, labels)
     flagged[np.argsort(-scores, kind="stable")[:n]] = True
     return flagged | (scores >= threshold), n
+
+
+def estimated_error_count(pred_probs: np.ndarray, labels: np.ndarray) -> int:
+    """Confident learning's estimate of how many labels are wrong (the count
+    :func:`find_candidates` cuts at), without ranking any image.
+
+    pred_probs : ndarray of shape (N, K), out-of-sample softmax. labels : ndarray of shape (N,),
+    int in [0, K). Returns 0 when fewer than two classes have images.
+    """
+    caller = "estimated_error_count"
+    probs = pred_probs_checked(pred_probs, caller)
+    return _compute_error_count(probs, labels_checked(labels, len(probs), probs.shape[1], caller))
+
+
+def _compute_error_count(probs: np.ndarray, labels: np.ndarray) -> int:
+    present = np.unique(labels)
+    if present.size < 2:
+        return 0
+    return int(num_label_issues(np.searchsorted(present, labels), _restricted(probs, present),
+                                estimation_method="off_diagonal_calibrated"))

@@ -5,8 +5,8 @@ import pytest
 
 from cleanlab.rank import get_label_quality_scores
 
-from ml_backend.detectors.label_errors import (consensus, error_scores, find_candidates, knn_disagreement,
-                                               label_posterior, noise_matrix)
+from ml_backend.detectors.label_errors import (consensus, error_scores, estimated_error_count, find_candidates,
+                                               knn_disagreement, label_posterior, noise_matrix)
 
 
 def blobs(seed=0, n=600, k=3, flip=0.05):
@@ -75,6 +75,8 @@ def test_label_posterior_by_hand():
     # 0.4 * 0.8 against 0.6 * 0.3 -> 0.64 / 0.36
     np.testing.assert_allclose(label_posterior(np.array([[0.5, 0.5]]), np.array([0]), noise), [[0.64, 0.36]],
                                rtol=1e-4)
+    with pytest.raises(ValueError, match="noise.*columns summing to 1"):
+        label_posterior(np.array([[0.5, 0.5]]), np.array([0]), noise.T)
 
 
 def test_knn_disagreement_is_high_for_a_planted_outlier():
@@ -141,6 +143,7 @@ def test_candidates_follow_the_estimated_noise():
     scores = error_scores(probs, labels)
     flagged, n = find_candidates(probs, labels, scores)
     assert abs(n - flipped.sum()) <= 0.3 * flipped.sum() and flagged.sum() <= 1.5 * flipped.sum()
+    assert estimated_error_count(probs, labels) == n  # the count alone, as the pipeline's view rule reads it
     assert (flagged & flipped).sum() >= 0.8 * flipped.sum()
 
 
