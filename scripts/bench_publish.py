@@ -62,6 +62,7 @@ def main() -> None:
             rows.append(("delete that model version", timed(lambda: client.delete_predictions(pid))))
         for workers in args.workers:
             client_module.WORKERS = workers
+            # a value that differs from the previous measurement's, so every run writes every task
             flagged = {t: {"dc_error_score": 0.9, "dc_candidate": workers} for t in ids[:int(args.flagged * len(ids))]}
             rows.append((f"write fields on {len(flagged)} tasks (re-read + PATCH each), {workers} at a time",
                          timed(lambda: client.sync_task_fields(pid, flagged))))

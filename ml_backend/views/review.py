@@ -79,7 +79,8 @@ def evidence_html(analysis: Analysis, i: int, *, image_url: ImageUrl) -> str:
                       f"({float(analysis.pred_probs[i, runner_up]):.0%}).") if runner_up != model else ""
     parts = [f'<div style="{FONT};color:{INK};font-size:13px;line-height:1.45">',
              f'<div style="font-size:16px;margin-bottom:2px">{headline}</div>',
-             f'<div>The label is <b>{likelihood_words(score, bool(analysis.is_candidate[i]))}</b> (score {score:.2f} of 1). {suggestion}</div>']
+             f'<div>The label is <b>{likelihood_words(score, bool(analysis.is_candidate[i]))}</b> '
+             f'(score {score:.2f} of 1). {suggestion}</div>']
 
     badges = []
     if str(analysis.splits[i]) == "val":
