@@ -87,11 +87,12 @@ def run_analysis(
     fits, ensembles = _cross_fit_views(dataset, settings, progress)
     lap("train")
 
-    space, space_dims = _neighbour_space(dataset, fits)
-    probs, scores, agreement, knn, evidence = _combine_views(fits, labels, settings, space, space_dims)
     reviewed = np.zeros(n, dtype=bool) if reviews is None else np.asarray(reviews.reviewed, dtype=bool)
     if reviewed.shape != (n,):
         raise ValueError(f"reviews must describe the {n} images of the data set; got {reviewed.shape[0]}")
+    space, space_dims = _neighbour_space(dataset, fits)
+    given = None if reviews is None else np.asarray(reviews.given_labels, dtype=np.int64)
+    probs, scores, agreement, knn, evidence = _combine_views(fits, labels, settings, space, space_dims, given)
     verifier_weight = 0.0
     if reviews is not None and settings.verifier:
         scores, verifier_weight = _verify(fits, probs, scores, reviews, settings, space, space_dims)
@@ -188,15 +189,18 @@ def _neighbour_space(dataset: ImageDataset, fits: list[CrossFitResult]) -> tuple
 
 
 def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Settings, space: np.ndarray,
-                   space_dims: int):
+                   space_dims: int, given: np.ndarray | None = None):
     """The views' evidence combined: out-of-sample probabilities (N, K), error scores, consensus,
-    kNN disagreement in ``space`` (:func:`_neighbour_space`), and each view's doubt alone."""
+    kNN disagreement in ``space`` (:func:`_neighbour_space`), and each view's doubt alone.
+    ``given``: the labels before review, which tell how the annotators err (``error_scores``)."""
     view_weights = [VIEW_WEIGHT["pretrained" if is_pretrained(f.backbone) else "small_cnn"] for f in fits]
     probs = sum(w * f.pred_probs for w, f in zip(view_weights, fits)) / sum(view_weights)
-    evidence = {f"doubt_{f.backbone}": error_scores(f.pred_probs, labels, fold_probs=f.fold_probs) for f in fits}
+    evidence = {f"doubt_{f.backbone}": error_scores(f.pred_probs, labels, fold_probs=f.fold_probs, noise_labels=given)
+                for f in fits}
     knn = knn_disagreement(space, labels, fits[0].fold_of, k=settings.knn_k, dims=space_dims)
     agreement = consensus(np.concatenate([f.fold_probs for f in fits]), labels)
-    scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights)
+    scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights,
+                          noise_labels=given)
     return probs, scores, agreement, knn, evidence
 
 

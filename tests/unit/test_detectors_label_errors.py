@@ -69,6 +69,21 @@ def test_a_one_way_swap_doubts_the_swapped_labels_and_trusts_the_reverse_directi
     assert noise[0, 1] > 2 * noise[1, 0]  # 1s become 0s far more often than the other way round
 
 
+def test_after_review_the_annotators_labels_still_tell_how_the_unreviewed_ones_go_wrong():
+    first_probs, given, swapped = planted_one_way_swap()
+    reviewed = np.zeros(len(given), bool)
+    reviewed[np.argsort(-error_scores(first_probs, given))[:swapped.sum()]] = True  # the top of the list
+    now = np.where(reviewed & swapped, 1, given)  # reviewers fixed the swaps they saw
+    retrained, _, _ = planted_one_way_swap(share=0.1)  # a model trained on the fixed labels learns less swap
+    left, unreviewed = swapped & ~reviewed, ~reviewed
+    assert left.sum() >= 50
+    corrected_only = error_scores(retrained, now)[unreviewed]
+    as_given = error_scores(retrained, now, noise_labels=given)[unreviewed]
+    assert average_precision(as_given, left[unreviewed]) > average_precision(corrected_only, left[unreviewed]) + 0.05
+    with pytest.raises(ValueError, match="noise_labels"):
+        error_scores(retrained, now, noise_labels=given[:-1])
+
+
 def test_label_posterior_by_hand():
     noise = np.array([[0.8, 0.3], [0.2, 0.7]])  # P(given i | true j)
     # the model's 0.5 / 0.5 undoes to 0.4 / 0.6 (0.8*0.4 + 0.3*0.6 = 0.5); given label 0:
