@@ -17,7 +17,7 @@ from .config import add_cli_flags, configure_logging, settings_from_args
 from .errors import DeConfusionError
 
 TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "backbone_weights", "device", "batch_size",
-                  "ssim_threshold", "knn_k", "confirmed_weight", "verifier"]
+                  "ssim_threshold", "knn_k", "list_recall", "confirmed_weight", "verifier"]
 SERVICE_FLAGS = ["host", "port", "model_dir", "label_studio_url", "label_studio_api_key", "redis_url",
                  "retrain_after_verdicts", "rerank_after_verdicts",
                  "public_url", "log_level"]

@@ -67,6 +67,10 @@ class Settings:
     ssim_threshold: float = _setting(
         "DECONFUSION_SSIM", 0.95, "SSIM at or above which a nearest-neighbour pair is a near duplicate.")
     knn_k: int = _setting("DECONFUSION_KNN_K", 10, "Neighbours used for the embedding label-disagreement score.")
+    list_recall: float = _setting(
+        "DECONFUSION_LIST_RECALL", 0.8, "Share of the label errors the scores expect that the review list holds "
+        "(a longer list where doubt is spread thin, as on crowd-labeled photos); 0 = confident learning's count "
+        "and every error score >= 0.15 only.")
     # Review loop
     retrain_after_verdicts: int = _setting(
         "DECONFUSION_RETRAIN_AFTER", 0, "Start a new analysis after this many new verdicts; 0 = only on request.")
@@ -107,6 +111,8 @@ class Settings:
             raise ValueError(f"epochs must be >= 0 (0 = automatic), got {self.epochs}")
         if not 0.0 < self.ssim_threshold <= 1.0:
             raise ValueError(f"ssim_threshold must be in (0, 1], got {self.ssim_threshold}")
+        if not 0.0 <= self.list_recall < 1.0:
+            raise ValueError(f"list_recall must be in [0, 1) (0 = count and threshold only), got {self.list_recall}")
         for name in ("retrain_after_verdicts", "rerank_after_verdicts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = never), got {getattr(self, name)}")

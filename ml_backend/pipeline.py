@@ -49,7 +49,7 @@ PRETRAINED_KNN_DIMS = 64  # wide pretrained features keep their classes in more 
 PIXEL_KNN_SIDE = 32  # pixels per side kept for that search (memory: N x 32 x 32 x C floats)
 PIXEL_KNN_DIMS = 64  # MNIST / Fashion swaps: AP 0.959 / 0.543 at 16, 0.960 / 0.548 at 64
 ANALYSIS_PARAMS = ("folds", "epochs", "seed", "backbone", "device", "batch_size", "ssim_threshold", "knn_k",
-                   "confirmed_weight", "backbone_weights", "verifier")
+                   "list_recall", "confirmed_weight", "backbone_weights", "verifier")
 
 
 def new_model_version(prefix: str = VERSION_PREFIX) -> str:
@@ -92,7 +92,8 @@ def run_analysis(
         raise ValueError(f"reviews must describe the {n} images of the data set; got {reviewed.shape[0]}")
     space, space_dims = _neighbour_space(dataset, fits)
     given = None if reviews is None else np.asarray(reviews.given_labels, dtype=np.int64)
-    probs, scores, agreement, knn, evidence = _combine_views(fits, labels, settings, space, space_dims, given)
+    probs, scores, agreement, knn = _combine_views(fits, labels, settings, space, space_dims, given)
+    evidence = _view_doubts(fits, labels, given)
     verifier_weight = 0.0
     if reviews is not None and settings.verifier:
         scores, verifier_weight = _verify(fits, probs, scores, reviews, settings, space, space_dims)
@@ -111,7 +112,7 @@ def run_analysis(
     lap("duplicates")
 
     cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
-    is_candidate, n_estimated = find_candidates(probs, labels, scores)
+    is_candidate, n_estimated = find_candidates(probs, labels, scores, recall=settings.list_recall)
     is_candidate &= ~reviewed
     map_xy = _inspection_maps(dataset, models, predicted, fits[0].fold_of, cells, settings.seed, progress)
     lap("maps")
@@ -190,18 +191,22 @@ def _neighbour_space(dataset: ImageDataset, fits: list[CrossFitResult]) -> tuple
 
 def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Settings, space: np.ndarray,
                    space_dims: int, given: np.ndarray | None = None):
-    """The views' evidence combined: out-of-sample probabilities (N, K), error scores, consensus,
-    kNN disagreement in ``space`` (:func:`_neighbour_space`), and each view's doubt alone.
+    """The views' evidence on ``labels`` combined: out-of-sample probabilities (N, K), error
+    scores, consensus and kNN disagreement in ``space`` (:func:`_neighbour_space`).
     ``given``: the labels before review, which tell how the annotators err (``error_scores``)."""
     view_weights = [VIEW_WEIGHT["pretrained" if is_pretrained(f.backbone) else "small_cnn"] for f in fits]
     probs = sum(w * f.pred_probs for w, f in zip(view_weights, fits)) / sum(view_weights)
-    evidence = {f"doubt_{f.backbone}": error_scores(f.pred_probs, labels, fold_probs=f.fold_probs, noise_labels=given)
-                for f in fits}
     knn = knn_disagreement(space, labels, fits[0].fold_of, k=settings.knn_k, dims=space_dims)
     agreement = consensus(np.concatenate([f.fold_probs for f in fits]), labels)
     scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights,
                           noise_labels=given)
-    return probs, scores, agreement, knn, evidence
+    return probs, scores, agreement, knn
+
+
+def _view_doubts(fits: list[CrossFitResult], labels: np.ndarray, given: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each view's error score alone (``doubt_<backbone>`` columns of scores.csv)."""
+    return {f"doubt_{f.backbone}": error_scores(f.pred_probs, labels, fold_probs=f.fold_probs, noise_labels=given)
+            for f in fits}
 
 
 def _verify(fits: list[CrossFitResult], probs: np.ndarray, scores: np.ndarray, reviews: ReviewOutcome,
@@ -212,7 +217,7 @@ def _verify(fits: list[CrossFitResult], probs: np.ndarray, scores: np.ndarray, r
     if not enough_verdicts(reviews.verdicts):  # skip the given-label evidence: it could not be used
         return scores, 0.0
     given = np.asarray(reviews.given_labels, dtype=np.int64)
-    _, given_scores, given_agreement, given_knn, _ = _combine_views(fits, given, settings, space, space_dims)
+    _, given_scores, given_agreement, given_knn = _combine_views(fits, given, settings, space, space_dims)
     features = verifier_evidence(probs, given, given_scores, given_knn, given_agreement)
     blended, weight = verified_scores(features, given_scores, reviews.verdicts, seed=settings.seed)
     log.info("verifier: %d verdicts, weight %.2f", int((reviews.verdicts >= 0).sum()), weight)

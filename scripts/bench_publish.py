@@ -1,5 +1,6 @@
 """Where publishing spends its time in a real Label Studio: bulk prediction import by request
-size, deleting a model version, and writing our fields on the flagged share of the tasks.
+size, deleting a model version, writing our fields on the flagged share of the tasks, and
+finding the tasks that carry our fields (the export of every task against a Data Manager filter).
 
     .venv/bin/python scripts/bench_publish.py --tasks 20000 --batches 1000 50000
 
@@ -27,6 +28,12 @@ CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toNam
           '<Choice value="a"/><Choice value="b"/></Choices></View>')
 
 
+def task(i: int) -> dict:
+    """An image-less task with one annotation, as a labeled project has."""
+    return {"data": {"image": f"/x/{i}.png"}, "annotations": [{"result": [
+        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["ab"[i % 2]]}}]}]}
+
+
 def prediction(task_id: int, version: str) -> dict:
     return {"task": task_id, "score": 0.5, "model_version": version,
             "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]}
@@ -52,8 +59,10 @@ def main() -> None:
         pid = client.create_project("publish benchmark", CONFIG)
         rows = []
         ids: list[int] = []
-        rows.append((f"import {args.tasks} tasks", timed(lambda: ids.extend(
-            client.import_tasks(pid, [{"data": {"image": f"/x/{i}.png"}} for i in range(args.tasks)])))))
+        rows.append((f"import {args.tasks} tasks, one annotation each", timed(lambda: ids.extend(
+            client.import_tasks(pid, [task(i) for i in range(args.tasks)])))))
+        rows.append(("find the tasks that carry our fields, none yet: Data Manager filter",
+                     timed(lambda: client.own_keys_by_task(pid))))
         for batch in args.batches:
             client_module.PREDICTION_BATCH = batch
             version = f"deconfusion-bench-{batch}"
@@ -66,6 +75,12 @@ def main() -> None:
             flagged = {t: {"dc_error_score": 0.9, "dc_candidate": workers} for t in ids[:int(args.flagged * len(ids))]}
             rows.append((f"write fields on {len(flagged)} tasks (re-read + PATCH each), {workers} at a time",
                          timed(lambda: client.sync_task_fields(pid, flagged))))
+        found: dict = {}
+        rows.append((f"find the tasks that carry our fields: export of all {len(ids)} (before)",
+                     timed(lambda: client.export_tasks(pid))))
+        rows.append(("find the tasks that carry our fields: Data Manager filter (now)",
+                     timed(lambda: found.update(client.own_keys_by_task(pid)))))
+        assert len(found) == len(flagged), f"the filter found {len(found)} of {len(flagged)} tasks with fields"
     print("\n| step | seconds |\n|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} |")

@@ -8,7 +8,8 @@ Evidence, each out of sample:
 - confident learning (cleanlab): :func:`error_scores`, the label quality (self-confidence and
   normalized margin) of the views' probabilities, corrected for how this data's labels go
   wrong (:func:`noise_matrix`, :func:`label_posterior`); it ranks every image, and
-  :func:`find_candidates` cuts it at confident learning's estimate of the number of errors;
+  :func:`find_candidates` cuts it at confident learning's estimate of the number of errors, or
+  further down where the scores expect more;
 - latent-space outliers (the AQUAVS noise-score idea): :func:`knn_disagreement`, how many
   of an image's neighbours in embedding space carry another label;
 - model consensus (the ImageNet clean-up paper): :func:`consensus`, how many independent
@@ -23,8 +24,8 @@ import numpy as np
 from cleanlab.count import estimate_joint, num_label_issues
 from cleanlab.rank import get_label_quality_scores
 
-from ._checks import (array_checked, fail, fold_probs_checked, int_checked, labels_checked, length_checked,
-                      pred_probs_checked, scores_checked)
+from ._checks import (array_checked, fail, float_checked, fold_probs_checked, int_checked, labels_checked,
+                      length_checked, pred_probs_checked, scores_checked)
 from ._neighbors import NEIGHBOUR_DIMS, neighbours, pca_reduce
 
 # Mix of a uniform matrix into the estimated noise matrix. Measured on cached arrays (AP of the
@@ -32,6 +33,10 @@ from ._neighbors import NEIGHBOUR_DIMS, neighbours, pca_reduce
 # 0.836 / 0.994; 0.2: 0.692 / 0.831 / 0.815 / 0.991; 0.3: 0.697 / 0.835 / 0.793 / 0.990.
 NOISE_SMOOTHING = 0.2
 REVIEW_THRESHOLD = 0.15  # error score from which every image is a review candidate (find_candidates)
+# Share of the total error score the review list holds (find_candidates): the errors the scores
+# expect. On saved analyses the list then holds about that share of the true errors (CIFAR-10N
+# aggre 0.82 at 0.8, random1 0.78; the scores spread their doubt over many photos there).
+LIST_RECALL = 0.8
 
 
 def consensus(fold_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -289,9 +294,10 @@ def _restricted(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 
 def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.ndarray, *,
-                    threshold: float = REVIEW_THRESHOLD) -> tuple[np.ndarray, int]:
+                    threshold: float = REVIEW_THRESHOLD, recall: float = LIST_RECALL) -> tuple[np.ndarray, int]:
     """The images to review: the n highest error scores, n estimated by confident learning,
-    and every image whose error score reaches ``threshold``.
+    every image whose error score reaches ``threshold``, and the top of the ranking that holds
+    ``recall`` of the total error score.
 
     n is confident learning's estimate of how many labels are wrong: cleanlab
     ``num_label_issues`` (``estimation_method="off_diagonal_calibrated"``: off-diagonal sum
@@ -304,6 +310,15 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
     compete: on the paper's MNIST swaps the list holds 1.04 x the true errors with recall
     0.998, on our Fashion-MNIST corruption 1.86 x with recall 0.907 (0.10: 2.41 x, 0.944).
 
+    Where label noise is diffuse (crowd labels on photos) the scores spread their doubt over
+    many images, few reach the threshold, and count and threshold together hold only 64% of
+    the errors (CIFAR-10N majority vote). The error score reads as the chance that a label is
+    wrong, so its sum is the number of errors the scores expect, and the top of the ranking
+    that carries ``recall`` of that sum is expected to hold that share of them. Measured on
+    saved analyses with recall 0.8: CIFAR-10N majority vote 1.95 x the errors, recall 0.820;
+    one annotator 1.11 x, 0.780; our Fashion-MNIST corruption 1.92 x, 0.912; the paper's
+    MNIST swaps unchanged (1.04 x, 0.998: count and threshold already hold more).
+
     Parameters
     ----------
     pred_probs : ndarray of shape (N, K), float
@@ -313,6 +328,8 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
         From :func:`error_scores`; higher = more likely wrong.
     threshold : float, default 0.15
         Error score from which an image is always a candidate.
+    recall : float in [0, 1), default 0.8
+        Share of the total error score the list holds at least; 0 = count and threshold only.
 
     Returns
     -------
@@ -326,16 +343,20 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
     scores = scores_checked("error_score", error_score, len(probs), caller)
     if not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
         fail("threshold", caller, "a finite number", repr(threshold), TypeError)
-    return _compute_candidates(probs, labels, scores, float(threshold))
+    recall = float_checked("recall", recall, caller, low=0.0, high=1.0, high_open=True)
+    return _compute_candidates(probs, labels, scores, float(threshold), recall)
 
 
 def _compute_candidates(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-                        threshold: float) -> tuple[np.ndarray, int]:
+                        threshold: float, recall: float) -> tuple[np.ndarray, int]:
     flagged = np.zeros(len(probs), dtype=bool)
     if np.unique(labels).size < 2:  # nothing to compare a label with
         return flagged, 0
     n = _compute_error_count(probs, labels)
-    flagged[np.argsort(-scores, kind="stable")[:n]] = True
+    order = np.argsort(-scores, kind="stable")
+    expected = np.cumsum(scores[order], dtype=np.float64)
+    holding = int(np.searchsorted(expected, recall * expected[-1])) + 1 if recall > 0 and expected[-1] > 0 else 0
+    flagged[order[:max(n, holding)]] = True
     return flagged | (scores >= threshold), n
 
 

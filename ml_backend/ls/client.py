@@ -7,6 +7,7 @@ every write sends the user's keys back untouched.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -272,11 +273,37 @@ class LabelStudioClient:
     def stale_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
                           prefix: str = FIELD_PREFIX) -> dict[int, dict]:
         """task id -> the ``prefix`` keys it carries now, for every task whose keys differ from
-        ``wanted[task_id]`` (none when absent). One export of the project."""
+        ``wanted[task_id]`` (none when absent): the tasks that carry ours (:meth:`own_keys_by_task`)
+        and the wanted tasks that carry none yet."""
         for fields in wanted.values():
             _check_own_keys(fields, prefix)
-        now = {int(task["id"]): _own_keys(task.get("data") or {}, prefix) for task in self.export_tasks(project_id)}
-        return {task_id: ours for task_id, ours in now.items() if ours != wanted.get(task_id, {})}
+        now = self.own_keys_by_task(project_id, prefix)
+        stale = {task_id: ours for task_id, ours in now.items() if ours != wanted.get(task_id, {})}
+        stale.update({int(task_id): {} for task_id, fields in wanted.items() if fields and int(task_id) not in now})
+        return stale
+
+    def own_keys_by_task(self, project_id: int, prefix: str = FIELD_PREFIX) -> dict[int, dict]:
+        """task id -> its ``prefix`` keys, for every task of the project that carries any.
+
+        Label Studio keeps the data keys its tasks carry (the project summary, where the Data
+        Manager's columns come from), so a Data Manager filter on ours lists just those tasks:
+        none before the first analysis, the flagged share after it, instead of exporting every
+        task with its annotations (not yet timed at 20,000 tasks: ``scripts/bench_publish.py``).
+        Falls back to the export where this Label Studio has no summary to read."""
+        try:
+            summary = self.request("GET", f"/api/projects/{int(project_id)}/summary/")
+            columns = summary["all_data_columns"] or {}
+        except (LabelStudioRejected, KeyError, TypeError):
+            tasks: Iterable[dict] = self.export_tasks(project_id)
+        else:
+            keys = sorted(k for k in columns if k.startswith(prefix))
+            if not keys:
+                return {}
+            carries = [{"filter": f"filter:tasks:data.{key}", "operator": "empty", "type": "String", "value": False}
+                       for key in keys]
+            query = json.dumps({"filters": {"conjunction": "or", "items": carries}})
+            tasks = self.paged_tasks({"project": int(project_id), "query": query})
+        return {int(task["id"]): ours for task in tasks if (ours := _own_keys(task.get("data") or {}, prefix))}
 
     def write_task_fields(self, project_id: int, fields: Mapping[int, Mapping[str, Any]], *,
                           prefix: str = FIELD_PREFIX, progress: Callable[[int, int], None] | None = None) -> int:
@@ -292,12 +319,19 @@ class LabelStudioClient:
         return sum(_parallel(rewrite, list(fields), progress))
 
     def _rewrite_data(self, task_id: int, change: Callable[[dict], dict]) -> bool:
-        """Read the task's data now, PATCH ``change(data)`` if it differs; whether it changed."""
-        before = self.get_task(task_id).get("data") or {}
-        after = change(before)
-        if after == before:
+        """Read the task's data now, PATCH ``change(data)`` if it differs; whether it changed.
+        A task deleted meanwhile is left alone."""
+        try:
+            before = self.get_task(task_id).get("data") or {}
+            after = change(before)
+            if after == before:
+                return False
+            self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after})
+        except LabelStudioRejected as exc:
+            if exc.status != 404:
+                raise
+            log.info("task %s was deleted while we published; its fields are skipped", task_id)
             return False
-        self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after})
         return True
 
     # --- Data Manager tabs ------------------------------------------------------------------

@@ -382,7 +382,9 @@ def test_sync_task_fields_sets_exactly_our_wanted_fields(world):
     data = {t["id"]: t["data"] for t in client.iter_tasks(pid)}
     assert data[tasks["up0"]]["dc_x"] == 1 and data[tasks["up1"]]["dc_x"] == 2 and "dc_stale" not in data[tasks["up3"]]
     assert all("img" in d for d in data.values())
+    assert client.own_keys_by_task(pid) == {tasks["up0"]: {"dc_x": 1}, tasks["up1"]: {"dc_x": 2}}
     assert client.sync_task_fields(pid, {}) == 2
+    assert client.own_keys_by_task(pid) == {}
 
 
 RACE_TASKS = 2000
@@ -390,8 +392,9 @@ RACE_FLAGGED = 300
 
 
 def test_user_edits_made_while_we_publish_fields_survive(label_studio):
-    """A user edits task data after our export and before our write (the old lost-edit race):
-    every write re-reads its task, so the edit and our fields both end up in the task."""
+    """A user edits task data after we chose the tasks to write and before our write (the old
+    lost-edit race): every write re-reads its task, so the edit and our fields both end up in the
+    task. A task deleted meanwhile is skipped."""
     client = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token))
     pid = client.create_project("race", CONFIG)
     ids = client.import_tasks(pid, [{"img": f"/data/{i}.png", "note": "original"} for i in range(RACE_TASKS)])
@@ -399,23 +402,29 @@ def test_user_edits_made_while_we_publish_fields_survive(label_studio):
     edited = flagged[::3] + ids[:5]  # tasks we write and tasks we only read
     wanted = {t: {"dc_error_score": 0.5, "dc_version": "deconfusion-v1"} for t in flagged}
     user = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token))
-    export = client.export_tasks
+    choose = client.own_keys_by_task
 
-    def export_then_user_edits(project_id, **kwargs):
-        tasks = export(project_id, **kwargs)
+    def choose_then_user_edits(project_id, prefix):
+        tasks = choose(project_id, prefix)
         for t in edited:  # what the Data Manager sends: the whole data, the user's change in it
             user.request("PATCH", f"/api/tasks/{t}/", json={"data": {"img": f"/data/{t}.png", "note": "edited"}})
         return tasks
 
-    client.export_tasks = export_then_user_edits
+    client.own_keys_by_task = choose_then_user_edits
     try:
         assert client.sync_task_fields(pid, wanted) == RACE_FLAGGED
     finally:
-        client.export_tasks = export
+        client.own_keys_by_task = choose
     data = {t["id"]: t["data"] for t in client.export_tasks(pid)}
     assert all(data[t]["note"] == "edited" for t in edited)
     assert all(data[t]["dc_version"] == "deconfusion-v1" for t in flagged)
     assert sum(d["note"] == "original" for d in data.values()) == RACE_TASKS - len(edited)
+    assert set(client.own_keys_by_task(pid)) == set(flagged)
+    gone, kept = flagged[0], flagged[1]
+    user.request("DELETE", f"/api/tasks/{gone}/")
+    newer = {"dc_error_score": 0.7, "dc_version": "deconfusion-v2"}
+    assert client.sync_task_fields(pid, {gone: newer, kept: newer}) == RACE_FLAGGED - 1  # ours off the rest
+    assert client.own_keys_by_task(pid) == {kept: newer}
     client.delete_project(pid)
 
 

@@ -5,8 +5,8 @@ import pytest
 
 from cleanlab.rank import get_label_quality_scores
 
-from ml_backend.detectors.label_errors import (consensus, error_scores, estimated_error_count, find_candidates,
-                                               knn_disagreement, label_posterior, noise_matrix)
+from ml_backend.detectors.label_errors import (REVIEW_THRESHOLD, consensus, error_scores, estimated_error_count,
+                                               find_candidates, knn_disagreement, label_posterior, noise_matrix)
 
 
 def blobs(seed=0, n=600, k=3, flip=0.05):
@@ -118,12 +118,32 @@ def test_single_class_yields_no_candidates_and_bad_smoothing_is_refused():
 def test_every_image_from_the_threshold_up_is_a_candidate_beyond_the_count():
     probs, labels, swapped = planted_one_way_swap(seed=1)
     scores = error_scores(probs, labels)
-    top_only, n = find_candidates(probs, labels, scores, threshold=2.0)  # no score reaches 2
-    flagged, _ = find_candidates(probs, labels, scores, threshold=0.15)
+    top_only, n = find_candidates(probs, labels, scores, threshold=2.0, recall=0)  # no score reaches 2
+    flagged, _ = find_candidates(probs, labels, scores, threshold=0.15, recall=0)
     assert top_only.sum() == n and flagged.sum() > n
     assert flagged[scores >= 0.15].all() and (flagged & swapped).sum() > (top_only & swapped).sum()
     with pytest.raises(TypeError, match="threshold"):
         find_candidates(probs, labels, scores, threshold="high")
+
+
+def test_where_doubt_is_spread_thin_the_list_holds_the_share_of_errors_it_promises():
+    # Crowd noise on photos: many labels a little doubtful, few very. Each label is wrong with
+    # the chance its score gives, so the scores' sum is the number of errors they expect.
+    rng = np.random.default_rng(0)
+    n, k = 20_000, 4
+    scores = np.clip(rng.beta(0.6, 6.0, n), 0, 1).astype(np.float32)
+    wrong = rng.random(n) < scores
+    labels = rng.integers(0, k, n)
+    probs = np.full((n, k), 0.1 / (k - 1))
+    probs[np.arange(n), labels] = 0.9  # a model that agrees with the labels: the count finds little
+    short, count = find_candidates(probs, labels, scores, recall=0)
+    for promise in (0.6, 0.8, 0.9):
+        flagged, _ = find_candidates(probs, labels, scores, recall=promise)
+        assert flagged.sum() > short.sum() and flagged[scores >= REVIEW_THRESHOLD].all()
+        assert abs(wrong[flagged].sum() / wrong.sum() - promise) < 0.03
+    assert wrong[short].sum() / wrong.sum() < 0.65  # count and threshold alone: 59%
+    with pytest.raises(ValueError, match="recall.*\\[0.0, 1.0\\)"):
+        find_candidates(probs, labels, scores, recall=1.0)
 
 
 def test_error_score_ranks_correctly_classified_images_too():
