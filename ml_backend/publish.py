@@ -24,7 +24,7 @@ from .ls.schema import ClassSpec
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
 from .views.review import evidence_html
-from .vocabulary import FIELD_PREFIX, REVIEW_QUEUE_TAB, TAB_PREFIX, Progress, Verdict
+from .vocabulary import FIELD_PREFIX, REVIEW_QUEUE_TAB, TAB_PREFIX, VERSION_FIELD, Progress, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def task_fields(analysis: Analysis, i: int, *, leakage: set[int], groups: dict[i
         "dc_leakage": int(i in leakage),
         "dc_reviewed": reviewed,
         "dc_excluded": int(reviewed == Verdict.REMOVED),
-        "dc_version": analysis.model_version,
+        VERSION_FIELD: analysis.model_version,
         "dc_evidence": evidence,
     }
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 FIELD_PREFIX = "dc_"
 """Every task-data key the backend writes starts with it; unpublish removes exactly those."""
+VERSION_FIELD = f"{FIELD_PREFIX}version"
+"""Every task the backend gives fields carries this one, its model version."""
 VERSION_PREFIX = "deconfusion"
 """Every model version the backend publishes starts with it; other models' predictions stay."""
 UNTRAINED_VERSION = f"{VERSION_PREFIX}-untrained"

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from ..config import Settings
 from ..dataset import SPLITS
 from ..errors import LabelStudioError, LabelStudioRejected
-from ..vocabulary import FIELD_PREFIX, VERSION_PREFIX
+from ..vocabulary import FIELD_PREFIX, VERSION_FIELD, VERSION_PREFIX
 from .media import Downloads, LabeledImage, Media
 from .schema import ClassSpec
 from .transport import RETRY_DELAYS, Transport
@@ -277,26 +277,32 @@ class LabelStudioClient:
         and the wanted tasks that carry none yet."""
         for fields in wanted.values():
             _check_own_keys(fields, prefix)
-        now = self.own_keys_by_task(project_id, prefix)
+        keys = {VERSION_FIELD, *(key for fields in wanted.values() for key in fields)}
+        now = self.own_keys_by_task(project_id, prefix, also=keys)
         stale = {task_id: ours for task_id, ours in now.items() if ours != wanted.get(task_id, {})}
         stale.update({int(task_id): {} for task_id, fields in wanted.items() if fields and int(task_id) not in now})
         return stale
 
-    def own_keys_by_task(self, project_id: int, prefix: str = FIELD_PREFIX) -> dict[int, dict]:
+    def own_keys_by_task(self, project_id: int, prefix: str = FIELD_PREFIX,
+                         also: Iterable[str] = (VERSION_FIELD,)) -> dict[int, dict]:
         """task id -> its ``prefix`` keys, for every task of the project that carries any.
 
         Label Studio keeps the data keys its tasks carry (the project summary, where the Data
         Manager's columns come from), so a Data Manager filter on ours lists just those tasks:
         none before the first analysis, the flagged share after it, instead of exporting every
         task with its annotations (20,000 tasks, 600 carrying ours: 1.3 s against 42.7 s).
-        Falls back to the export where this Label Studio has no summary to read."""
+        The summary's per-key counts are read, changed and saved by each task write, so parallel
+        writes lose counts (200 tasks written 4 at a time: 170 counted) and a key can drop out
+        while tasks carry it; the filter therefore also asks for the keys in ``also`` (the
+        version key every task we give fields carries). Falls back to the export where this
+        Label Studio has no summary to read."""
         try:
             summary = self.request("GET", f"/api/projects/{int(project_id)}/summary/")
             columns = summary["all_data_columns"] or {}
         except (LabelStudioRejected, KeyError, TypeError):
             tasks: Iterable[dict] = self.export_tasks(project_id)
         else:
-            keys = sorted(k for k in columns if k.startswith(prefix))
+            keys = sorted(k for k in {*columns, *also} if k.startswith(prefix))
             if not keys:
                 return {}
             carries = [{"filter": f"filter:tasks:data.{key}", "operator": "empty", "type": "String", "value": False}

@@ -377,12 +377,13 @@ def test_merged_task_fields_keep_user_keys(world):
 def test_sync_task_fields_sets_exactly_our_wanted_fields(world):
     client, pid, tasks = world["client"], world["pid"], world["tasks"]
     client.merge_task_fields(pid, {tasks["up3"]: {"dc_stale": 1}})
-    changed = client.sync_task_fields(pid, {tasks["up0"]: {"dc_x": 1}, tasks["up1"]: {"dc_x": 2}})
+    wanted = {tasks["up0"]: {"dc_x": 1, "dc_version": "v1"}, tasks["up1"]: {"dc_x": 2, "dc_version": "v1"}}
+    changed = client.sync_task_fields(pid, wanted)
     assert changed == 3
     data = {t["id"]: t["data"] for t in client.iter_tasks(pid)}
     assert data[tasks["up0"]]["dc_x"] == 1 and data[tasks["up1"]]["dc_x"] == 2 and "dc_stale" not in data[tasks["up3"]]
     assert all("img" in d for d in data.values())
-    assert client.own_keys_by_task(pid) == {tasks["up0"]: {"dc_x": 1}, tasks["up1"]: {"dc_x": 2}}
+    assert client.own_keys_by_task(pid) == wanted
     assert client.sync_task_fields(pid, {}) == 2
     assert client.own_keys_by_task(pid) == {}
 
@@ -404,8 +405,8 @@ def test_user_edits_made_while_we_publish_fields_survive(label_studio):
     user = LabelStudioClient(Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token))
     choose = client.own_keys_by_task
 
-    def choose_then_user_edits(project_id, prefix):
-        tasks = choose(project_id, prefix)
+    def choose_then_user_edits(*args, **kwargs):
+        tasks = choose(*args, **kwargs)
         for t in edited:  # what the Data Manager sends: the whole data, the user's change in it
             user.request("PATCH", f"/api/tasks/{t}/", json={"data": {"img": f"/data/{t}.png", "note": "edited"}})
         return tasks
