@@ -292,7 +292,7 @@ class LabelStudioClient:
         none before the first analysis, the flagged share after it, instead of exporting every
         task with its annotations (20,000 tasks, 600 carrying ours: 1.3 s against 42.7 s).
         The summary's per-key counts are read, changed and saved by each task write, so parallel
-        writes lose counts (200 tasks written 4 at a time: 170 counted) and a key can drop out
+        writes lose counts (200 tasks written 8 at a time: 170 counted) and a key can drop out
         while tasks carry it; the filter therefore also asks for the keys in ``also`` (the
         version key every task we give fields carries). Falls back to the export where this
         Label Studio has no summary to read."""
