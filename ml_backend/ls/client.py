@@ -33,6 +33,10 @@ IMPORT_BATCH = 1000  # tasks per import request
 PREDICTION_BATCH = 50_000
 IMPORT_PARAMS = {"commit_to_project": "true", "return_task_ids": "true"}
 WORKERS = 8  # concurrent task reads and PATCHes
+BULK_TIMEOUT = 600.0
+"""Seconds for one request over a whole project (export, import, predictions in bulk, deleting a
+model version): Label Studio on SQLite took over 120 s to delete 70,000 predictions, and a retry
+sent while the first delete still runs only finds the database locked."""
 
 
 class LabelStudioClient:
@@ -130,7 +134,7 @@ class LabelStudioClient:
         params = {"exportType": "JSON", "download_resources": "false",
                   "download_all_tasks": "false" if labeled_only else "true"}
         try:
-            tasks = self.request("GET", f"/api/projects/{int(project_id)}/export", params=params, timeout=600)
+            tasks = self.request("GET", f"/api/projects/{int(project_id)}/export", params=params, timeout=BULK_TIMEOUT)
         except LabelStudioRejected as exc:
             if exc.status == 404 and not self.project_exists(project_id):
                 raise
@@ -164,7 +168,7 @@ class LabelStudioClient:
         ids: list[int] = []
         for start in range(0, len(tasks), IMPORT_BATCH):
             resp = self.request("POST", f"/api/projects/{int(project_id)}/import",
-                                json=tasks[start:start + IMPORT_BATCH], params=IMPORT_PARAMS, timeout=600)
+                                json=tasks[start:start + IMPORT_BATCH], params=IMPORT_PARAMS, timeout=BULK_TIMEOUT)
             ids += self._imported_ids(project_id, resp)
         return ids
 
@@ -222,7 +226,7 @@ class LabelStudioClient:
         created = 0
         for start in range(0, len(items), PREDICTION_BATCH):
             resp = self.request("POST", f"/api/projects/{int(project_id)}/import/predictions",
-                                json=items[start:start + PREDICTION_BATCH], timeout=600)
+                                json=items[start:start + PREDICTION_BATCH], timeout=BULK_TIMEOUT)
             created += int((resp or {}).get("created", 0))
         return created
 
@@ -240,7 +244,7 @@ class LabelStudioClient:
         for version, count in self.model_versions(project_id).items():
             if version.startswith(model_version_prefix) and version != keep_version and count:
                 self.request("DELETE", f"/api/projects/{int(project_id)}/model-versions/",
-                             json={"model_version": version})
+                             json={"model_version": version}, timeout=BULK_TIMEOUT)
                 removed.append(version)
         return removed
 
@@ -248,7 +252,7 @@ class LabelStudioClient:
     # Label Studio replaces ``data`` wholesale on PATCH and offers no conditional write, so every
     # write re-reads its task right before it and sends back the user's keys as just read: an edit
     # made while we publish (minutes for a big project) is kept. What is left is one request's
-    # latency between that GET and the PATCH; an export is only used to pick the tasks to touch.
+    # latency between that GET and the PATCH; a Data Manager filter only picks the tasks to touch.
     def merge_task_fields(self, project_id: int, updates: Mapping[int, Mapping[str, Any]], *,
                           prefix: str = FIELD_PREFIX) -> int:
         """Add or replace our ``prefix`` keys in a few tasks' data (``updates[task_id]``), keeping
