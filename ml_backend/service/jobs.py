@@ -47,9 +47,10 @@ LOG_EVERY_S = 10.0
 
 ANALYSIS_MESSAGE = "analysis running"
 # Publishing's later stages (publish.publish_analysis) start once the tabs and the overview are up.
-REVIEW_READY_STAGES = ("more fields", "predictions")
-REVIEW_READY_MESSAGE = ("review can start: the review tabs and the overview are up in Label Studio; "
-                        "the other tasks' fields and predictions follow")
+REVIEW_READY_STAGES = ("queue", "more fields", "predictions")
+REVIEW_READY_MESSAGE = ("review can start: the review tabs and the overview are up in Label Studio and the review "
+                        "queue's first tasks are final; the rest of the queue follows in rank order, then the other "
+                        "tasks' fields and predictions")
 RESTART_HINT = "press Start Training to run it again"
 
 

@@ -1,8 +1,10 @@
 """Routes for people and scripts watching the backend: one project's job state (stage,
-counts, ETA, message) and the service's metrics (jobs, /predict latency, request counts)."""
+counts, ETA, message) and the service's metrics (jobs, /predict latency, request counts, the
+process' peak memory)."""
 
 from __future__ import annotations
 
+import resource
 import time
 from collections import Counter
 
@@ -46,6 +48,8 @@ def metrics():
                     "latency_ms": {"p50": _percentile_ms(latencies, 0.5), "p95": _percentile_ms(latencies, 0.95),
                                    "window": len(latencies)}},
         "counts": counts,
+        # analyses run in this process unless REDIS_URL hands them to workers (Linux reports kB)
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
 
 

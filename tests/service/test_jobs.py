@@ -157,7 +157,7 @@ def test_job_status_says_when_review_can_start_while_publishing_goes_on(settings
     seen = {}
 
     def analysis(project_id, settings, progress):
-        for stage in ("publish", "more fields", "predictions"):
+        for stage in ("publish", "queue", "more fields", "predictions"):
             progress(stage, 0, 2)
             seen[stage] = read_job(settings, project_id)["message"]
         return "deconfusion-v1"
@@ -166,7 +166,8 @@ def test_job_status_says_when_review_can_start_while_publishing_goes_on(settings
     runner.submit(3)
     runner.wait(3, 5)
     assert seen["publish"] == jobs.ANALYSIS_MESSAGE
-    assert seen["more fields"].startswith("review can start") and seen["predictions"] == seen["more fields"]
+    assert seen["queue"].startswith("review can start")
+    assert seen["more fields"] == seen["predictions"] == seen["queue"]
 
 
 def test_shutdown_interrupts_queued_jobs_and_refuses_new_ones(settings, slow):

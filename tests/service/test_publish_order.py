@@ -68,4 +68,18 @@ def test_the_review_is_ready_before_the_other_predictions_and_the_old_version_go
     assert kinds.index("overview_tasks") < len(kinds) - 3
     assert ("publish fields", 3, 3) in stages and stages.index(("publish fields", 3, 3)) < stages.index(("publish", 2, 4))
     assert stages.index(("publish", 4, 4)) < stages.index(("more fields", 1, 1)) < stages.index(("predictions", 0, 2))
+
+
+def test_the_rest_of_a_long_queue_follows_the_tabs_in_rank_order(tmp_path, monkeypatch):
+    # A first batch of one task: task 2 (the higher score) comes before the tabs, task 4 after.
+    monkeypatch.setattr("ml_backend.publish.REVIEW_LEAD", 1)
+    client, stages = RecordingClient(), []
+    analysis = tiny_analysis()
+    publish_analysis(client, 5, {"title": "Pets"}, SPEC, analysis, Settings(model_dir=str(tmp_path)),
+                     ProjectStore(tmp_path, 5), lambda stage, done, total: stages.append((stage, done, total)))
+    assert analysis.error_score[analysis.task_ids == 2] > analysis.error_score[analysis.task_ids == 4]
+    kinds = [kind for kind, _ in client.calls]
+    assert client.calls[1] == ("fields", [2]) and kinds.index("tab") > 1
+    assert client.calls[kinds.index("overview_tasks") + 1] == ("fields", [4])
+    assert stages.index(("publish", 4, 4)) < stages.index(("queue", 1, 1)) < stages.index(("more fields", 1, 1))
     assert stages[-1] == ("predictions", 2, 2)

@@ -98,6 +98,12 @@ def test_predict_delegates_and_returns_one_result_per_task(service, settings):
     assert metrics["predict"]["latency_ms"]["p50"] is not None and metrics["predict"]["latency_ms"]["p95"] is not None
 
 
+def test_metrics_report_this_process_peak_memory(service):
+    client = service[0]
+    resident_mb = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    assert client.get("/metrics").get_json()["peak_memory_mb"] >= resident_mb - 1  # a real peak, not a made-up one
+
+
 def test_predict_refuses_bad_bodies_with_clear_400s(service):
     client = service[0]
     cases = [

@@ -57,3 +57,35 @@ def test_prediction_is_the_model_label_on_the_projects_own_controls():
     assert prediction["result"] == [{"from_name": "label", "to_name": "image", "type": "choices",
                                      "value": {"choices": ["dog"]}}]
     assert abs(prediction["score"] - 0.8) < 1e-6
+
+
+def queue_tab(fields_by_task):
+    """The review queue tab as Label Studio shows it: candidates, highest error score first."""
+    rows = [(f["dc_error_score"], t) for t, f in fields_by_task.items() if f.get("dc_candidate") == 1]
+    return [t for _, t in sorted(rows, key=lambda row: (-row[0], row[1]))]
+
+
+def test_after_the_first_batch_the_queue_tabs_leading_rows_are_final():
+    rng = np.random.default_rng(3)
+    tasks = range(60)
+    # an older version's fields on some tasks, the new analysis' on others: overlapping queues
+    now = {t: {"dc_candidate": int(rng.random() < 0.5), "dc_error_score": float(rng.random())}
+           for t in tasks if rng.random() < 0.6}
+    wanted = {t: {"dc_candidate": int(rng.random() < 0.5), "dc_error_score": float(rng.random())}
+              for t in tasks if rng.random() < 0.6}
+    stale = {t: now.get(t, {}) for t in set(now) | set(wanted) if now.get(t, {}) != wanted.get(t, {})}
+    first, queue, rest = publish.review_order(stale, wanted, lead=5)
+
+    assert set(first) | set(queue) | set(rest) == set(stale) and len(first) + len(queue) + len(rest) == len(stale)
+    final = queue_tab(wanted)
+    midway = queue_tab({t: first.get(t, now.get(t, {})) for t in tasks})
+    assert midway[:5] == final[:5] and len(first) < len(stale) / 2
+    # the rest of the queue goes top of the tab first; tasks never in the tab come last
+    place = [max(now.get(t, {}).get("dc_error_score", -1) * now.get(t, {}).get("dc_candidate", 0),
+                 wanted.get(t, {}).get("dc_error_score", -1) * wanted.get(t, {}).get("dc_candidate", 0))
+             for t in queue]
+    assert place == sorted(place, reverse=True)
+    assert all(f.get("dc_candidate") != 1 and now.get(t, {}).get("dc_candidate") != 1 for t, f in rest.items())
+    # with a queue shorter than the lead, every write that touches the tab comes first
+    first, queue, _ = publish.review_order(stale, wanted, lead=100)
+    assert not queue and queue_tab({t: first.get(t, now.get(t, {})) for t in tasks}) == final
