@@ -86,6 +86,10 @@ class Settings:
     # Downloads
     download_timeout: float = _setting("DOWNLOAD_TIMEOUT", 30.0, "Seconds per image download.")
     max_image_bytes: int = _setting("MAX_IMAGE_BYTES", 50_000_000, "Largest image download accepted.")
+    local_files_root: str = _setting(
+        "LOCAL_FILES_DOCUMENT_ROOT", "", "Label Studio's LOCAL_FILES_DOCUMENT_ROOT as this machine sees it: images "
+        "Label Studio serves at /data/local-files/ are then read from that folder, and a second analysis checks "
+        "their size and modification time instead of asking Label Studio about each. Empty = over HTTP.")
     download_allow: str = _setting(
         "DOWNLOAD_ALLOW", "", "Comma-separated hosts, IP addresses or CIDR networks image downloads may reach "
         "although they are private or loopback (Label Studio's own origin is always allowed).")

@@ -34,6 +34,7 @@ from ml_backend.config import Settings  # noqa: E402
 from ml_backend.ls.admin import add_local_storage, connect_ml_backend, start_training  # noqa: E402
 from ml_backend.ls.client import LabelStudioClient  # noqa: E402
 from ml_backend.ls.dev_server import LabelStudioServer, free_port, start_backend, wait_for_job  # noqa: E402
+from ml_backend.service.jobs import REVIEW_READY_STAGES  # noqa: E402
 
 
 def post(url: str, body: dict) -> tuple[float, dict]:
@@ -90,18 +91,22 @@ def plain_http_server(folder: Path):
 
 def timed_run(client: LabelStudioClient, backend: str, backend_id: int, pid: int,
               on_stage: Callable[[str], None] = lambda stage: None) -> dict:
-    """Press Start Training and wait: seconds to the review tab, to every prediction, stage starts.
+    """Press Start Training and wait: seconds until review can start (the tabs up, the queue's
+    first tasks final), until the whole queue is final, until every prediction; stage starts.
     ``on_stage(stage)`` is called when a stage begins."""
     start = time.perf_counter()
     stages: dict[str, float] = {}  # stage -> seconds after Start Training when it began
     tab_at: list[float] = []
+    queue_at: list[float] = []
 
     def watch(state: dict) -> None:
         if str(state.get("stage")) not in stages:
             on_stage(str(state.get("stage")))
         stages.setdefault(str(state.get("stage")), time.perf_counter() - start)
-        if not tab_at and state.get("stage") in ("more fields", "predictions"):  # the review tab is published
+        if not tab_at and state.get("stage") in REVIEW_READY_STAGES:
             tab_at.append(time.perf_counter() - start)
+        if not queue_at and state.get("stage") in REVIEW_READY_STAGES[1:]:  # past the rest of the queue
+            queue_at.append(time.perf_counter() - start)
 
     start_training(client, backend_id)
     time.sleep(1)  # the previous run's "done" must not end the wait
@@ -109,8 +114,10 @@ def timed_run(client: LabelStudioClient, backend: str, backend_id: int, pid: int
     to_all = time.perf_counter() - start
     while "De-Confusion: review queue" not in {v["title"] for v in client.list_views(pid)}:
         time.sleep(0.5)
-    return {"job": job, "to_tab": tab_at[0] if tab_at else time.perf_counter() - start, "to_all": to_all,
-            "stages": stages}
+    with urllib.request.urlopen(f"{backend}/metrics", timeout=30) as resp:
+        peak_mb = json.load(resp)["peak_memory_mb"]
+    return {"job": job, "to_tab": tab_at[0] if tab_at else to_all, "to_queue": queue_at[0] if queue_at else to_all,
+            "to_all": to_all, "stages": stages, "peak_mb": peak_mb}
 
 
 def main() -> None:
@@ -122,8 +129,9 @@ def main() -> None:
                         help="press Start Training a second time: with nothing changed, or after relabeling 1%% of "
                              "the tasks (it then trains, under a /predict load)")
     parser.add_argument("--load-seconds", type=float, default=30.0, help="length of each /predict load test")
-    parser.add_argument("--images-from", choices=["label-studio", "http"], default="label-studio",
-                        help="who serves the images: Label Studio's local-files route, or a plain web server")
+    parser.add_argument("--images-from", choices=["label-studio", "local-disk", "http"], default="label-studio",
+                        help="who serves the images: Label Studio's local-files route; the same files read by the "
+                             "backend from disk (LOCAL_FILES_DOCUMENT_ROOT); or a plain web server")
     parser.add_argument("--server", choices=["serve", "gunicorn"], default="serve",
                         help="the backend's HTTP server: `python -m ml_backend serve`, or gunicorn as in the Dockerfile")
     args = parser.parse_args()
@@ -137,12 +145,12 @@ def main() -> None:
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
                                      model_dir=str(work / "model_dir"), port=port, public_url=f"http://127.0.0.1:{port}")
         image_url = (f"{web}/{{}}" if args.images_from == "http" else "/data/local-files/?d=images/{}").format
-        allow = {"DOWNLOAD_ALLOW": "127.0.0.1"} if args.images_from == "http" else {}
-        with start_backend(settings, server=args.server, extra_env=allow) as backend, \
+        env = {"http": {"DOWNLOAD_ALLOW": "127.0.0.1"}, "local-disk": {"LOCAL_FILES_DOCUMENT_ROOT": str(work)}}
+        with start_backend(settings, server=args.server, extra_env=env.get(args.images_from, {})) as backend, \
                 LabelStudioClient(settings) as client:
             pid = client.create_project("bench", CONFIG.format(choices="\n".join(
                 f'<Choice value="{d}"/>' for d in range(10))))
-            if args.images_from == "label-studio":
+            if args.images_from != "http":
                 add_local_storage(client, pid, work / "images")
             client.import_tasks(pid, [{"data": {"image": image_url(n)},
                                        "annotations": [{"result": [{"from_name": "label", "to_name": "image",
@@ -185,8 +193,10 @@ def main() -> None:
     print("| measure | " + " | ".join(["first run", f"second run, {args.rerun}"][:len(runs)]) + " |")
     print("|---|" + "---|" * len(runs))
     row = lambda name, values: print(f"| {name} | " + " | ".join(values) + " |")  # noqa: E731
-    row("Start Training → review tab published", [f"{r['to_tab']:.0f} s" for r in runs])
+    row("Start Training → review can start (tabs up, the queue's first tasks final)", [f"{r['to_tab']:.0f} s" for r in runs])
+    row("Start Training → the whole review queue final", [f"{r['to_queue']:.0f} s" for r in runs])
     row("Start Training → every task has its prediction (job done)", [f"{r['to_all']:.0f} s" for r in runs])
+    row("backend peak memory so far (its /metrics)", [f"{r['peak_mb'] / 1024:.2f} GB" for r in runs])
     row("images downloaded / confirmed unchanged", [f"{fetched} / {same}" for fetched, same in downloads])
     row("job's message", [r["job"]["message"] for r in runs])
     for stage in runs[0]["stages"]:

@@ -7,8 +7,10 @@ Layout under the cache folder (MODEL_DIR/cache)::
 
 A second analysis asks the server only whether each image changed (If-None-Match /
 If-Modified-Since): Label Studio's local files, S3 and most web servers then answer 304 with no
-body. Images are never read from the cache without that question, so an image that changed is
-fetched again and one that disappeared is reported, never served stale. Standard library only.
+body. Label Studio's local files read from disk (LOCAL_FILES_DOCUMENT_ROOT) are checked by their
+size and modification time instead (``file``). Images are never read from the cache without that
+check, so an image that changed is fetched again and one that disappeared is reported, never
+served stale. Standard library only.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import NamedTuple
 
 VALIDATOR_HEADERS = {"etag": "If-None-Match", "last_modified": "If-Modified-Since"}
 _ANSWER_HEADERS = {"etag": "etag", "last_modified": "last-modified"}
+VALIDATORS = (*VALIDATOR_HEADERS, "file")  # "file": "<size>:<mtime_ns>" of a file read from disk
 
 
 class CachedImage(NamedTuple):
     path: Path
-    validators: dict  # {"etag": ..., "last_modified": ...}, those the server sent
+    validators: dict  # {"etag": ..., "last_modified": ...}, those the server sent, or {"file": ...}
 
 
 class ImageCache:
@@ -45,7 +48,7 @@ class ImageCache:
             return None
         if not path.exists():
             return None
-        return CachedImage(path, {k: entry[k] for k in VALIDATOR_HEADERS if entry.get(k)})
+        return CachedImage(path, {k: entry[k] for k in VALIDATORS if entry.get(k)})
 
     def keep(self, data: bytes) -> Path:
         """The file holding ``data`` (written unless those bytes are already kept)."""
@@ -54,11 +57,11 @@ class ImageCache:
             _write_atomic(path, data)
         return path
 
-    def store(self, key: str, data: bytes, headers) -> Path:
-        """Keep ``data``, fetched from ``key`` with response ``headers`` (a mapping), and remember
-        it for ``key``; returns its file."""
+    def store(self, key: str, data: bytes, validators: dict[str, str]) -> Path:
+        """Keep ``data``, fetched from ``key``, and remember it for ``key`` with the ``validators``
+        that tell later whether it changed (:func:`answer_validators`, or ``{"file": ...}``);
+        returns its file."""
         path = self.keep(data)
-        validators = {k: headers[h] for k, h in _ANSWER_HEADERS.items() if headers.get(h)}
         _write_atomic(self._entry(key), json.dumps({"object": path.name, **validators}).encode())
         return path
 
@@ -68,6 +71,11 @@ class ImageCache:
 
     def _entry(self, key: str) -> Path:
         return self.urls / f"{hashlib.sha1(key.encode()).hexdigest()}.json"
+
+
+def answer_validators(headers) -> dict[str, str]:
+    """The validators an HTTP answer's ``headers`` (a mapping) carry: its ETag and Last-Modified."""
+    return {k: headers[h] for k, h in _ANSWER_HEADERS.items() if headers.get(h)}
 
 
 def conditional_headers(cached: CachedImage | None) -> dict[str, str]:

@@ -321,6 +321,20 @@ def test_a_second_run_asks_whether_images_changed_and_downloads_only_those_that_
     assert "local" in by_task({**world, "records": restored.records})  # back, fetched again
 
 
+def test_local_files_read_from_disk_are_the_files_label_studio_serves(world, label_studio, tmp_path):
+    """With LOCAL_FILES_DOCUMENT_ROOT the backend reads Label Studio's local files itself: the same
+    bytes as over HTTP, and on the second run nothing is read or asked about for them."""
+    settings = world["settings"].replace(local_files_root=str(label_studio.files))
+    with LabelStudioClient(settings) as client:
+        first = client.labeled_records(world["pid"], world["spec"], tmp_path)
+        again = client.labeled_records(world["pid"], world["spec"], tmp_path)
+    from_disk = by_task({**world, "records": first.records})["local"]
+    with open(from_disk.source, "rb") as disk, open(by_task(world)["local"].source, "rb") as http:
+        assert disk.read() == http.read()
+    assert first.fetched == len(first.records) and len(first.skipped) == len(world["skipped"])
+    assert again.fetched == 1  # url-octet, whose host sends no ETag; the local file is unchanged on disk
+
+
 def test_iter_tasks_pages_through_every_task_with_raw_data(world):
     client = world["client"]
     tasks = list(client.iter_tasks(world["pid"], page_size=4))

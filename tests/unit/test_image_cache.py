@@ -1,4 +1,5 @@
-"""The image cache without a server: images carried in task data (data: URIs)."""
+"""The image cache without a server: images carried in task data (data: URIs), and Label Studio's
+local files read from disk (LOCAL_FILES_DOCUMENT_ROOT)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from PIL import Image
 
 from ml_backend.config import Settings
 from ml_backend.ls.media import LabeledImage, Media
+from tests.integration.labelstudio import free_port
+
+
+def png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(side * side, dtype=np.uint8).reshape(side, side)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_an_image_in_the_task_data_is_kept_by_content_and_never_counted_as_a_download(tmp_path):
@@ -26,3 +34,37 @@ def test_an_image_in_the_task_data_is_kept_by_content_and_never_counted_as_a_dow
     with open(got.records[0].source, "rb") as fh:
         assert fh.read() == buf.getvalue()
     assert not list((tmp_path / "urls").iterdir())  # nothing to ask a server about later
+
+
+def test_local_files_are_read_from_the_document_root_and_checked_by_size_and_time(tmp_path):
+    """No server listens at LABEL_STUDIO_URL: every image comes from disk. A second run reads
+    nothing unchanged, a replaced file is read again, a deleted one and a path leaving the root
+    are skipped naming the file."""
+    root = tmp_path / "root"
+    (root / "set").mkdir(parents=True)
+    (root / "set" / "a.png").write_bytes(png(8))
+    (tmp_path / "secret.png").write_bytes(png(5))
+    base = f"http://127.0.0.1:{free_port()}"
+    media = Media(Settings(label_studio_url=base, local_files_root=str(root)), lambda: {})
+    images = [LabeledImage(1, "/data/local-files/?d=set/a.png", "a", "train"),
+              LabeledImage(2, f"{base}/data/local-files/?d=set%2Fa.png", "a", "val"),
+              LabeledImage(3, "/data/local-files/?d=set/../../secret.png", "a", "train")]
+    cache = tmp_path / "cache"
+    try:
+        first = media.records(images, "image", cache)
+        second = media.records(images, "image", cache)
+        assert media.download(images[0].url, task_id=1) == png(8)  # /predict on a task no analysis saw
+        (root / "set" / "a.png").write_bytes(png(9))
+        replaced = media.records(images[:1], "image", cache)
+        (root / "set" / "a.png").unlink()
+        gone = media.records(images[:1], "image", cache)
+    finally:
+        media.close()
+    assert (first.fetched, first.unchanged) == (2, 0) and (second.fetched, second.unchanged) == (0, 2)
+    with open(first.records[0].source, "rb") as fh:
+        assert fh.read() == png(8)
+    [outside] = first.skipped
+    assert outside.item == "task-3" and "not under LOCAL_FILES_DOCUMENT_ROOT" in outside.reason
+    assert replaced.fetched == 1 and open(replaced.records[0].source, "rb").read() == png(9)
+    [missing] = gone.skipped
+    assert str(root / "set" / "a.png") in missing.reason and "does not exist" in missing.reason
