@@ -203,7 +203,7 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     fields of the review queue's leading tasks (:func:`review_order`), the tabs and the overview.
     Then, while review can already start, the rest of the queue's fields in rank order (stage
     ``queue``), the other flagged tasks' fields (``more fields``), every other task's prediction
-    and the removal of older versions' predictions (``predictions``)."""
+    (``predictions``) and the removal of older versions' predictions (``old predictions``)."""
     urls = image_url(settings, project_id, analysis.model_version)
     wanted = desired_fields(
         analysis, store.verdicts(), lambda i: evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i)
@@ -233,11 +233,12 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
         client.write_task_fields(project_id, fields, prefix=FIELD_PREFIX,
                                  progress=lambda done, total, stage=stage: progress(stage, done, total))
     others = [i for i in np.flatnonzero(analysis.task_ids >= 0) if int(analysis.task_ids[i]) not in wanted]
-    progress("predictions", 0, 2)
+    progress("predictions", 0, 1)
     client.create_predictions(project_id, [prediction(analysis, i, spec) for i in others])
-    progress("predictions", 1, 2)
+    progress("predictions", 1, 1)
+    progress("old predictions", 0, 1)  # Label Studio takes minutes to delete 70,000 (BULK_TIMEOUT)
     client.delete_predictions(project_id, keep_version=analysis.model_version)
-    progress("predictions", 2, 2)
+    progress("old predictions", 1, 1)
 
 
 def review_order(stale: dict[int, dict], wanted: dict[int, dict], *, lead: int = REVIEW_LEAD

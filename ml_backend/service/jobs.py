@@ -46,11 +46,17 @@ LOG_EVERY_S = 10.0
 """Progress is logged at most this often, in seconds (and at each stage change)."""
 
 ANALYSIS_MESSAGE = "analysis running"
-# Publishing's later stages (publish.publish_analysis) start once the tabs and the overview are up.
-REVIEW_READY_STAGES = ("queue", "more fields", "predictions")
-REVIEW_READY_MESSAGE = ("review can start: the review tabs and the overview are up in Label Studio and the review "
-                        "queue's first tasks are final; the rest of the queue follows in rank order, then the other "
-                        "tasks' fields and predictions")
+# Publishing's later stages (publish.publish_analysis) start once the tabs and the overview are up;
+# each says where it is.
+REVIEW_READY = "review can start: the review tabs and the overview are up in Label Studio and the review queue's " \
+               "first tasks are final; "
+STAGE_MESSAGES = {
+    "queue": REVIEW_READY + "the rest of the queue follows in rank order, then the other tasks' fields and predictions",
+    "more fields": REVIEW_READY + "the whole queue is final; the other flagged tasks' fields and the predictions follow",
+    "predictions": REVIEW_READY + "every flagged task is final; the other tasks' predictions follow",
+    "old predictions": REVIEW_READY + "every task has this version's prediction; older versions' predictions are "
+                       "being removed",
+}
 RESTART_HINT = "press Start Training to run it again"
 
 
@@ -288,7 +294,7 @@ class _Progress:
             if new_stage or now - self.last_write >= WRITE_EVERY_S or 0 < total <= done:
                 self.last_write = now
                 try:
-                    ready = {"message": REVIEW_READY_MESSAGE} if new_stage and stage in REVIEW_READY_STAGES else {}
+                    ready = {"message": STAGE_MESSAGES[stage]} if new_stage and stage in STAGE_MESSAGES else {}
                     update_job(self.settings, self.project_id, stage=stage, done=int(done), total=int(total),
                                eta_seconds=eta, **ready)
                 except OSError as exc:

@@ -153,11 +153,12 @@ def test_progress_is_written_with_eta_and_logged_at_most_every_ten_seconds(setti
     assert len(progress_lines) == 1  # one per stage change, then at most every LOG_EVERY_S
 
 
-def test_job_status_says_when_review_can_start_while_publishing_goes_on(settings):
+def test_job_status_says_when_review_can_start_and_what_follows(settings):
     seen = {}
+    later = ("queue", "more fields", "predictions", "old predictions")
 
     def analysis(project_id, settings, progress):
-        for stage in ("publish", "queue", "more fields", "predictions"):
+        for stage in ("publish", *later):
             progress(stage, 0, 2)
             seen[stage] = read_job(settings, project_id)["message"]
         return "deconfusion-v1"
@@ -166,8 +167,9 @@ def test_job_status_says_when_review_can_start_while_publishing_goes_on(settings
     runner.submit(3)
     runner.wait(3, 5)
     assert seen["publish"] == jobs.ANALYSIS_MESSAGE
-    assert seen["queue"].startswith("review can start")
-    assert seen["more fields"] == seen["predictions"] == seen["queue"]
+    assert all(seen[stage].startswith("review can start") for stage in later)
+    assert len({seen[stage] for stage in later}) == len(later)  # each says what is still to come
+    assert "every task has this version's prediction" in seen["old predictions"]
 
 
 def test_shutdown_interrupts_queued_jobs_and_refuses_new_ones(settings, slow):

@@ -67,7 +67,9 @@ def test_the_review_is_ready_before_the_other_predictions_and_the_old_version_go
     assert client.calls[-3:] == [("fields", [3]), ("predictions", [1]), ("delete_old", analysis.model_version)]
     assert kinds.index("overview_tasks") < len(kinds) - 3
     assert ("publish fields", 3, 3) in stages and stages.index(("publish fields", 3, 3)) < stages.index(("publish", 2, 4))
-    assert stages.index(("publish", 4, 4)) < stages.index(("more fields", 1, 1)) < stages.index(("predictions", 0, 2))
+    assert stages.index(("publish", 4, 4)) < stages.index(("more fields", 1, 1)) < stages.index(("predictions", 0, 1))
+    # every task has this version's prediction before the old version's are removed
+    assert stages.index(("predictions", 1, 1)) < stages.index(("old predictions", 0, 1))
 
 
 def test_the_rest_of_a_long_queue_follows_the_tabs_in_rank_order(tmp_path, monkeypatch):
@@ -82,4 +84,4 @@ def test_the_rest_of_a_long_queue_follows_the_tabs_in_rank_order(tmp_path, monke
     assert client.calls[1] == ("fields", [2]) and kinds.index("tab") > 1
     assert client.calls[kinds.index("overview_tasks") + 1] == ("fields", [4])
     assert stages.index(("publish", 4, 4)) < stages.index(("queue", 1, 1)) < stages.index(("more fields", 1, 1))
-    assert stages[-1] == ("predictions", 2, 2)
+    assert stages[-1] == ("old predictions", 1, 1)
