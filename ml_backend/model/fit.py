@@ -322,11 +322,11 @@ def _classify_fold(model: torch.nn.Module, images: np.ndarray, *, device: torch.
 
 
 def _fit_fold(model: SmallCNN, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, weights: np.ndarray,
-              *, threads: int, train: _Reporter, classify: _Reporter, **options) -> tuple[np.ndarray, np.ndarray]:
+              *, threads: int, steps: _Reporter, **options) -> tuple[np.ndarray, np.ndarray]:
     """Worker job: train one fold model on images[rows], then classify all N images with it."""
     with _threads(threads):
-        _train_small_cnn(model, images, rows, labels, weights, tick=train.tick, **options)
-        return _classify_fold(model, images, device=options["device"], tick=classify.tick)
+        _train_small_cnn(model, images, rows, labels, weights, tick=steps.tick, **options)
+        return _classify_fold(model, images, device=options["device"], tick=steps.tick)
 
 
 def _run_workers(jobs: list[Callable[[], object]], workers: int, reporters: list[_Reporter],
@@ -493,14 +493,16 @@ def _cross_fit_small_cnn(images, labels, weights, num_classes, rows, *, epochs, 
     folds = len(rows)
     workers, threads = _worker_plan(folds, images, device)
     stop = threading.Event()
-    train = _Reporter(progress, "train", sum(epochs * math.ceil(len(r) / batch_size) for r in rows), stop)
-    classify = _Reporter(progress, "classify", folds * math.ceil(len(images) / INFERENCE_BATCH["small_cnn"]), stop)
+    # One stage for training and classifying: side by side, one fold classifies while another
+    # still trains, and two stages would flip the job's stage (and lose its ETA) four times a second.
+    steps = _Reporter(progress, "train", sum(epochs * math.ceil(len(r) / batch_size) for r in rows)
+                      + folds * math.ceil(len(images) / INFERENCE_BATCH["small_cnn"]), stop)
     models = [_new_small_cnn(images[r], num_classes, seed * 1000 + f) for f, r in enumerate(rows)]
-    jobs = [partial(_fit_fold, models[f], images, rows[f], labels, weights, threads=threads, train=train,
-                    classify=classify, epochs=epochs, batch_size=batch_size, seed=seed * 1000 + f, device=device)
+    jobs = [partial(_fit_fold, models[f], images, rows[f], labels, weights, threads=threads, steps=steps,
+                    epochs=epochs, batch_size=batch_size, seed=seed * 1000 + f, device=device)
             for f in range(folds)]
     log.info("training %d fold models, %d at a time with %d torch thread(s) each", folds, workers, threads)
-    outputs = _run_workers(jobs, workers, [train, classify], stop)
+    outputs = _run_workers(jobs, workers, [steps], stop)
     return models, np.stack([p for p, _ in outputs]), np.stack([e for _, e in outputs])
 
 
