@@ -192,7 +192,8 @@ def main() -> None:
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token,
                                      model_dir=str(args.workdir / "model_dir"), port=args.backend_port,
                                      public_url=f"http://127.0.0.1:{args.backend_port}")
-        with start_backend(settings) as backend_url:
+        # beside Label Studio, the backend reads the demo's local files itself (LOCAL_FILES_DOCUMENT_ROOT)
+        with start_backend(settings, extra_env={"LOCAL_FILES_DOCUMENT_ROOT": str(ls.files_root)}) as backend_url:
             result = {"label_studio": ls.url, "backend": backend_url}
             if not args.servers_only:
                 result.update(build_demo(args, ls, settings, backend_url))
