@@ -4,7 +4,8 @@ on a real Label Studio with a project of a few thousand images.
     .venv/bin/python scripts/bench_service.py --mnist ../shared/datasets/mnist --images 3000
 
 Without --mnist it uses scikit-learn's digits (1,797 images). The images are served by Label
-Studio's local-files route, or with --images-from http by a plain web server.
+Studio's local-files route; with --images-from local-disk the backend reads those files from disk
+(LOCAL_FILES_DOCUMENT_ROOT); with --images-from http a plain web server serves them.
 """
 
 from __future__ import annotations

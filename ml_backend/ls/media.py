@@ -3,12 +3,13 @@
 Sources: Label Studio's own media (/data/upload/, /data/local-files/), cloud URIs (s3://, gs://,
 azure-blob://; presigned or proxied by Label Studio at /tasks/<id>/resolve/?fileuri=<base64>),
 plain http(s) URLs and base64 data URIs. With LOCAL_FILES_DOCUMENT_ROOT set, Label Studio's local
-files are read from that folder instead, as Label Studio itself resolves them. The token is only ever sent to Label Studio's media
-routes (MEDIA_ROUTES, under LABEL_STUDIO_URL's sub-path) on its own origin (scheme, host and port
-of LABEL_STUDIO_URL): never to its API through an image URL, never to another host named in task
-data or in a redirect. Other hosts are reached only as netpolicy allows (public addresses, or
-what DOWNLOAD_ALLOW names), at the address it checked. Redirects are followed by hand, one hop at
-a time, so that both rules hold for every hop. DOWNLOAD_TIMEOUT bounds a whole download.
+files are read from that folder instead, as Label Studio itself resolves them. The token is only
+ever sent to Label Studio's media routes (MEDIA_ROUTES, under LABEL_STUDIO_URL's sub-path) on its
+own origin (scheme, host and port of LABEL_STUDIO_URL): never to its API through an image URL, never
+to another host named in task data or in a redirect. Other hosts are reached only as netpolicy
+allows (public addresses, or what DOWNLOAD_ALLOW names), at the address it checked. Redirects are
+followed by hand, one hop at a time, so that both rules hold for every hop. DOWNLOAD_TIMEOUT bounds
+a whole download.
 """
 
 from __future__ import annotations
