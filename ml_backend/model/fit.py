@@ -8,7 +8,7 @@ memorised a wrong label cannot vouch for it. Folds are stratified over all image
 analysis uses the same folds. Views (:func:`choose_views`), each a backbone:
 
 - ``small_cnn``, for images up to 64 px: a small CNN trained from scratch,
-  ``epochs = clip(ceil(150_000 / training images), 3, 20)`` (MNIST, 52,500 training images
+  ``epochs = clip(ceil(150_000 / training images), 3, 40)`` (MNIST, 52,500 training images
   per fold: 3 epochs);
 - a frozen ImageNet-pretrained backbone (``efficientnet_lite0`` by default, from the offline
   weights package), for colour images of any size and for large grey ones: its pooled
@@ -51,11 +51,7 @@ DEFAULT_PRETRAINED = "efficientnet_lite0"  # Lite1/Lite2 alone cost 1.5x the tim
 # Fashion-MNIST corruption at 64 px 0.610 -> 0.629).
 PRETRAINED_PAIR = (DEFAULT_PRETRAINED, "efficientnet_lite2")  # what 'auto' adds to a small CNN
 SMALL_CNN_SAMPLES = 150_000  # training images seen per fold model (auto epochs)
-SMALL_CNN_EPOCHS = (3, 20)
-# At most 20: on 1,800 digits the fold models trained 40 epochs learned their training labels,
-# slips included, so the fold mean doubted a slip at 0.02-0.09 and the review list (35 tasks)
-# held 2-3 of 5 slips; at 20 epochs 5 of 5 in a list of 38-39 with no correct label (3 seeds),
-# in half the time. CIFAR-10N's 7,500 training images per fold get 20 either way.
+SMALL_CNN_EPOCHS = (3, 40)
 SMALL_CNN_LR = 3e-3
 SMALL_CNN_WEIGHT_DECAY = 5e-4
 MAX_SHIFT = 2  # random translation (pixels) used as augmentation
