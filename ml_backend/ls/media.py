@@ -202,11 +202,12 @@ class Media:
     def _read_local_file(self, path: Path) -> bytes:
         limit = self.settings.max_image_bytes
         try:
-            if path.stat().st_size > limit:
-                raise ImageFetchError(f"{path} is larger than MAX_IMAGE_BYTES={limit}")
-            data = path.read_bytes()
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)  # one byte past the limit tells a larger file, without a second stat
         except OSError as exc:
             raise ImageFetchError(f"{path} could not be read ({exc.strerror or exc})") from None
+        if len(data) > limit:
+            raise ImageFetchError(f"{path} is larger than MAX_IMAGE_BYTES={limit}")
         kind = mimetypes.guess_type(path.name)[0] or ""
         if not data or not (kind.startswith("image/") or _looks_like_image(data)):
             raise ImageFetchError(f"{path} is not an image (empty, or unknown file type)")

@@ -7,10 +7,11 @@ import base64
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ml_backend.config import Settings
-from ml_backend.ls.media import LabeledImage, Media
+from ml_backend.ls.media import ImageFetchError, LabeledImage, Media
 from tests.integration.labelstudio import free_port
 
 
@@ -68,3 +69,14 @@ def test_local_files_are_read_from_the_document_root_and_checked_by_size_and_tim
     assert replaced.fetched == 1 and open(replaced.records[0].source, "rb").read() == png(9)
     [missing] = gone.skipped
     assert str(root / "set" / "a.png") in missing.reason and "does not exist" in missing.reason
+
+
+def test_a_local_file_larger_than_max_image_bytes_is_refused_naming_the_limit(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(8))
+    media = Media(Settings(label_studio_url=f"http://127.0.0.1:{free_port()}", local_files_root=str(tmp_path),
+                           max_image_bytes=len(png(8)) - 1), lambda: {})
+    try:
+        with pytest.raises(ImageFetchError, match="larger than MAX_IMAGE_BYTES"):
+            media.download("/data/local-files/?d=a.png", task_id=1)
+    finally:
+        media.close()
