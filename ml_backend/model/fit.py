@@ -12,8 +12,9 @@ analysis uses the same folds. Views (:func:`choose_views`), each a backbone:
   per fold: 3 epochs);
 - a frozen ImageNet-pretrained backbone (``efficientnet_lite0`` by default, from the offline
   weights package), for colour images of any size and for large grey ones: its pooled
-  features are computed once (small images upscaled to 128 px) and a multinomial logistic
-  regression head (L-BFGS, L2 penalty HEAD_L2 on standardised features) is fitted per fold.
+  features are computed once (small colour images upscaled to 160 px, small grey ones to
+  64 px) and a multinomial logistic regression head (L-BFGS, L2 penalty HEAD_L2 on
+  standardised features) is fitted per fold.
 
 Cores: small-CNN fold models train side by side in threads (min(F, cores) at once, one
 torch thread each on a 2-core machine), see :func:`_worker_plan`. MNIST (70,000 images,
