@@ -7,14 +7,17 @@ bar, the service into job status. Stage timings go into ``Analysis.summary``.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime, timezone
 
 import cleanlab
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .analysis import Analysis
@@ -240,10 +243,14 @@ def _inspection_maps(dataset, ensemble, predicted, fold_of, cells, seed, progres
         for i, row in zip(batch, saliency_features(saliency)):
             features[i] = row
         progress("saliency", min(start + MAPS_BATCH, off_diagonal.size), off_diagonal.size)
-    for done, cell in enumerate(cells, 1):
-        members = np.flatnonzero((dataset.labels == cell["label"]) & (predicted == cell["predicted"]))
-        map_xy[members] = cell_map(np.stack(features[members]), seed=seed)
-        progress("maps", done, len(cells))
+    members = [np.flatnonzero((dataset.labels == c["label"]) & (predicted == c["predicted"])) for c in cells]
+    # Cells are independent t-SNE runs of one thread each: one per core at once. BLAS stays on one
+    # thread throughout (a limit set and restored per thread would race).
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        maps = pool.map(lambda rows: cell_map(np.stack(features[rows]), seed=seed), members)
+        for done, (rows, xy) in enumerate(zip(members, maps), 1):
+            map_xy[rows] = xy
+            progress("maps", done, len(cells))
     return map_xy
 
 
