@@ -60,6 +60,23 @@ def test_outputs_follow_the_documented_schema(analysed):
     assert load(out).model_version == summary["model_version"]
 
 
+def test_every_misclassified_image_is_placed_on_its_cells_inspection_map(analysed):
+    _, out, _ = analysed
+    analysis = load(out)
+    off = analysis.labels != analysis.predicted
+    assert np.isnan(analysis.map_xy[~off]).all() and np.isfinite(analysis.map_xy[off]).all()
+    sizes = []
+    for cell in analysis.cells:
+        xy = analysis.map_xy[analysis.cell_members(cell["label"], cell["predicted"])]
+        assert ((xy >= 0) & (xy <= 1)).all()
+        if len(xy) < 6:  # a row, side by side
+            assert np.allclose(xy[:, 1], 0.5) and np.allclose(np.sort(xy[:, 0]), (np.arange(len(xy)) + 0.5) / len(xy))
+        else:  # a t-SNE map spread over both axes
+            assert np.ptp(xy, axis=0).min() > 0.1
+        sizes.append(len(xy))
+    assert max(sizes) >= 6 and min(sizes) < 6  # both layouts were built in one analysis
+
+
 def test_bad_file_is_skipped_and_reported(analysed):
     _, out, _ = analysed
     skipped = json.loads((out / "summary.json").read_text())["skipped"]
