@@ -114,7 +114,7 @@ def run_analysis(
     progress("duplicates", 1, 1)
     lap("duplicates")
 
-    cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group)
+    cells = overview_cells(probs, labels, mismatch=mismatch, duplicate_group=duplicate_group, error_score=scores)
     is_candidate, n_estimated = find_candidates(probs, labels, scores, recall=settings.list_recall)
     is_candidate &= ~reviewed
     map_xy = _inspection_maps(dataset, models, predicted, fits[0].fold_of, cells, settings.seed, progress)

@@ -151,6 +151,22 @@ def test_ten_percent_swap_under_scattered_noise_is_flagged_first():
     assert [c["interpretation_error"] for c in cells].count(True) == 1
 
 
+def test_a_cell_of_labels_the_error_score_trusts_is_not_a_misreading():
+    # Two classes that look alike: the model puts 15% of class 1 in class 3 (a large cell,
+    # significant against the usual confusion) while the error score says those labels are
+    # right; the planted swap 3 -> 1 is as large and its labels are doubted.
+    probs, labels = planted_swap(seed=4, n_per_class=1000, k=5, swap=(3, 1), share=0.15, noise=0.01)
+    look_alike = np.flatnonzero((labels == 1) & (probs.argmax(1) == 1))[:150]
+    probs[look_alike] = probs[look_alike][:, [0, 3, 2, 1, 4]]  # the model now reads them as 3
+    swapped = (labels == 3) & (probs.argmax(1) == 1)
+    error_score = np.where(swapped, 0.9, 0.1)
+    flagged = lambda cells: {(c["label"], c["predicted"]) for c in cells if c["interpretation_error"]}
+    assert flagged(overview_cells(probs, labels)) == {(3, 1), (1, 3)}  # the rate test alone
+    assert flagged(overview_cells(probs, labels, error_score=error_score)) == {(3, 1)}
+    with pytest.raises(ValueError, match="error_score"):
+        overview_cells(probs, labels, error_score=error_score[:-1])
+
+
 def test_small_cells_are_never_flagged_whatever_their_share():
     probs, labels = planted_swap(seed=0, n_per_class=30, k=3, swap=(2, 0), share=0.3, noise=0.0)
     cells = overview_cells(probs, labels)  # 9 of 39 images: a big share but under 10 images
