@@ -25,7 +25,7 @@ from .config import Settings
 from .dataset import ImageDataset
 from .detectors.duplicates import find_duplicates, similar_images
 from .detectors.label_errors import (consensus, error_scores, estimated_error_count, find_candidates,
-                                      knn_disagreement)
+                                      knn_disagreement, neighbour_votes)
 from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import mismatch_score, overview_cells, representatives
 from .detectors.verifier import enough_verdicts, verified_scores, verifier_evidence
@@ -43,6 +43,7 @@ MAPS_BATCH = 256  # misclassified images whose saliency is computed and reduced 
 # pretrained view alone ranks errors with AP 0.60 and the small CNN 0.43; 2:1 ranked better
 # than 1:1 (0.628 vs 0.619, measured offline with self-confidence as the label quality).
 VIEW_WEIGHT = {"pretrained": 2.0, "small_cnn": 1.0}
+VOTE_WEIGHT = 1.0  # each pretrained space's neighbour votes (label_errors.neighbour_votes) in the score
 # A lone small CNN (grey images) gets the pretrained views (Lite0 and Lite2 at 64 px) when it
 # misclassifies this share of the images beyond the labels confident learning counts as wrong:
 # Fashion-MNIST corruption 5.4% (AP 0.535 -> 0.610 with Lite0, 0.629 with both), the paper's MNIST
@@ -201,8 +202,12 @@ def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Set
     probs = sum(w * f.pred_probs for w, f in zip(view_weights, fits)) / sum(view_weights)
     knn = knn_disagreement(space, labels, fits[0].fold_of, k=settings.knn_k, dims=space_dims)
     agreement = consensus(np.concatenate([f.fold_probs for f in fits]), labels)
-    scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits], view_weights=view_weights,
-                          noise_labels=given)
+    # The neighbours' labels in each pretrained space are one more view of the score (not of
+    # ``probs``: the model class stays the classifiers').
+    votes = [neighbour_votes(f.embeddings[0], labels, probs.shape[1], k=settings.knn_k)[None]
+             for f in fits if is_pretrained(f.backbone)]
+    scores = error_scores(probs, labels, fold_probs=[f.fold_probs for f in fits] + votes,
+                          view_weights=view_weights + [VOTE_WEIGHT] * len(votes), noise_labels=given)
     return probs, scores, agreement, knn
 
 

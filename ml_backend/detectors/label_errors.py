@@ -11,7 +11,8 @@ Evidence, each out of sample:
   :func:`find_candidates` cuts it at confident learning's estimate of the number of errors, or
   further down where the scores expect more;
 - latent-space outliers (the AQUAVS noise-score idea): :func:`knn_disagreement`, how many
-  of an image's neighbours in embedding space carry another label;
+  of an image's neighbours in embedding space carry another label; in a pretrained space the
+  neighbours' labels also join the score as one more view (:func:`neighbour_votes`);
 - model consensus (the ImageNet clean-up paper): :func:`consensus`, how many independent
   fold models vote against the label.
 The last two are reported beside the score and feed the verifier; added to the score they
@@ -44,6 +45,8 @@ LIST_RECALL = 0.8
 # 1.02x / 1.09x / 1.16x 1.000; CIFAR-10N aggre and the paper's MNIST swaps unchanged.
 # 0.75 is the largest that keeps every list within 2x the true errors.
 COUNT_EXTENSION = 0.75
+VOTE_DIMS = 64  # neighbour_votes: PCA dimensions of the pretrained features searched
+VOTE_PRIOR = 0.5  # neighbour_votes: votes every class gets before the neighbours'
 
 
 def consensus(fold_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -135,6 +138,55 @@ def _compute_knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_o
         differs = (labels[np.where(valid, idx, 0)] != labels[queries][:, None]) & valid
         out[queries] = differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
     return out
+
+
+def neighbour_votes(features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 10,
+                    dims: int = VOTE_DIMS) -> np.ndarray:
+    """The labels of each image's k nearest neighbours as class probabilities: a nearest-neighbour
+    classifier in a pretrained feature space, one more view for :func:`error_scores`.
+
+    Features are standardised, reduced to ``dims`` dimensions by PCA and compared by angle
+    (rows scaled to unit length), searched with the same approximate k-d tree as
+    :func:`knn_disagreement`. An image never votes for itself, so the votes are out of sample
+    without folds. Each class gets half a vote more, so that no class is impossible.
+    Why: in the noise-corrected score they lift AP on CIFAR-10N from 0.711 to 0.716 (`aggre`)
+    and 0.842 to 0.845 (`random1`), offline on the same arrays; unscaled Euclidean neighbours
+    in the same space added 0.001 (see the README's ablation).
+
+    Parameters
+    ----------
+    features : ndarray of shape (N, D), float
+        A frozen pretrained backbone's features (not a CNN trained on these labels: its
+        embedding places images by the very labels under test).
+    labels : ndarray of shape (N,), int in [0, K)
+    num_classes : int >= 2, K
+    k : int >= 1, default 10
+    dims : int >= 1, default 64
+
+    Returns
+    -------
+    ndarray of shape (N, K), float32, rows summing to 1
+    """
+    caller = "neighbour_votes"
+    features = array_checked(features, "features", caller, ndim=2, shape="(N, D)")
+    num_classes = int_checked("num_classes", num_classes, caller, minimum=2)
+    labels = labels_checked(labels, len(features), num_classes, caller)
+    k = int_checked("k", k, caller)
+    dims = int_checked("dims", dims, caller)
+    return _compute_neighbour_votes(features, labels, num_classes, k, dims)
+
+
+def _compute_neighbour_votes(features: np.ndarray, labels: np.ndarray, num_classes: int, k: int,
+                             dims: int) -> np.ndarray:
+    n = len(labels)
+    space = pca_reduce(features, dims, standardise=True)
+    space /= np.maximum(np.linalg.norm(space, axis=1, keepdims=True), 1e-12)
+    _, idx = neighbours(space, np.arange(n), min(k, max(n - 1, 1)))
+    votes = np.full((n, num_classes), VOTE_PRIOR, dtype=np.float64)
+    for column in idx.T:
+        valid = column >= 0
+        np.add.at(votes, (np.flatnonzero(valid), labels[column[valid]]), 1.0)
+    return (votes / votes.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def noise_matrix(pred_probs: np.ndarray, labels: np.ndarray, *, smoothing: float = NOISE_SMOOTHING) -> np.ndarray:

@@ -7,7 +7,7 @@ from cleanlab.rank import get_label_quality_scores
 
 from ml_backend.detectors.label_errors import (COUNT_EXTENSION, REVIEW_THRESHOLD, consensus, error_scores,
                                                estimated_error_count, find_candidates, knn_disagreement,
-                                               label_posterior, noise_matrix)
+                                               label_posterior, neighbour_votes, noise_matrix)
 
 
 def blobs(seed=0, n=600, k=3, flip=0.05):
@@ -102,6 +102,30 @@ def test_knn_disagreement_is_high_for_a_planted_outlier():
     labels[3] = 1  # sits among the zeros
     values = knn_disagreement(np.stack([x, x]), labels, np.arange(100) % 2, k=5)
     assert values[3] == 1.0 and np.median(values) == 0.0
+
+
+def test_neighbour_votes_read_the_labels_around_an_image_whatever_a_features_scale():
+    rng = np.random.default_rng(2)
+    clusters = np.concatenate([rng.normal(0, 1, (60, 80)), rng.normal(4, 1, (60, 80))])
+    loud = rng.normal(0, 1000, (120, 1))  # one feature on a scale of its own, carrying nothing
+    x = np.concatenate([clusters, loud], axis=1).astype(np.float32)
+    labels = np.array([0] * 60 + [1] * 60)
+    labels[3] = 1  # sits among the zeros
+    votes = neighbour_votes(x, labels, 3, k=10, dims=8)
+    assert votes.shape == (120, 3) and np.allclose(votes.sum(1), 1.0)
+    # 10 votes for class 0, half a vote more for every class: (10.5, 0.5, 0.5) / 11.5
+    np.testing.assert_allclose(votes[3], [10.5 / 11.5, 0.5 / 11.5, 0.5 / 11.5], rtol=1e-6)
+    assert (votes[labels == 0].argmax(1) == 0).all() and (votes[60:].argmax(1) == 1).all()
+
+
+def test_neighbour_votes_alone_rank_flipped_labels_and_bad_input_is_named():
+    x, probs, labels, flipped = blobs(seed=3, n=600, k=3, flip=0.08)
+    votes = neighbour_votes(x, labels, 3, k=10, dims=4)
+    assert average_precision(error_scores(votes, labels), flipped) > 0.9
+    combined = error_scores(probs, labels, fold_probs=[np.stack([probs, probs]), votes[None]], view_weights=[2, 1])
+    assert average_precision(combined, flipped) > 0.9
+    with pytest.raises(ValueError, match="neighbour_votes.*labels"):
+        neighbour_votes(x, labels, 2)
 
 
 def test_consensus_counts_fold_models_against_the_label():
