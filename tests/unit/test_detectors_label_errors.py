@@ -113,8 +113,8 @@ def test_neighbour_votes_read_the_labels_around_an_image_whatever_a_features_sca
     labels[3] = 1  # sits among the zeros
     votes = neighbour_votes(x, labels, 3, k=10, dims=8)
     assert votes.shape == (120, 3) and np.allclose(votes.sum(1), 1.0)
-    # 10 votes for class 0, half a vote more for every class: (10.5, 0.5, 0.5) / 11.5
-    np.testing.assert_allclose(votes[3], [10.5 / 11.5, 0.5 / 11.5, 0.5 / 11.5], rtol=1e-6)
+    # 10 votes for class 0, a tenth of a vote more for every class: (10.1, 0.1, 0.1) / 10.3
+    np.testing.assert_allclose(votes[3], [10.1 / 10.3, 0.1 / 10.3, 0.1 / 10.3], rtol=1e-6)
     assert (votes[labels == 0].argmax(1) == 0).all() and (votes[60:].argmax(1) == 1).all()
 
 
