@@ -252,7 +252,8 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
         if groups.ndim != 1 or not np.issubdtype(groups.dtype, np.integer):
             fail("duplicate_group", caller, "an (N,) int array (find_duplicates' groups, -1 for none)",
                  f"dtype {groups.dtype}, shape {groups.shape}", TypeError)
-    wrong = None if error_score is None else scores_checked("error_score", error_score, n, caller, low=0.0, high=1.0)
+    if error_score is not None:
+        error_score = scores_checked("error_score", error_score, n, caller, low=0.0, high=1.0)
     test = {
         "alpha": float_checked("alpha", alpha, caller, low=0.0, high=1.0, low_open=True, high_open=True),
         "min_count": int_checked("min_interpretation_count", min_interpretation_count, caller, minimum=0),
@@ -261,7 +262,7 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
                                high=float("inf")),
         "min_wrong": float_checked("min_interpretation_wrong", min_interpretation_wrong, caller, low=0.0, high=1.0),
     }
-    return _compute_cells(probs, labels, scores.astype(np.float64), groups.astype(np.int64), wrong, **test)
+    return _compute_cells(probs, labels, scores.astype(np.float64), groups.astype(np.int64), error_score, **test)
 
 
 def _confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
@@ -295,8 +296,8 @@ def _interpretation_p_values(counts: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def _compute_cells(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray,
-                   wrong: np.ndarray | None, *, alpha: float, min_count: int, min_share: float, ratio: float,
-                   min_wrong: float) -> list[dict]:
+                   error_score: np.ndarray | None, *, alpha: float, min_count: int, min_share: float,
+                   ratio: float, min_wrong: float) -> list[dict]:
     n, k = probs.shape
     predicted = probs.argmax(axis=1)
     counts = _confusion(labels, predicted, k)
@@ -308,10 +309,10 @@ def _compute_cells(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, gr
     p_values = _interpretation_p_values(counts, ratio)
     flagged = ((p_values < alpha / (k * (k - 1))) & (off >= max(min_count, 1))
                & (off >= min_share * rows[:, None]))
-    if wrong is not None:
-        wrong_sum = np.zeros((k, k))
-        np.add.at(wrong_sum, (labels, predicted), wrong)
-        flagged &= wrong_sum >= min_wrong * np.maximum(counts, 1)
+    if error_score is not None:  # and most of the cell's labels are expected wrong
+        expected_wrong = np.zeros((k, k))
+        np.add.at(expected_wrong, (labels, predicted), error_score)
+        flagged &= expected_wrong >= min_wrong * np.maximum(counts, 1)
 
     wrong = np.flatnonzero(labels != predicted)
     cell_of = labels[wrong] * k + predicted[wrong]
