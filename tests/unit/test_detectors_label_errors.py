@@ -104,7 +104,7 @@ def test_knn_disagreement_is_high_for_a_planted_outlier():
     assert values[3] == 1.0 and np.median(values) == 0.0
 
 
-def test_neighbour_votes_read_the_labels_around_an_image_whatever_a_features_scale():
+def test_neighbour_votes_read_the_labels_around_an_image_whatever_the_scale_of_a_feature():
     rng = np.random.default_rng(2)
     clusters = np.concatenate([rng.normal(0, 1, (60, 80)), rng.normal(4, 1, (60, 80))])
     loud = rng.normal(0, 1000, (120, 1))  # one feature on a scale of its own, carrying nothing
