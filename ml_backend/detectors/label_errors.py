@@ -12,7 +12,8 @@ Evidence, each out of sample:
   further down where the scores expect more;
 - latent-space outliers (the AQUAVS noise-score idea): :func:`knn_disagreement`, how many
   of an image's neighbours in embedding space carry another label; in a pretrained space the
-  neighbours' labels also join the score as one more view (:func:`neighbour_votes`);
+  neighbours' labels also join the score as one more view (:func:`vote_neighbours`,
+  :func:`neighbour_votes`);
 - model consensus (the ImageNet clean-up paper): :func:`consensus`, how many independent
   fold models vote against the label.
 The last two are reported beside the score and feed the verifier; added to the score they
@@ -45,7 +46,7 @@ LIST_RECALL = 0.8
 # 1.02x / 1.09x / 1.16x 1.000; CIFAR-10N aggre and the paper's MNIST swaps unchanged.
 # 0.75 is the largest that keeps every list within 2x the true errors.
 COUNT_EXTENSION = 0.75
-VOTE_DIMS = 64  # neighbour_votes: PCA dimensions of the pretrained features searched
+VOTE_DIMS = 64  # vote_neighbours: PCA dimensions of the pretrained features searched
 # neighbour_votes: votes every class gets before the neighbours'. Half a vote made the votes so
 # unsure that the doubt they add lengthened CIFAR-10N aggre's list from 1.79x to 2.04x the errors;
 # a tenth: 1.91x, at AP 0.717 (offline, same arrays).
@@ -143,50 +144,70 @@ def _compute_knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_o
     return out
 
 
-def neighbour_votes(features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 10,
-                    dims: int = VOTE_DIMS) -> np.ndarray:
-    """The labels of each image's k nearest neighbours as class probabilities: a nearest-neighbour
-    classifier in a pretrained feature space, one more view for :func:`error_scores`.
+def vote_neighbours(features: np.ndarray, *, k: int = 10, dims: int = VOTE_DIMS) -> np.ndarray:
+    """Each image's k nearest neighbours in a pretrained feature space, for :func:`neighbour_votes`.
 
     Features are standardised, reduced to ``dims`` dimensions by PCA and compared by angle
     (rows scaled to unit length), searched with the same approximate k-d tree as
-    :func:`knn_disagreement`. An image never votes for itself, so the votes are out of sample
-    without folds. Each class gets a tenth of a vote more, so that no class is impossible.
-    Why: in the noise-corrected score they lift AP on CIFAR-10N from 0.711 to 0.717 (`aggre`)
-    and 0.842 to 0.846 (`random1`), offline on the same arrays; unscaled Euclidean neighbours
-    in the same space added 0.001 (see the README's ablation).
+    :func:`knn_disagreement`. An image is never its own neighbour. The search does not depend
+    on the labels, so one search serves every labeling scored (given and reviewed labels).
 
     Parameters
     ----------
     features : ndarray of shape (N, D), float
         A frozen pretrained backbone's features (not a CNN trained on these labels: its
         embedding places images by the very labels under test).
-    labels : ndarray of shape (N,), int in [0, K)
-    num_classes : int >= 2, K
     k : int >= 1, default 10
     dims : int >= 1, default 64
+
+    Returns
+    -------
+    ndarray of shape (N, min(k, N - 1)), int64: neighbour indices, nearest first; -1 pads rows
+    the approximate search left short.
+    """
+    caller = "vote_neighbours"
+    features = array_checked(features, "features", caller, ndim=2, shape="(N, D)")
+    k = int_checked("k", k, caller)
+    dims = int_checked("dims", dims, caller)
+    space = pca_reduce(features, dims, standardise=True)
+    space /= np.maximum(np.linalg.norm(space, axis=1, keepdims=True), 1e-12)
+    return neighbours(space, np.arange(len(space)), min(k, max(len(space) - 1, 1)))[1]
+
+
+def neighbour_votes(neighbour_index: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The labels of each image's neighbours as class probabilities: a nearest-neighbour
+    classifier in a pretrained feature space, one more view for :func:`error_scores`.
+
+    The neighbours come from :func:`vote_neighbours`, which never counts an image as its own
+    neighbour, so the votes are out of sample without folds. Each class gets VOTE_PRIOR (a
+    tenth) of a vote more, so that no class is impossible.
+    Why: in the noise-corrected score they lift AP on CIFAR-10N from 0.711 to 0.717 (`aggre`)
+    and 0.842 to 0.846 (`random1`), offline on the same arrays; unscaled Euclidean neighbours
+    in the same space added 0.001 (see the README's ablation).
+
+    Parameters
+    ----------
+    neighbour_index : ndarray of shape (N, k), int, -1 for none (:func:`vote_neighbours`)
+    labels : ndarray of shape (N,), int in [0, K)
+    num_classes : int >= 2, K
 
     Returns
     -------
     ndarray of shape (N, K), float32, rows summing to 1
     """
     caller = "neighbour_votes"
-    features = array_checked(features, "features", caller, ndim=2, shape="(N, D)")
     num_classes = int_checked("num_classes", num_classes, caller, minimum=2)
-    labels = labels_checked(labels, len(features), num_classes, caller)
-    k = int_checked("k", k, caller)
-    dims = int_checked("dims", dims, caller)
-    return _compute_neighbour_votes(features, labels, num_classes, k, dims)
+    index = array_checked(neighbour_index, "neighbour_index", caller, ndim=2, shape="(N, k)")
+    labels = labels_checked(labels, len(index), num_classes, caller)
+    if not np.issubdtype(index.dtype, np.integer) or index.min(initial=0) < -1 or index.max(initial=0) >= len(index):
+        fail("neighbour_index", caller, f"integer indices in [-1, {len(index) - 1}]",
+             f"dtype {index.dtype}, values {index.min(initial=0)}..{index.max(initial=0)}")
+    return _compute_neighbour_votes(index, labels, num_classes)
 
 
-def _compute_neighbour_votes(features: np.ndarray, labels: np.ndarray, num_classes: int, k: int,
-                             dims: int) -> np.ndarray:
-    n = len(labels)
-    space = pca_reduce(features, dims, standardise=True)
-    space /= np.maximum(np.linalg.norm(space, axis=1, keepdims=True), 1e-12)
-    _, idx = neighbours(space, np.arange(n), min(k, max(n - 1, 1)))
-    votes = np.full((n, num_classes), VOTE_PRIOR, dtype=np.float64)
-    for column in idx.T:
+def _compute_neighbour_votes(index: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    votes = np.full((len(labels), num_classes), VOTE_PRIOR, dtype=np.float64)
+    for column in index.T:
         valid = column >= 0
         np.add.at(votes, (np.flatnonzero(valid), labels[column[valid]]), 1.0)
     return (votes / votes.sum(axis=1, keepdims=True)).astype(np.float32)

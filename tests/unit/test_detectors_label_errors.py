@@ -7,7 +7,8 @@ from cleanlab.rank import get_label_quality_scores
 
 from ml_backend.detectors.label_errors import (COUNT_EXTENSION, REVIEW_THRESHOLD, consensus, error_scores,
                                                estimated_error_count, find_candidates, knn_disagreement,
-                                               label_posterior, neighbour_votes, noise_matrix)
+                                               label_posterior, neighbour_votes, noise_matrix,
+                                               vote_neighbours)
 
 
 def blobs(seed=0, n=600, k=3, flip=0.05):
@@ -111,7 +112,7 @@ def test_neighbour_votes_read_the_labels_around_an_image_whatever_the_scale_of_a
     x = np.concatenate([clusters, loud], axis=1).astype(np.float32)
     labels = np.array([0] * 60 + [1] * 60)
     labels[3] = 1  # sits among the zeros
-    votes = neighbour_votes(x, labels, 3, k=10, dims=8)
+    votes = neighbour_votes(vote_neighbours(x, k=10, dims=8), labels, 3)
     assert votes.shape == (120, 3) and np.allclose(votes.sum(1), 1.0)
     # 10 votes for class 0, a tenth of a vote more for every class: (10.1, 0.1, 0.1) / 10.3
     np.testing.assert_allclose(votes[3], [10.1 / 10.3, 0.1 / 10.3, 0.1 / 10.3], rtol=1e-6)
@@ -120,12 +121,12 @@ def test_neighbour_votes_read_the_labels_around_an_image_whatever_the_scale_of_a
 
 def test_neighbour_votes_alone_rank_flipped_labels_and_bad_input_is_named():
     x, probs, labels, flipped = blobs(seed=3, n=600, k=3, flip=0.08)
-    votes = neighbour_votes(x, labels, 3, k=10, dims=4)
+    votes = neighbour_votes(vote_neighbours(x, k=10, dims=4), labels, 3)
     assert average_precision(error_scores(votes, labels), flipped) > 0.9
     combined = error_scores(probs, labels, fold_probs=[np.stack([probs, probs]), votes[None]], view_weights=[2, 1])
     assert average_precision(combined, flipped) > 0.9
     with pytest.raises(ValueError, match="neighbour_votes.*labels"):
-        neighbour_votes(x, labels, 2)
+        neighbour_votes(vote_neighbours(x), labels, 2)
 
 
 def test_consensus_counts_fold_models_against_the_label():
