@@ -25,7 +25,7 @@ from .config import Settings
 from .dataset import ImageDataset
 from .detectors.duplicates import find_duplicates, similar_images
 from .detectors.label_errors import (consensus, error_scores, estimated_error_count, find_candidates,
-                                      knn_disagreement, neighbour_votes, vote_neighbours)
+                                      knn_disagreement, knn_neighbours, neighbour_votes, vote_neighbours)
 from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import mismatch_score, overview_cells, representatives
 from .detectors.verifier import enough_verdicts, verified_scores, verifier_evidence
@@ -94,15 +94,16 @@ def run_analysis(
     reviewed = np.zeros(n, dtype=bool) if reviews is None else np.asarray(reviews.reviewed, dtype=bool)
     if reviewed.shape != (n,):
         raise ValueError(f"reviews must describe the {n} images of the data set; got {reviewed.shape[0]}")
-    space, space_dims = _neighbour_space(dataset, fits)
     # Searched once: the verifier scores the labels before review on the same neighbours.
+    space, space_dims = _neighbour_space(dataset, fits)
+    knn_index = knn_neighbours(space, fits[0].fold_of, k=settings.knn_k, dims=space_dims)
     vote_index = [vote_neighbours(f.embeddings[0], k=settings.knn_k) for f in fits if is_pretrained(f.backbone)]
     given = None if reviews is None else np.asarray(reviews.given_labels, dtype=np.int64)
-    probs, scores, agreement, knn = _combine_views(fits, labels, settings, space, space_dims, vote_index, given)
+    probs, scores, agreement, knn = _combine_views(fits, labels, knn_index, vote_index, given)
     evidence = _view_doubts(fits, labels, given)
     verifier_weight = 0.0
     if reviews is not None and settings.verifier:
-        scores, verifier_weight = _verify(fits, probs, scores, reviews, settings, space, space_dims, vote_index)
+        scores, verifier_weight = _verify(fits, probs, scores, reviews, settings.seed, knn_index, vote_index)
     predicted = probs.argmax(axis=1).astype(np.int64)
     mismatch = mismatch_score(probs, labels)
     models = ModelSet(ensembles)
@@ -195,15 +196,15 @@ def _neighbour_space(dataset: ImageDataset, fits: list[CrossFitResult]) -> tuple
     return np.broadcast_to(pixels, (len(fits[0].embeddings),) + pixels.shape), PIXEL_KNN_DIMS
 
 
-def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, settings: Settings, space: np.ndarray,
-                   space_dims: int, vote_index: list[np.ndarray], given: np.ndarray | None = None):
+def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, knn_index: np.ndarray,
+                   vote_index: list[np.ndarray], given: np.ndarray | None = None):
     """The views' evidence on ``labels`` combined: out-of-sample probabilities (N, K), error
     scores (with the neighbour votes over ``vote_index``, one per pretrained view), consensus
-    and kNN disagreement in ``space`` (:func:`_neighbour_space`).
+    and kNN disagreement over ``knn_index`` (neighbours in :func:`_neighbour_space`).
     ``given``: the labels before review, which tell how the annotators err (``error_scores``)."""
     view_weights = [VIEW_WEIGHT["pretrained" if is_pretrained(f.backbone) else "small_cnn"] for f in fits]
     probs = sum(w * f.pred_probs for w, f in zip(view_weights, fits)) / sum(view_weights)
-    knn = knn_disagreement(space, labels, fits[0].fold_of, k=settings.knn_k, dims=space_dims)
+    knn = knn_disagreement(knn_index, labels)
     agreement = consensus(np.concatenate([f.fold_probs for f in fits]), labels)
     # The neighbours' labels in each pretrained space are one more view of the score (not of
     # ``probs``: the model class stays the classifiers').
@@ -220,18 +221,16 @@ def _view_doubts(fits: list[CrossFitResult], labels: np.ndarray, given: np.ndarr
 
 
 def _verify(fits: list[CrossFitResult], probs: np.ndarray, scores: np.ndarray, reviews: ReviewOutcome,
-            settings: Settings, space: np.ndarray, space_dims: int,
-            vote_index: list[np.ndarray]) -> tuple[np.ndarray, float]:
+            seed: int, knn_index: np.ndarray, vote_index: list[np.ndarray]) -> tuple[np.ndarray, float]:
     """Error scores re-ranked by the verifier learned from the verdicts (``detectors.verifier``),
     and its weight. Its evidence is computed for each image's label *before* review, as the
     reviewer saw it: a relabeled image teaches what a wrong label looks like."""
     if not enough_verdicts(reviews.verdicts):  # skip the given-label evidence: it could not be used
         return scores, 0.0
     given = np.asarray(reviews.given_labels, dtype=np.int64)
-    _, given_scores, given_agreement, given_knn = _combine_views(fits, given, settings, space, space_dims,
-                                                                 vote_index)
+    _, given_scores, given_agreement, given_knn = _combine_views(fits, given, knn_index, vote_index)
     features = verifier_evidence(probs, given, given_scores, given_knn, given_agreement)
-    blended, weight = verified_scores(features, given_scores, reviews.verdicts, seed=settings.seed)
+    blended, weight = verified_scores(features, given_scores, reviews.verdicts, seed=seed)
     log.info("verifier: %d verdicts, weight %.2f", int((reviews.verdicts >= 0).sum()), weight)
     if weight == 0:
         return scores, 0.0

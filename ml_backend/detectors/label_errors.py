@@ -11,9 +11,9 @@ Evidence, each out of sample:
   :func:`find_candidates` cuts it at confident learning's estimate of the number of errors, or
   further down where the scores expect more;
 - latent-space outliers (the AQUAVS noise-score idea): :func:`knn_disagreement`, how many
-  of an image's neighbours in embedding space carry another label; in a pretrained space the
-  neighbours' labels also join the score as one more view (:func:`vote_neighbours`,
-  :func:`neighbour_votes`);
+  of an image's neighbours in embedding space (:func:`knn_neighbours`) carry another label; in
+  a pretrained space the neighbours' labels also join the score as one more view
+  (:func:`vote_neighbours`, :func:`neighbour_votes`);
 - model consensus (the ImageNet clean-up paper): :func:`consensus`, how many independent
   fold models vote against the label.
 The last two are reported beside the score and feed the verifier; added to the score they
@@ -79,23 +79,22 @@ def _compute_consensus(fold_probs: np.ndarray, labels: np.ndarray) -> np.ndarray
     return (fold_probs.argmax(axis=2) != labels[None, :]).mean(axis=0).astype(np.float32)
 
 
-def knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, *, k: int = 10,
-                     dims: int = NEIGHBOUR_DIMS) -> np.ndarray:
-    """Share of an image's k nearest neighbours in embedding space whose label differs from its own.
+def knn_neighbours(embeddings: np.ndarray, fold_of: np.ndarray, *, k: int = 10,
+                   dims: int = NEIGHBOUR_DIMS) -> np.ndarray:
+    """Each image's k nearest neighbours in embedding space, out of sample, for :func:`knn_disagreement`.
 
-    The latent-space outlier idea, kept out of sample: image i is placed by the fold model
-    that never trained on it (``fold_of[i]``), among *all* other images embedded by that
-    same model. Each fold's embeddings are reduced to 16 dimensions by PCA (numpy SVD on a
-    5,000-row sample) and searched with a k-d tree (scipy ``cKDTree``, (1 + eps)-approximate
-    with eps = 2), so the cost grows ~N log N and no N x N matrix is built. Neighbours count
-    equally.
+    Image i is placed by the fold model that never trained on it (``fold_of[i]``), among *all*
+    other images embedded by that same model. Each fold's embeddings are reduced to ``dims``
+    dimensions by PCA (numpy SVD on a 5,000-row sample) and searched with a k-d tree (scipy
+    ``cKDTree``, (1 + eps)-approximate with eps = 2), so the cost grows ~N log N and no N x N
+    matrix is built. The search does not depend on the labels: one search serves every
+    labeling scored (the labels as given and as reviewed).
 
     Parameters
     ----------
     embeddings : ndarray of shape (F, N, D), float
         Every fold model's features of every image (a read-only broadcast of one (N, D) space
         is fine and is reduced once).
-    labels : ndarray of shape (N,), int >= 0
     fold_of : ndarray of shape (N,), int in [0, F)
         The fold whose model held each image out.
     k : int >= 1, default 10
@@ -106,16 +105,14 @@ def knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_of: np.nda
 
     Returns
     -------
-    ndarray of shape (N,), float32, in [0, 1]
-        Higher = more of the image's neighbours carry another label. Images of a class with
-        fewer than k other members score above 0 even when they sit among their own class.
+    ndarray of shape (N, min(k, N - 1)), int64: neighbour indices, nearest first; -1 pads rows
+    the approximate search left short (and the one row of a single image).
     """
-    caller = "knn_disagreement"
+    caller = "knn_neighbours"
     embeddings = array_checked(embeddings, "embeddings", caller, ndim=3, shape="(F, N, D)")
     f_count, n = embeddings.shape[:2]
     if min(embeddings.shape) < 1:
         fail("embeddings", caller, "of shape (F, N, D) with F, N, D >= 1", f"shape {embeddings.shape}")
-    labels = labels_checked(labels, n, None, caller)
     fold_of = length_checked("fold_of", fold_of, n, caller)
     if fold_of.dtype == bool or not np.issubdtype(fold_of.dtype, np.integer):
         fail("fold_of", caller, "integer fold indices", f"dtype {fold_of.dtype}", TypeError)
@@ -124,24 +121,52 @@ def knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_of: np.nda
              f"values {fold_of.min()}..{fold_of.max()}")
     k = int_checked("k", k, caller)
     dims = int_checked("dims", dims, caller)
-    return _compute_knn_disagreement(embeddings, labels, fold_of.astype(np.int64), k, dims)
+    return _compute_knn_neighbours(embeddings, fold_of.astype(np.int64), k, dims)
 
 
-def _compute_knn_disagreement(embeddings: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, k: int,
-                              dims: int) -> np.ndarray:
+def _compute_knn_neighbours(embeddings: np.ndarray, fold_of: np.ndarray, k: int, dims: int) -> np.ndarray:
     n = embeddings.shape[1]
-    out = np.zeros(n, dtype=np.float32)
+    out = np.full((n, max(min(k, n - 1), 1)), -1, dtype=np.int64)
     if n < 2:
         return out
     shared = embeddings.strides[0] == 0  # one space broadcast over the folds (frozen backbone)
     space = pca_reduce(embeddings[0], dims) if shared else None
     for f in np.unique(fold_of):
         queries = np.flatnonzero(fold_of == f)
-        _, idx = neighbours(space if shared else pca_reduce(embeddings[f], dims), queries, min(k, n - 1))
-        valid = idx >= 0
-        differs = (labels[np.where(valid, idx, 0)] != labels[queries][:, None]) & valid
-        out[queries] = differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+        out[queries] = neighbours(space if shared else pca_reduce(embeddings[f], dims), queries, min(k, n - 1))[1]
     return out
+
+
+def knn_disagreement(neighbour_index: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Share of an image's nearest neighbours (:func:`knn_neighbours`) whose label differs from
+    its own: the latent-space outlier idea. Neighbours count equally.
+
+    Parameters
+    ----------
+    neighbour_index : ndarray of shape (N, k), int, -1 for none
+    labels : ndarray of shape (N,), int >= 0
+
+    Returns
+    -------
+    ndarray of shape (N,), float32, in [0, 1]
+        Higher = more of the image's neighbours carry another label. Images of a class with
+        fewer than k other members score above 0 even when they sit among their own class.
+    """
+    caller = "knn_disagreement"
+    index = neighbour_index_checked(neighbour_index, caller)
+    labels = labels_checked(labels, len(index), None, caller)
+    valid = index >= 0
+    differs = (labels[np.where(valid, index, 0)] != labels[:, None]) & valid
+    return (differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)).astype(np.float32)
+
+
+def neighbour_index_checked(neighbour_index, caller: str) -> np.ndarray:
+    """(N, k) integer neighbour indices in [-1, N)."""
+    index = array_checked(neighbour_index, "neighbour_index", caller, ndim=2, shape="(N, k)")
+    if not np.issubdtype(index.dtype, np.integer) or index.min(initial=0) < -1 or index.max(initial=0) >= len(index):
+        fail("neighbour_index", caller, f"integer indices in [-1, {len(index) - 1}]",
+             f"dtype {index.dtype}, values {index.min(initial=0)}..{index.max(initial=0)}")
+    return index
 
 
 def vote_neighbours(features: np.ndarray, *, k: int = 10, dims: int = VOTE_DIMS) -> np.ndarray:
@@ -149,7 +174,7 @@ def vote_neighbours(features: np.ndarray, *, k: int = 10, dims: int = VOTE_DIMS)
 
     Features are standardised, reduced to ``dims`` dimensions by PCA and compared by angle
     (rows scaled to unit length), searched with the same approximate k-d tree as
-    :func:`knn_disagreement`. An image is never its own neighbour. The search does not depend
+    :func:`knn_neighbours`. An image is never its own neighbour. The search does not depend
     on the labels, so one search serves every labeling scored (given and reviewed labels).
 
     Parameters
@@ -197,11 +222,8 @@ def neighbour_votes(neighbour_index: np.ndarray, labels: np.ndarray, num_classes
     """
     caller = "neighbour_votes"
     num_classes = int_checked("num_classes", num_classes, caller, minimum=2)
-    index = array_checked(neighbour_index, "neighbour_index", caller, ndim=2, shape="(N, k)")
+    index = neighbour_index_checked(neighbour_index, caller)
     labels = labels_checked(labels, len(index), num_classes, caller)
-    if not np.issubdtype(index.dtype, np.integer) or index.min(initial=0) < -1 or index.max(initial=0) >= len(index):
-        fail("neighbour_index", caller, f"integer indices in [-1, {len(index) - 1}]",
-             f"dtype {index.dtype}, values {index.min(initial=0)}..{index.max(initial=0)}")
     return _compute_neighbour_votes(index, labels, num_classes)
 
 

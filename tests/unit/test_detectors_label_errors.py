@@ -7,7 +7,7 @@ from cleanlab.rank import get_label_quality_scores
 
 from ml_backend.detectors.label_errors import (COUNT_EXTENSION, REVIEW_THRESHOLD, consensus, error_scores,
                                                estimated_error_count, find_candidates, knn_disagreement,
-                                               label_posterior, neighbour_votes, noise_matrix,
+                                               knn_neighbours, label_posterior, neighbour_votes, noise_matrix,
                                                vote_neighbours)
 
 
@@ -101,8 +101,13 @@ def test_knn_disagreement_is_high_for_a_planted_outlier():
     x = np.concatenate([rng.normal(0, 1, (50, 4)), rng.normal(10, 1, (50, 4))]).astype(np.float32)
     labels = np.array([0] * 50 + [1] * 50)
     labels[3] = 1  # sits among the zeros
-    values = knn_disagreement(np.stack([x, x]), labels, np.arange(100) % 2, k=5)
+    index = knn_neighbours(np.stack([x, x]), np.arange(100) % 2, k=5)
+    values = knn_disagreement(index, labels)
     assert values[3] == 1.0 and np.median(values) == 0.0
+    # One search serves another labeling: the outlier relabeled sits among its own class.
+    relabeled = labels.copy()
+    relabeled[3] = 0
+    assert knn_disagreement(index, relabeled)[3] == 0.0
 
 
 def test_neighbour_votes_read_the_labels_around_an_image_whatever_the_scale_of_a_feature():
@@ -230,16 +235,18 @@ def test_knn_disagreement_uses_each_images_own_fold_space():
     mixed = np.random.default_rng(0).normal(size=(40, 2))  # no class structure at all
     emb = np.stack([good, mixed]).astype(np.float32)
     fold_of = np.array([0] * 10 + [1] * 10 + [0] * 10 + [1] * 10)
-    values = knn_disagreement(emb, labels, fold_of, k=5)
+    values = knn_disagreement(knn_neighbours(emb, fold_of, k=5), labels)
     assert values[fold_of == 0].max() == 0.0 and values[fold_of == 1].mean() > 0.3
 
 
 def test_label_error_inputs_are_checked_with_helpful_messages():
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
     with pytest.raises(ValueError, match="fold_of.*\\[0, 1\\]"):
-        knn_disagreement(np.zeros((2, 2, 3)), np.array([0, 1]), np.array([0, 2]))
+        knn_neighbours(np.zeros((2, 2, 3)), np.array([0, 2]))
     with pytest.raises(ValueError, match="embeddings.*3-D"):
-        knn_disagreement(np.zeros((2, 3)), np.array([0, 1]), np.array([0, 1]))
+        knn_neighbours(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="neighbour_index.*\\[-1, 1\\]"):
+        knn_disagreement(np.array([[1], [2]]), np.array([0, 1]))
     with pytest.raises(ValueError, match="fold_probs.*\\(F, 2, 2\\)"):
         error_scores(probs, np.array([0, 1]), fold_probs=np.stack([probs[:1]] * 3))
     with pytest.raises(ValueError, match="labels.*every one of the 3 classes"):
@@ -249,4 +256,4 @@ def test_label_error_inputs_are_checked_with_helpful_messages():
     with pytest.raises(ValueError, match="fold_probs.*summing to 1"):
         consensus(np.ones((2, 2, 2)), np.array([0, 1]))
     with pytest.raises(TypeError, match="k"):
-        knn_disagreement(np.zeros((1, 2, 3)), np.array([0, 1]), np.array([0, 0]), k=2.5)
+        knn_neighbours(np.zeros((1, 2, 3)), np.array([0, 0]), k=2.5)
