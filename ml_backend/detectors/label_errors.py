@@ -153,14 +153,14 @@ def knn_disagreement(neighbour_index: np.ndarray, labels: np.ndarray) -> np.ndar
         fewer than k other members score above 0 even when they sit among their own class.
     """
     caller = "knn_disagreement"
-    index = neighbour_index_checked(neighbour_index, caller)
+    index = _neighbour_index_checked(neighbour_index, caller)
     labels = labels_checked(labels, len(index), None, caller)
     valid = index >= 0
     differs = (labels[np.where(valid, index, 0)] != labels[:, None]) & valid
     return (differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)).astype(np.float32)
 
 
-def neighbour_index_checked(neighbour_index, caller: str) -> np.ndarray:
+def _neighbour_index_checked(neighbour_index, caller: str) -> np.ndarray:
     """(N, k) integer neighbour indices in [-1, N)."""
     index = array_checked(neighbour_index, "neighbour_index", caller, ndim=2, shape="(N, k)")
     if not np.issubdtype(index.dtype, np.integer) or index.min(initial=0) < -1 or index.max(initial=0) >= len(index):
@@ -222,7 +222,7 @@ def neighbour_votes(neighbour_index: np.ndarray, labels: np.ndarray, num_classes
     """
     caller = "neighbour_votes"
     num_classes = int_checked("num_classes", num_classes, caller, minimum=2)
-    index = neighbour_index_checked(neighbour_index, caller)
+    index = _neighbour_index_checked(neighbour_index, caller)
     labels = labels_checked(labels, len(index), num_classes, caller)
     return _compute_neighbour_votes(index, labels, num_classes)
 
