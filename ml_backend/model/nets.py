@@ -42,7 +42,7 @@ SMALL_CNN_EMBEDDING = 128  # D
 SMALL_CNN_DROPOUT = 0.3
 # Convolutions run on channels-last (NHWC) tensors: on an idle 2-core CPU 1.3-1.5x faster per step
 # than NCHW, for the small CNN's training and the Lite backbones' feature passes alike (A/B, 1 and 2
-# threads); end to end about 10% (the training stage of CIFAR-10N, see the README).
+# threads); end to end the training stage takes 10% less on CIFAR-10N, a third less on Fashion-MNIST.
 FAST_LAYOUT = torch.channels_last
 
 
