@@ -28,7 +28,7 @@ from .detectors.label_errors import (consensus, error_scores, estimated_error_co
                                       knn_disagreement, knn_neighbours, neighbour_votes, vote_neighbours)
 from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import mismatch_score, overview_cells, representatives
-from .detectors.verifier import enough_verdicts, verified_scores, verifier_evidence
+from .detectors.verifier import cells_of, enough_verdicts, verified_scores, verifier_evidence
 from .model import ModelSet, choose_views, cross_fit
 from .model.ensemble import is_pretrained
 from .model.fit import PRETRAINED_PAIR, CrossFitResult
@@ -149,7 +149,8 @@ def rerank(analysis: Analysis, verdicts: np.ndarray, *, seed: int = 0) -> tuple[
     verifier weight; 0 and the stored scores when the verdicts do not validate it)."""
     evidence = verifier_evidence(analysis.pred_probs, analysis.labels, analysis.error_score,
                                  analysis.knn_disagreement, analysis.consensus)
-    return verified_scores(evidence, analysis.error_score, verdicts, seed=seed)
+    return verified_scores(evidence, analysis.error_score, verdicts, cells_of(analysis.labels, analysis.pred_probs),
+                           seed=seed)
 
 
 def _cross_fit_views(dataset: ImageDataset, settings: Settings, progress: Progress):
@@ -230,7 +231,7 @@ def _verify(fits: list[CrossFitResult], probs: np.ndarray, scores: np.ndarray, r
     given = np.asarray(reviews.given_labels, dtype=np.int64)
     _, given_scores, given_agreement, given_knn = _combine_views(fits, given, knn_index, vote_index)
     features = verifier_evidence(probs, given, given_scores, given_knn, given_agreement)
-    blended, weight = verified_scores(features, given_scores, reviews.verdicts, seed=seed)
+    blended, weight = verified_scores(features, given_scores, reviews.verdicts, cells_of(given, probs), seed=seed)
     log.info("verifier: %d verdicts, weight %.2f", int((reviews.verdicts >= 0).sum()), weight)
     if weight == 0:
         return scores, 0.0

@@ -15,8 +15,9 @@ from ._checks import array_checked, fail, scores_checked
 
 MIN_EACH = 30  # verdicts of each kind (wrong, right) before the verifier is fitted at all
 MAX_WEIGHT = 0.5  # the verifier never outweighs the model's own evidence
-HALF_WEIGHT_AT = 200  # verdicts at which the weight reaches half of MAX_WEIGHT
-L2 = 10.0  # ridge penalty on standardised features (few verdicts, many correlated features)
+HALF_WEIGHT_AT = 100  # decisions at which the weight reaches half of MAX_WEIGHT
+CELL_DECISIONS = 20  # the verdicts of one (label, predicted class) cell count as at most this many decisions
+L2 = 100.0  # ridge penalty on standardised features (few decisions, many correlated features)
 FOLDS = 5  # folds of the reviewed images that validate the verifier before it is used
 
 
@@ -48,14 +49,23 @@ def verifier_evidence(pred_probs: np.ndarray, labels: np.ndarray, error_score: n
                             one_hot[labels], one_hot[probs.argmax(axis=1)]])
 
 
-def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray, *,
+def cells_of(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """(N,) int64 id of each image's (label, predicted class) cell."""
+    probs = np.asarray(pred_probs)
+    return np.asarray(labels, dtype=np.int64) * probs.shape[1] + probs.argmax(axis=1)
+
+
+def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray, cells: np.ndarray, *,
                     seed: int = 0) -> tuple[np.ndarray, float]:
     """Error scores re-ranked with what reviewers decided, and the weight the verifier got.
 
     A logistic regression learns from the reviewed images how the evidence maps to "label
     wrong" and scores every image; it is blended in only when, out of fold on the reviewed
     images, it ranks their verdicts better than ``base`` does (AUC), and then with a weight that
-    grows with the number of verdicts (``MAX_WEIGHT * n / (n + HALF_WEIGHT_AT)``). Otherwise,
+    grows with the number of decisions ``n`` (``MAX_WEIGHT * n / (n + HALF_WEIGHT_AT)``). A
+    cell's verdicts count, in the fit and in ``n``, as at most CELL_DECISIONS decisions: a cell
+    relabeled at once is one decision, and hundreds of its verdicts would otherwise teach the
+    verifier that cell instead of what carries over to the cells nobody reviewed. Otherwise,
     or with fewer than MIN_EACH verdicts of either kind, ``base`` comes back unchanged, so a
     few verdicts cannot hurt. Blending is on percentile ranks (both scores' scales differ).
 
@@ -69,6 +79,8 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
     verdicts : ndarray of shape (N,), int
         1 = a reviewer found the label wrong, 0 = right, -1 = not reviewed (or no verdict on
         the label, e.g. ambiguous).
+    cells : ndarray of shape (N,), int
+        Each image's (given label, predicted class) cell, any id per cell (:func:`cells_of`).
 
     Returns
     -------
@@ -82,25 +94,31 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
     verdicts = np.asarray(verdicts)
     if verdicts.shape != (n,) or not np.isin(verdicts, (-1, 0, 1)).all():
         fail("verdicts", caller, f"an ({n},) array of -1, 0 and 1", f"shape {verdicts.shape}")
+    cells = np.asarray(cells)
+    if cells.shape != (n,) or not np.issubdtype(cells.dtype, np.integer):
+        fail("cells", caller, f"an ({n},) integer array", f"shape {cells.shape}, dtype {cells.dtype}")
     if not enough_verdicts(verdicts):
         return base.astype(np.float32), 0.0
     known = np.flatnonzero(verdicts >= 0)
     wrong = verdicts[known].astype(np.float64)
+    _, cell_index, per_cell = np.unique(cells[known], return_inverse=True, return_counts=True)
+    decision = np.minimum(1.0, CELL_DECISIONS / per_cell[cell_index])
     z = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-    if _out_of_fold_auc(z[known], wrong, seed) <= _auc(base[known], wrong):
+    if _out_of_fold_auc(z[known], wrong, decision, seed) <= _auc(base[known], wrong):
         return base.astype(np.float32), 0.0
-    weight = MAX_WEIGHT * len(known) / (len(known) + HALF_WEIGHT_AT)
-    p_wrong = _predict(_fit(z[known], wrong), z)
+    weight = MAX_WEIGHT * decision.sum() / (decision.sum() + HALF_WEIGHT_AT)
+    p_wrong = _predict(_fit(z[known], wrong, decision), z)
     blended = (1 - weight) * rankdata(base) / n + weight * rankdata(p_wrong) / n
     return blended.astype(np.float32), float(weight)
 
 
-def _fit(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Ridge-penalised logistic regression; returns weights with the bias last."""
+def _fit(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray) -> np.ndarray:
+    """Ridge-penalised, weighted logistic regression; returns weights with the bias last."""
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         p = 1.0 / (1.0 + np.exp(-(z @ w[:-1] + w[-1])))
-        value = -(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)).sum() + L2 / 2 * w[:-1] @ w[:-1]
-        return value, np.append(z.T @ (p - y) + L2 * w[:-1], (p - y).sum())
+        log_lik = sample_weight * (y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12))
+        residual = sample_weight * (p - y)
+        return -log_lik.sum() + L2 / 2 * w[:-1] @ w[:-1], np.append(z.T @ residual + L2 * w[:-1], residual.sum())
     return minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B").x
 
 
@@ -108,11 +126,12 @@ def _predict(w: np.ndarray, z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(z @ w[:-1] + w[-1])))
 
 
-def _out_of_fold_auc(z: np.ndarray, y: np.ndarray, seed: int) -> float:
+def _out_of_fold_auc(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, seed: int) -> float:
     fold = np.random.default_rng(seed).permutation(len(y)) % FOLDS
     scores = np.empty(len(y))
     for f in range(FOLDS):
-        scores[fold == f] = _predict(_fit(z[fold != f], y[fold != f]), z[fold == f])
+        train = fold != f
+        scores[~train] = _predict(_fit(z[train], y[train], sample_weight[train]), z[~train])
     return _auc(scores, y)
 
 

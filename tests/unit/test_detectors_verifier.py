@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ml_backend.detectors.verifier import MIN_EACH, verified_scores, verifier_evidence
+from ml_backend.detectors.verifier import (CELL_DECISIONS, HALF_WEIGHT_AT, MAX_WEIGHT, MIN_EACH, cells_of,
+                                           verified_scores, verifier_evidence)
 
 
 def project(seed=0, n=3000):
@@ -13,14 +14,15 @@ def project(seed=0, n=3000):
     wrong = (rng.random(n) < np.where(kind == 1, 0.8, 0.1)).astype(int)
     base = np.clip(0.5 + 0.1 * rng.normal(size=n), 0, 1)
     evidence = np.column_stack([kind + 0.3 * rng.normal(size=n), rng.normal(size=n)])
-    return evidence, base, wrong
+    cells = rng.integers(0, 40, n)  # 400 reviewed: about 10 verdicts a cell
+    return evidence, base, wrong, cells
 
 
 def test_verdicts_teach_which_disagreements_are_errors_and_rerank_the_rest():
-    evidence, base, wrong = project()
+    evidence, base, wrong, cells = project()
     verdicts = np.full(len(base), -1)
     verdicts[:400] = wrong[:400]  # 400 reviewed
-    scores, weight = verified_scores(evidence, base, verdicts)
+    scores, weight = verified_scores(evidence, base, verdicts, cells)
     rest = slice(400, None)
     top = lambda s: wrong[rest][np.argsort(-s[rest])[:500]].mean()  # noqa: E731
     assert 0 < weight <= 0.5 and top(scores) > top(base) + 0.15
@@ -29,7 +31,7 @@ def test_verdicts_teach_which_disagreements_are_errors_and_rerank_the_rest():
 
 @pytest.mark.parametrize("reviewed", [2 * MIN_EACH - 2, 400])
 def test_too_few_verdicts_of_a_kind_or_a_verifier_that_does_not_validate_change_nothing(reviewed):
-    evidence, base, wrong = project()
+    evidence, base, wrong, cells = project()
     verdicts = np.full(len(base), -1)
     if reviewed == 400:  # enough verdicts, but the evidence carries nothing about them
         evidence = np.random.default_rng(1).normal(size=evidence.shape)
@@ -38,8 +40,24 @@ def test_too_few_verdicts_of_a_kind_or_a_verifier_that_does_not_validate_change_
     else:  # all but one kind: too few right labels to learn from
         verdicts[:reviewed] = 1
         verdicts[reviewed:reviewed + MIN_EACH - 1] = 0
-    scores, weight = verified_scores(evidence, base, verdicts)
+    scores, weight = verified_scores(evidence, base, verdicts, cells)
     assert weight == 0.0 and np.array_equal(scores, base.astype(np.float32))
+
+
+def test_a_cell_reviewed_at_once_counts_as_a_few_decisions_not_hundreds():
+    evidence, base, wrong, cells = project()
+    verdicts = np.full(len(base), -1)
+    verdicts[:400] = wrong[:400]
+    _, spread = verified_scores(evidence, base, verdicts, cells)
+    two_cells = np.where(np.arange(len(base)) < 200, 0, 1)  # the 400 verdicts in two cells
+    _, bulk = verified_scores(evidence, base, verdicts, two_cells)
+    decisions = 2 * CELL_DECISIONS
+    assert bulk == pytest.approx(MAX_WEIGHT * decisions / (decisions + HALF_WEIGHT_AT)) and bulk < spread / 2
+
+
+def test_cells_are_the_label_and_the_predicted_class():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.1, 0.7]])
+    assert cells_of(np.array([1, 1, 0]), probs).tolist() == [3, 4, 2]
 
 
 def test_evidence_has_the_error_terms_probabilities_and_both_classes_one_hot():
@@ -49,4 +67,6 @@ def test_evidence_has_the_error_terms_probabilities_and_both_classes_one_hot():
     assert x[0, :6].tolist() == pytest.approx([0.8, 0.5, 1.0, 0.2, 0.7, 0.5])  # p_label, p_max, margin
     assert x[0, 7:].tolist() == [0, 1, 0, 1, 0, 0]  # label 1, predicted 0
     with pytest.raises(ValueError, match="verdicts"):
-        verified_scores(x, np.array([0.8, 0.1]), np.array([2, 0]))
+        verified_scores(x, np.array([0.8, 0.1]), np.array([2, 0]), np.array([1, 3]))
+    with pytest.raises(ValueError, match="cells"):
+        verified_scores(x, np.array([0.8, 0.1]), np.array([1, 0]), np.array([1.0, 3.0]))
