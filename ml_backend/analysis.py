@@ -60,7 +60,8 @@ class Analysis:
     summary : dict, counts, estimated label-error rate, accuracy estimate, skipped files, timings.
     params : dict, every setting the run used.
     evidence : dict of str -> (N,) float32 in [0, 1], each evidence source on its own (higher =
-        label more likely wrong): ``doubt_<backbone>`` = 1 - label quality of that view.
+        label more likely wrong): ``doubt_<backbone>`` = 1 - label quality of that view;
+        ``doubt_without_verifier`` = the error score before the verifier re-ranked it (only when it did).
         Exported as scores.csv columns.
     reviewed : (N,) bool, a reviewer's verdict was an input (``reviews``); never a candidate.
         All False when not given (and in analyses saved before the field existed).

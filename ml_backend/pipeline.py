@@ -103,7 +103,10 @@ def run_analysis(
     evidence = _view_doubts(fits, labels, given)
     verifier_weight = 0.0
     if reviews is not None and settings.verifier:
+        model_scores = scores
         scores, verifier_weight = _verify(fits, probs, scores, reviews, settings.seed, knn_index, vote_index)
+        if verifier_weight > 0:
+            evidence["doubt_without_verifier"] = model_scores.astype(np.float32)
     predicted = probs.argmax(axis=1).astype(np.int64)
     mismatch = mismatch_score(probs, labels)
     models = ModelSet(ensembles)
