@@ -45,6 +45,7 @@ from bench_detection import FASHION_SWAPS, MNIST_SWAPS, corrupt, load_cifar10n, 
 
 from ml_backend.config import Settings  # noqa: E402
 from ml_backend.dataset import ImageDataset  # noqa: E402
+from ml_backend.detectors.overview import overview_cells  # noqa: E402
 from ml_backend.model.fit import train_single  # noqa: E402
 from ml_backend.pipeline import run_analysis  # noqa: E402
 from ml_backend.publish import duplicate_groups  # noqa: E402
@@ -170,8 +171,10 @@ def review_rounds(title: str, x, noisy, truth, split, *, rounds: int, share: flo
             analysis, reviewed, seconds = analyse(reviews)
             # The same retraining ranked without the verifier: a paired comparison, free of
             # the run-to-run spread of the training itself.
-            unverified = replace(analysis, error_score=analysis.evidence.get("doubt_without_verifier",
-                                                                             analysis.error_score))
+            model_score = analysis.evidence.get("doubt_without_verifier", analysis.error_score)
+            unverified = replace(analysis, error_score=model_score, cells=overview_cells(
+                analysis.pred_probs, analysis.labels, mismatch=analysis.mismatch,
+                duplicate_group=analysis.duplicate_group, error_score=model_score))
             rows.append((f"with verdicts, round {r}, retrained", f"{r} x {share:.0%}",
                          fixed_after_round(unverified, reviewed, labels, r), seconds))
             how = f", retrained + verifier (weight {analysis.summary['verifier_weight']:.2f})"

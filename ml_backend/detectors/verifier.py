@@ -67,7 +67,8 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
     relabeled at once is one decision, and hundreds of its verdicts would otherwise teach the
     verifier that cell instead of what carries over to the cells nobody reviewed. Otherwise,
     or with fewer than MIN_EACH verdicts of either kind, ``base`` comes back unchanged, so a
-    few verdicts cannot hurt. Blending is on percentile ranks (both scores' scales differ).
+    few verdicts cannot hurt. Blending is on percentile ranks (both scores' scales differ); the
+    blend only re-orders: the i-th highest score returned is the i-th highest of ``base``.
 
     Parameters
     ----------
@@ -109,7 +110,11 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
     weight = MAX_WEIGHT * decision.sum() / (decision.sum() + HALF_WEIGHT_AT)
     p_wrong = _predict(_fit(z[known], wrong, decision), z)
     blended = (1 - weight) * rankdata(base) / n + weight * rankdata(p_wrong) / n
-    return blended.astype(np.float32), float(weight)
+    # The verifier re-orders the scores; their values stay the model's, so the review list's
+    # length and the cells' flags still read them as the chance that a label is wrong.
+    scores = np.empty(n, dtype=np.float32)
+    scores[np.argsort(blended, kind="stable")] = np.sort(base)
+    return scores, float(weight)
 
 
 def _fit(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray) -> np.ndarray:

@@ -152,6 +152,7 @@ def test_verdicts_are_an_input_reviewed_images_train_as_decided_and_leave_the_ca
     summary = json.loads((again / "summary.json").read_text())
     assert summary["reviewed"] == 3 - 1  # the removed one is not scored
     assert summary["verifier_weight"] == 0.0  # two verdicts teach the verifier nothing: the ranking is the model's
+    assert "doubt_without_verifier" not in after[fixed]  # written only when the verifier re-ranked
 
 
 def test_an_analysis_with_every_image_confirmed_still_runs(analysed, tmp_path, capsys):
