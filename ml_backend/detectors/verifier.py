@@ -11,7 +11,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from ._checks import array_checked, fail, scores_checked
+from ._checks import array_checked, fail, labels_checked, scores_checked
 
 MIN_EACH = 30  # verdicts of each kind (wrong, right) before the verifier is fitted at all
 MAX_WEIGHT = 0.5  # the verifier never outweighs the model's own evidence
@@ -81,7 +81,7 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
         1 = a reviewer found the label wrong, 0 = right, -1 = not reviewed (or no verdict on
         the label, e.g. ambiguous).
     cells : ndarray of shape (N,), int
-        Each image's (given label, predicted class) cell, any id per cell (:func:`cells_of`).
+        Each image's (given label, predicted class) cell, any non-negative id per cell (:func:`cells_of`).
 
     Returns
     -------
@@ -95,9 +95,7 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
     verdicts = np.asarray(verdicts)
     if verdicts.shape != (n,) or not np.isin(verdicts, (-1, 0, 1)).all():
         fail("verdicts", caller, f"an ({n},) array of -1, 0 and 1", f"shape {verdicts.shape}")
-    cells = np.asarray(cells)
-    if cells.shape != (n,) or not np.issubdtype(cells.dtype, np.integer):
-        fail("cells", caller, f"an ({n},) integer array", f"shape {cells.shape}, dtype {cells.dtype}")
+    cells = labels_checked(cells, n, None, caller, name="cells")
     if not enough_verdicts(verdicts):
         return base.astype(np.float32), 0.0
     known = np.flatnonzero(verdicts >= 0)

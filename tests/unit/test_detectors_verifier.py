@@ -69,5 +69,5 @@ def test_evidence_has_the_error_terms_probabilities_and_both_classes_one_hot():
     assert x[0, 7:].tolist() == [0, 1, 0, 1, 0, 0]  # label 1, predicted 0
     with pytest.raises(ValueError, match="verdicts"):
         verified_scores(x, np.array([0.8, 0.1]), np.array([2, 0]), np.array([1, 3]))
-    with pytest.raises(ValueError, match="cells"):
+    with pytest.raises(TypeError, match="cells"):  # the labels' check: integer ids only
         verified_scores(x, np.array([0.8, 0.1]), np.array([1, 0]), np.array([1.0, 3.0]))
