@@ -153,17 +153,15 @@ def review_rounds(title: str, x, noisy, truth, split, *, rounds: int, share: flo
         analysis, _ = run_analysis(subset, Settings.from_env({}), reviews=outcome)
         return analysis, outcome.reviewed, time.perf_counter() - start
 
-    def fixed_after_round(analysis, reviewed, labels, r) -> float:
+    def fixed_after_looking(analysis, reviewed, labels, looks: int, seed: int) -> float:
         after = labels.copy()
-        for i, label in look(analysis, reviewed, truth, budget, np.random.default_rng(r)).items():
+        for i, label in look(analysis, reviewed, truth, looks, np.random.default_rng(seed)).items():
             after[i] = label
         return fixed_share(after)
 
     first, reviewed, seconds = analyse({})
-    static = noisy.copy()
-    for i, label in look(first, reviewed, truth, rounds * budget, np.random.default_rng(0)).items():
-        static[i] = label
-    rows = [("static ranking", f"{rounds} x {share:.0%} on round 1's order", fixed_share(static), seconds)]
+    rows = [("static ranking", f"{rounds} x {share:.0%} on round 1's order",
+             fixed_after_looking(first, reviewed, noisy, rounds * budget, 0), seconds)]
     labels, reviews, analysis = noisy.copy(), {}, first
     for r in range(1, rounds + 1):
         how = ""
@@ -176,7 +174,7 @@ def review_rounds(title: str, x, noisy, truth, split, *, rounds: int, share: flo
                 analysis.pred_probs, analysis.labels, mismatch=analysis.mismatch,
                 duplicate_group=analysis.duplicate_group, error_score=model_score))
             rows.append((f"with verdicts, round {r}, retrained", f"{r} x {share:.0%}",
-                         fixed_after_round(unverified, reviewed, labels, r), seconds))
+                         fixed_after_looking(unverified, reviewed, labels, budget, r), seconds))
             how = f", retrained + verifier (weight {analysis.summary['verifier_weight']:.2f})"
         for i, label in look(analysis, reviewed, truth, budget, np.random.default_rng(r)).items():
             reviews[data.items[i]] = Review("confirmed" if label == labels[i] else "relabeled", names[label])
