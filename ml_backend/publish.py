@@ -5,7 +5,7 @@ and the overview project (:func:`publish_analysis`), and take it all out again
 ``ls.client``.
 
 Everything written carries the analysis' model version and can be removed again:
-predictions by model version, task fields by their ``dc_`` prefix, tabs by title prefix.
+predictions by model version, task fields by name (``vocabulary.TASK_FIELDS``), tabs by title prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .ls.schema import ClassSpec
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
 from .views.review import evidence_html
-from .vocabulary import FIELD_PREFIX, REVIEW_QUEUE_TAB, TAB_PREFIX, VERSION_FIELD, Progress, Verdict
+from .vocabulary import REVIEW_QUEUE_TAB, TAB_PREFIX, VERSION_FIELD, Progress, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +68,28 @@ def task_fields(analysis: Analysis, i: int, *, leakage: set[int], groups: dict[i
     """Our ``dc_`` fields for image ``i``; the Data Manager tabs filter and sort on them.
     ``groups``: image index -> (duplicate group number, its highest SSIM with a copy), see
     :func:`duplicate_groups`; 0 and 0.0 for images without a copy."""
-    reviewed = verdict["verdict"] if verdict else ""
     group, similarity = groups.get(i, (0, 0.0))
     return {
         "dc_error_score": round(float(analysis.error_score[i]), 6),
         "dc_suggested": analysis.class_names[analysis.predicted[i]],
         "dc_p_suggested": round(float(analysis.pred_probs[i, analysis.predicted[i]]), 6),
         "dc_cell": analysis.cell_name(i),
-        "dc_candidate": int(bool(analysis.is_candidate[i]) and not reviewed),
-        "dc_unreviewed": int(not reviewed),
+        **review_fields(analysis, i, verdict),
         "dc_duplicate": int(group > 0),
         "dc_duplicate_group": group,
         "dc_similarity": round(similarity, 4),
         "dc_leakage": int(i in leakage),
-        "dc_reviewed": reviewed,
-        "dc_excluded": int(reviewed == Verdict.REMOVED),
         VERSION_FIELD: analysis.model_version,
         "dc_evidence": evidence,
     }
+
+
+def review_fields(analysis: Analysis, i: int, verdict: dict | None) -> dict:
+    """The fields that put image ``i``'s task in the review queue and the cell tabs, or, once
+    reviewed (``verdict``), out of them and into the reviewed (and excluded) ones."""
+    reviewed = verdict["verdict"] if verdict else ""
+    return {"dc_candidate": int(bool(analysis.is_candidate[i]) and not reviewed), "dc_unreviewed": int(not reviewed),
+            "dc_reviewed": reviewed, "dc_excluded": int(reviewed == Verdict.REMOVED)}
 
 
 def leakage_members(analysis: Analysis) -> set[int]:
@@ -112,15 +116,18 @@ def duplicate_groups(analysis: Analysis) -> dict[int, tuple[int, float]]:
 
 def desired_fields(
     analysis: Analysis, verdicts: dict[str, dict], evidence: Callable[[int], str], crowd: dict | None = None,
+    *, tasks: set[int] | None = None,
 ) -> dict[int, dict]:
     """task id -> the ``dc_`` fields it should carry now: flagged tasks, reviewed ones, and tasks
     whose annotators disagree (``crowd``, see ``service.crowd``: consensus label, its quality
-    and the rank in the disagreement tab)."""
+    and the rank in the disagreement tab). ``tasks``: only these task ids (all when None)."""
     leakage, groups = leakage_members(analysis), duplicate_groups(analysis)
     disagreements = (crowd or {}).get("disagreements", {})
     wanted = {}
     for i in range(len(analysis)):
         task_id = int(analysis.task_ids[i])
+        if tasks is not None and task_id not in tasks:
+            continue
         verdict = verdicts.get(str(task_id))
         disagreement = disagreements.get(str(task_id))
         if task_id >= 0 and (is_flagged(analysis, i) or verdict or disagreement):
@@ -205,16 +212,18 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     ``queue``), the other flagged tasks' fields (``more fields``), every other task's prediction
     (``predictions``) and the removal of older versions' predictions (``old predictions``)."""
     urls = image_url(settings, project_id, analysis.model_version)
-    wanted = desired_fields(
-        analysis, store.verdicts(), lambda i: evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i)
-        else "", crowd)
+
+    def evidence(i: int) -> str:
+        return evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i) else ""
+    verdicts = store.verdicts()
+    wanted = desired_fields(analysis, verdicts, evidence, crowd)
     index = analysis.index_of_task()
     progress("publish", 0, 4)
     client.create_predictions(project_id, [prediction(analysis, index[t], spec) for t in wanted if t in index])
     progress("publish", 1, 4)
-    stale = client.stale_task_fields(project_id, wanted, prefix=FIELD_PREFIX)
+    stale = client.stale_task_fields(project_id, wanted)
     lead, queue, rest = review_order(stale, wanted, lead=REVIEW_LEAD)
-    client.write_task_fields(project_id, lead, prefix=FIELD_PREFIX,
+    client.write_task_fields(project_id, lead,
                              progress=lambda done, total: progress("publish fields", done, total))
     progress("publish", 2, 4)
 
@@ -230,8 +239,9 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("publish", 4, 4)
 
     for stage, fields in (("queue", queue), ("more fields", rest)):
-        client.write_task_fields(project_id, fields, prefix=FIELD_PREFIX,
+        client.write_task_fields(project_id, fields,
                                  progress=lambda done, total, stage=stage: progress(stage, done, total))
+    catch_up_with_verdicts(client, project_id, analysis, store, verdicts, evidence, crowd)
     others = [i for i in np.flatnonzero(analysis.task_ids >= 0) if int(analysis.task_ids[i]) not in wanted]
     progress("predictions", 0, 1)
     client.create_predictions(project_id, [prediction(analysis, i, spec) for i in others])
@@ -239,6 +249,22 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("old predictions", 0, 1)  # Label Studio takes minutes to delete 70,000 (BULK_TIMEOUT)
     client.delete_predictions(project_id, keep_version=analysis.model_version)
     progress("old predictions", 1, 1)
+
+
+def catch_up_with_verdicts(client: LabelStudioClient, project_id: int, analysis: Analysis, store: ProjectStore,
+                           seen: dict[str, dict], evidence: Callable[[int], str], crowd: dict | None) -> int:
+    """Rewrite the fields of the tasks whose verdict changed since ``seen`` (the verdicts publishing
+    started from). Reviewers work while a big project publishes (minutes); a verdict marks its task
+    reviewed at once, and a field write made from ``seen`` afterwards would put the task back in the
+    queue, where "select all" in a cell tab could override the reviewer. Returns how many changed."""
+    now = store.verdicts()
+    moved = {int(t) for t in {*now, *seen} if now.get(t) != seen.get(t)}
+    if not moved:
+        return 0
+    fresh = desired_fields(analysis, now, evidence, crowd, tasks=moved)
+    log.info("project %s: %d verdict(s) came in while publishing; their tasks' fields follow them", project_id,
+             len(moved))
+    return client.write_task_fields(project_id, {t: fresh.get(t, {}) for t in moved})
 
 
 def review_order(stale: dict[int, dict], wanted: dict[int, dict], *, lead: int = REVIEW_LEAD
@@ -276,7 +302,7 @@ def review_order(stale: dict[int, dict], wanted: dict[int, dict], *, lead: int =
 
 def unpublish_project(project_id: int, settings: Settings) -> dict:
     """Take everything the backend wrote out of Label Studio again: our predictions (every
-    ``deconfusion`` model version), our ``dc_`` task fields, our tabs and the overview project.
+    ``deconfusion`` model version), our task fields, our tabs and the overview project.
     Annotations, the user's task data and other models' predictions stay; the analyses stay on
     disk under MODEL_DIR. Returns what was removed."""
     with LabelStudioClient(settings) as client:
@@ -287,7 +313,7 @@ def _unpublish(client: LabelStudioClient, project_id: int, store: ProjectStore) 
     client.get_project(project_id)  # a clear error for a wrong id before anything changes
     # Fields first: each field write re-reads its task, and Label Studio answers a read of a task
     # without predictions by asking the connected backend for one, which would come back.
-    fields = client.sync_task_fields(project_id, {}, prefix=FIELD_PREFIX)
+    fields = client.sync_task_fields(project_id, {})
     versions = client.delete_predictions(project_id)
     tabs = client.delete_views(project_id, TAB_PREFIX)
     overview_id = store.project_info().get("overview_project")

@@ -12,9 +12,16 @@ from enum import Enum
 from typing import Callable
 
 FIELD_PREFIX = "dc_"
-"""Every task-data key the backend writes starts with it; unpublish removes exactly those."""
+"""The backend's task fields and review controls are named with it."""
 VERSION_FIELD = f"{FIELD_PREFIX}version"
 """Every task the backend gives fields carries this one, its model version."""
+TASK_FIELDS = frozenset({
+    "dc_error_score", "dc_suggested", "dc_p_suggested", "dc_cell", "dc_candidate", "dc_unreviewed",
+    "dc_duplicate", "dc_duplicate_group", "dc_similarity", "dc_leakage", "dc_reviewed", "dc_excluded",
+    "dc_evidence", "dc_consensus", "dc_consensus_quality", "dc_disagreement_rank", VERSION_FIELD,
+})
+"""Every task-data key the backend writes into a project's tasks, by name: only these are ever
+changed or removed (unpublish), so a user's own key stays even when it starts with ``dc_``."""
 VERSION_PREFIX = "deconfusion"
 """Every model version the backend publishes starts with it; other models' predictions stay."""
 UNTRAINED_VERSION = f"{VERSION_PREFIX}-untrained"

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from ..config import Settings
 from ..dataset import SPLITS
 from ..errors import LabelStudioError, LabelStudioRejected
-from ..vocabulary import FIELD_PREFIX, VERSION_FIELD, VERSION_PREFIX
+from ..vocabulary import TASK_FIELDS, VERSION_FIELD, VERSION_PREFIX
 from .media import Downloads, LabeledImage, Media
 from .schema import ClassSpec
 from .transport import RETRY_DELAYS, Transport
@@ -253,12 +253,11 @@ class LabelStudioClient:
     # write re-reads its task right before it and sends back the user's keys as just read: an edit
     # made while we publish (minutes for a big project) is kept. What is left is one request's
     # latency between that GET and the PATCH; a Data Manager filter only picks the tasks to touch.
-    def merge_task_fields(self, project_id: int, updates: Mapping[int, Mapping[str, Any]], *,
-                          prefix: str = FIELD_PREFIX) -> int:
-        """Add or replace our ``prefix`` keys in a few tasks' data (``updates[task_id]``), keeping
+    def merge_task_fields(self, project_id: int, updates: Mapping[int, Mapping[str, Any]]) -> int:
+        """Add or replace our keys (``TASK_FIELDS``) in a few tasks' data (``updates[task_id]``), keeping
         every user key as it is, WORKERS tasks at a time. Returns how many tasks changed."""
         for fields in updates.values():
-            _check_own_keys(fields, prefix)
+            _check_own_keys(fields)
 
         def merge(item: tuple[int, Mapping[str, Any]]) -> bool:
             task_id, fields = item
@@ -266,30 +265,27 @@ class LabelStudioClient:
         return sum(_parallel(merge, list(updates.items())))
 
     def sync_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
-                         prefix: str = FIELD_PREFIX, progress: Callable[[int, int], None] | None = None) -> int:
-        """Make every task of the project carry exactly ``wanted[task_id]`` as its ``prefix``
-        keys (none when absent); PATCH only tasks that change. Returns how many changed.
+                         progress: Callable[[int, int], None] | None = None) -> int:
+        """Make every task of the project carry exactly ``wanted[task_id]`` as its keys of
+        ``TASK_FIELDS`` (none when absent); PATCH only tasks that change. Returns how many changed.
         progress : called as progress(done, total) over the tasks to rewrite."""
-        stale = self.stale_task_fields(project_id, wanted, prefix=prefix)
-        return self.write_task_fields(project_id, {t: wanted.get(t, {}) for t in stale}, prefix=prefix,
-                                      progress=progress)
+        stale = self.stale_task_fields(project_id, wanted)
+        return self.write_task_fields(project_id, {t: wanted.get(t, {}) for t in stale}, progress=progress)
 
-    def stale_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
-                          prefix: str = FIELD_PREFIX) -> dict[int, dict]:
-        """task id -> the ``prefix`` keys it carries now, for every task whose keys differ from
+    def stale_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]]) -> dict[int, dict]:
+        """task id -> our keys it carries now, for every task whose keys differ from
         ``wanted[task_id]`` (none when absent): the tasks that carry ours (:meth:`own_keys_by_task`)
         and the wanted tasks that carry none yet."""
         for fields in wanted.values():
-            _check_own_keys(fields, prefix)
+            _check_own_keys(fields)
         keys = {VERSION_FIELD, *(key for fields in wanted.values() for key in fields)}
-        now = self.own_keys_by_task(project_id, prefix, also=keys)
+        now = self.own_keys_by_task(project_id, also=keys)
         stale = {task_id: ours for task_id, ours in now.items() if ours != wanted.get(task_id, {})}
         stale.update({int(task_id): {} for task_id, fields in wanted.items() if fields and int(task_id) not in now})
         return stale
 
-    def own_keys_by_task(self, project_id: int, prefix: str = FIELD_PREFIX,
-                         also: Iterable[str] = (VERSION_FIELD,)) -> dict[int, dict]:
-        """task id -> its ``prefix`` keys, for every task of the project that carries any.
+    def own_keys_by_task(self, project_id: int, also: Iterable[str] = (VERSION_FIELD,)) -> dict[int, dict]:
+        """task id -> its keys of ``TASK_FIELDS``, for every task of the project that carries any.
 
         Label Studio keeps the data keys its tasks carry (the project summary, where the Data
         Manager's columns come from), so a Data Manager filter on ours lists just those tasks:
@@ -306,26 +302,26 @@ class LabelStudioClient:
         except (LabelStudioRejected, KeyError, TypeError):
             tasks: Iterable[dict] = self.export_tasks(project_id)
         else:
-            keys = sorted(k for k in {*columns, *also} if k.startswith(prefix))
+            keys = sorted(k for k in {*columns, *also} if k in TASK_FIELDS)
             if not keys:
                 return {}
             carries = [{"filter": f"filter:tasks:data.{key}", "operator": "empty", "type": "String", "value": False}
                        for key in keys]
             query = json.dumps({"filters": {"conjunction": "or", "items": carries}})
             tasks = self.paged_tasks({"project": int(project_id), "query": query})
-        return {int(task["id"]): ours for task in tasks if (ours := _own_keys(task.get("data") or {}, prefix))}
+        return {int(task["id"]): ours for task in tasks if (ours := _own_keys(task.get("data") or {}))}
 
     def write_task_fields(self, project_id: int, fields: Mapping[int, Mapping[str, Any]], *,
-                          prefix: str = FIELD_PREFIX, progress: Callable[[int, int], None] | None = None) -> int:
-        """Make each task ``fields`` names carry exactly ``fields[task_id]`` as its ``prefix`` keys
+                          progress: Callable[[int, int], None] | None = None) -> int:
+        """Make each task ``fields`` names carry exactly ``fields[task_id]`` as its keys of ``TASK_FIELDS``
         (an empty mapping removes ours), keeping every user key as it is, WORKERS tasks at a time.
         Returns how many tasks changed. progress : progress(done, total) over these tasks."""
         for ours in fields.values():
-            _check_own_keys(ours, prefix)
+            _check_own_keys(ours)
 
         def rewrite(task_id: int) -> bool:
             return self._rewrite_data(task_id, lambda data: {
-                **{k: v for k, v in data.items() if not k.startswith(prefix)}, **fields[task_id]})
+                **{k: v for k, v in data.items() if k not in TASK_FIELDS}, **fields[task_id]})
         return sum(_parallel(rewrite, list(fields), progress))
 
     def _rewrite_data(self, task_id: int, change: Callable[[dict], dict]) -> bool:
@@ -437,16 +433,15 @@ def _when(stamp: Any) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def _own_keys(data: Mapping[str, Any], prefix: str) -> dict:
-    return {k: v for k, v in data.items() if k.startswith(prefix)}
+def _own_keys(data: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in data.items() if k in TASK_FIELDS}
 
 
-def _check_own_keys(keys: Iterable[str], prefix: str) -> None:
-    if not prefix:
-        raise ValueError("prefix must not be empty: it keeps the user's task-data keys safe")
-    foreign = sorted(k for k in keys if not str(k).startswith(prefix))
+def _check_own_keys(keys: Iterable[str]) -> None:
+    foreign = sorted(str(k) for k in keys if k not in TASK_FIELDS)
     if foreign:
-        raise ValueError(f"task-data keys {foreign} do not start with {prefix!r}; only our own keys may be written")
+        raise ValueError(f"task-data keys {foreign} are not the backend's (vocabulary.TASK_FIELDS); "
+                         "only its own keys may be written")
 
 
 def _column(field: str) -> str:

@@ -14,7 +14,7 @@ from label_studio_sdk._legacy.exceptions import LabelStudioXMLSyntaxErrorSentryI
 from label_studio_sdk.label_interface import LabelInterface
 
 from ..errors import LabelConfigError
-from ..vocabulary import FIELD_PREFIX as OWN_PREFIX
+from ..vocabulary import FIELD_PREFIX as OWN_PREFIX, TASK_FIELDS
 
 SINGLE_CHOICE = ("single", "single-radio")
 WHERE = "Project Settings → Labeling Interface → Code"
@@ -60,6 +60,10 @@ def parse_label_config(xml: str) -> ClassSpec:
         raise LabelConfigError(
             f'<Image name="{image_name}" value="{value}"> must have a name and take its image from task data, '
             'e.g. <Image name="image" value="$image"/>')
+    if value[1:] in TASK_FIELDS:
+        raise LabelConfigError(
+            f'<Image value="{value}"> reads the task field {value[1:]!r}, which De-Confusion writes its own results '
+            f"to: rename that task-data key (and the value) to another name, e.g. $image")
 
     choices = [c for c in interface.controls if c.tag.lower() == "choices" and not c.name.startswith(OWN_PREFIX)]
     loose = [el for el in root.iter("Choices")

@@ -23,7 +23,7 @@ from ..reviews import apply_reviews
 from ..store import ProjectStore, write_json
 from ..vocabulary import VERSION_PREFIX, Progress, Verdict
 from .crowd import CROWD_FILE, crowd_summary
-from .verdicts import reviews_from_verdicts
+from .verdicts import rerank_after_publishing, reviews_from_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     # /setup reports the current version; it must equal the published predictions' version.
     store.set_current(version, iteration)
     publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress, crowd=crowd)
+    rerank_after_publishing(store, analysis, lambda updates: client.merge_task_fields(project_id, updates),
+                            after_verdicts=settings.rerank_after_verdicts, seed=settings.seed)
     store.append_history(history_entry(analysis, iteration, store.verdicts(), crowd))
     store.mark_published(fingerprint)
     log.info("project %s: published %s (%d candidates)", project_id, version, int(analysis.is_candidate.sum()))

@@ -20,7 +20,7 @@ from ..errors import LabelStudioRejected
 from ..ls.client import LabelStudioClient
 from ..ls.schema import ClassSpec
 from ..pipeline import rerank
-from ..publish import is_flagged
+from ..publish import is_flagged, review_fields
 from ..reviews import Review
 from ..store import ProjectStore
 from ..vocabulary import VERDICT_CONTROL, Verdict
@@ -84,13 +84,17 @@ class VerdictHandler:
             found = client.find_annotations(annotation_ids)
             if action == "ANNOTATIONS_DELETED":
                 gone = {a for a, annotation in found.items() if annotation is None}
-                return {"status": "ok", "forgotten": forget_verdicts(store, gone)}
+                forgotten = forget_verdicts(store, gone)
+                _mark_reviewed(client, project_id, store, analysis, forgotten)  # back in the queue
+                return {"status": "ok", "forgotten": len(forgotten)}
             genuine = [a for a in found.values() if a is not None and _in_project(client, a, project_id)]
             changed = record_verdicts(store, analysis, genuine)
+            # every reviewed task of the event, not only changed ones: a repeated event retries a failed mark
+            reviewed = {int(a["task"]) for a in genuine} & {int(t) for t in store.verdicts()}
+            _mark_reviewed(client, project_id, store, analysis, sorted(reviewed))
             if changed:
-                _mark_reviewed(client, project_id, store, changed)
                 if self.submit is not None and retrain_due(store, self.settings.retrain_after_verdicts):
-                    self.submit(project_id)
+                    self._submit_retraining(store, project_id)
                 elif rerank_due(store, self.settings.rerank_after_verdicts):
                     self.reranks.run(project_id, lambda: self.rerank(project_id))
         unknown = len(found) - len(genuine)
@@ -98,6 +102,15 @@ class VerdictHandler:
             log.warning("project %s: %s for %d annotation(s) Label Studio does not hold in this project: ignored",
                         project_id, action, unknown)
         return {"status": "ok", "verdicts": len(changed), "ignored": unknown}
+
+    def _submit_retraining(self, store: ProjectStore, project_id: int) -> None:
+        """Ask for the new analysis the verdicts call for; if the job queue is down, the next verdict asks again."""
+        try:
+            self.submit(project_id)
+        except Exception as exc:
+            store.update_project_info(retrain_requested_for=None)
+            log.error("project %s: could not request the retraining the verdicts call for (%s); the next verdict "
+                      "asks again", project_id, exc)
 
     def rerank(self, project_id: int) -> dict:
         """Re-rank the project's published scores from its stored analysis and verdicts."""
@@ -169,18 +182,23 @@ def rerank_published(store: ProjectStore, analysis: Analysis,
                      write_fields: Callable[[dict[int, dict]], object], *, seed: int = 0) -> dict:
     """Re-rank ``analysis``' unreviewed flagged tasks with its verdicts and write the ``dc_error_score``
     of those whose score changed since the last write, highest first (the top of the queue is right
-    first). Idempotent: the same verdicts write nothing the second time. Returns the log entry
-    it appends to the project's re-rank log."""
+    first). The queue keeps its tasks until the next analysis: its scores, and those of the other
+    flagged tasks, are handed out again within each group in the verifier's order, so every queue
+    task still shows a score that made it a candidate. Idempotent: the same verdicts write nothing
+    the second time. Returns the log entry it appends to the project's re-rank log."""
     started = time.perf_counter()
     verdicts = store.verdicts()
     known = verdicts_on_labels(analysis, verdicts)
-    scores, weight = rerank(analysis, known, seed=seed)
+    verified, weight = rerank(analysis, known, seed=seed)
+    reviewed = np.isin(analysis.task_ids, [int(t) for t in verdicts])
+    flagged = np.array([is_flagged(analysis, i) for i in range(len(analysis))], dtype=bool) & ~reviewed
+    scores = analysis.error_score.copy()
+    for group in (flagged & analysis.is_candidate, flagged & ~analysis.is_candidate):
+        scores = reordered_within(scores, verified, group)
     published_path = store.version_dir(analysis.model_version) / "published_scores.npy"
     published = np.load(published_path) if published_path.exists() else analysis.error_score
-    reviewed = {int(t) for t in verdicts}
     changed = [i for i in np.argsort(-scores, kind="stable")
-               if is_flagged(analysis, i) and int(analysis.task_ids[i]) not in reviewed
-               and round(float(scores[i]), 6) != round(float(published[i]), 6)]
+               if flagged[i] and round(float(scores[i]), 6) != round(float(published[i]), 6)]
     write_fields({int(analysis.task_ids[i]): {"dc_error_score": round(float(scores[i]), 6)} for i in changed})
     np.save(published_path, scores.astype(np.float32))
     entry = {"model_version": analysis.model_version, "verdicts": int((known >= 0).sum()),
@@ -192,6 +210,29 @@ def rerank_published(store: ProjectStore, analysis: Analysis,
     log.info("project %s: re-ranked from %d verdicts (verifier weight %.2f), %d tasks rewritten in %.1f s",
              store.project_id, entry["verdicts"], weight, len(changed), entry["seconds"])
     return entry
+
+
+def rerank_after_publishing(store: ProjectStore, analysis: Analysis, write_fields: Callable[[dict[int, dict]], object],
+                            *, after_verdicts: int, seed: int = 0) -> dict | None:
+    """Publishing writes ``analysis``' own scores over any re-rank made while it ran (verdicts come
+    in as soon as the queue is up): forget what such a re-rank wrote and re-rank once more when the
+    verdicts on this version call for it (``after_verdicts``, 0 = never). Returns the re-rank's log
+    entry, or None."""
+    (store.version_dir(analysis.model_version) / "published_scores.npy").unlink(missing_ok=True)
+    version, fresh = _verdicts_on_current(store)
+    if version != analysis.model_version or not after_verdicts or fresh < after_verdicts:
+        return None
+    store.update_project_info(reranked_at={version: fresh})
+    return rerank_published(store, analysis, write_fields, seed=seed)
+
+
+def reordered_within(scores: np.ndarray, order: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """``scores`` with the values of ``members`` ((N,) bool) handed out again among them, highest
+    to the highest ``order``; the rest unchanged."""
+    out = scores.copy()
+    idx = np.flatnonzero(members)
+    out[idx[np.argsort(-order[idx], kind="stable")]] = np.sort(scores[idx])[::-1]
+    return out
 
 
 def rerank_due(store: ProjectStore, after_verdicts: int) -> bool:
@@ -228,12 +269,12 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
     return changed
 
 
-def forget_verdicts(store: ProjectStore, deleted_annotations: set[int]) -> int:
-    """Forget the verdicts of annotations Label Studio no longer holds; returns how many."""
+def forget_verdicts(store: ProjectStore, deleted_annotations: set[int]) -> list[int]:
+    """Forget the verdicts of annotations Label Studio no longer holds; returns their task ids."""
     forgotten = [int(t) for t, v in store.verdicts().items() if v.get("annotation_id") in deleted_annotations]
     for task_id in forgotten:
         store.forget_verdict(task_id)
-    return len(forgotten)
+    return forgotten
 
 
 def retrain_due(store: ProjectStore, after_verdicts: int) -> bool:
@@ -263,12 +304,14 @@ def _in_project(client: LabelStudioClient, annotation: dict, project_id: int) ->
     return project == project_id
 
 
-def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectStore, task_ids: list[int]) -> None:
-    """Reviewed tasks leave the review queue at once; removed ones go to the excluded tab."""
-    verdicts = store.verdicts()
-    updates = {t: {"dc_candidate": 0, "dc_unreviewed": 0, "dc_reviewed": verdicts[str(t)]["verdict"],
-                   "dc_excluded": int(verdicts[str(t)]["verdict"] == Verdict.REMOVED)} for t in task_ids}
+def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectStore, analysis: Analysis,
+                   task_ids: list[int]) -> None:
+    """Reviewed tasks leave the review queue at once, removed ones go to the excluded tab; a task
+    whose verdict was forgotten comes back (``publish.review_fields`` as the verdicts stand now).
+    Tasks that already carry those fields are not written again."""
+    verdicts, index = store.verdicts(), analysis.index_of_task()
+    updates = {t: review_fields(analysis, index[t], verdicts.get(str(t))) for t in task_ids if t in index}
     try:
         client.merge_task_fields(project_id, updates)
-    except Exception as exc:  # the verdict is stored; the next analysis republishes the fields
+    except Exception as exc:  # the verdict is stored; a repeated event or the next analysis writes the fields
         log.warning("project %s: could not update reviewed tasks yet: %s", project_id, exc)

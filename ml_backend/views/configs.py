@@ -23,7 +23,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from ..errors import LabelConfigError
-from ..vocabulary import EVIDENCE_FIELD, FIELD_PREFIX, REVIEW_PANEL_ID, VERDICT_CONTROL, Verdict
+from ..vocabulary import EVIDENCE_FIELD, REVIEW_PANEL_ID, VERDICT_CONTROL, Verdict
 
 BEGIN, END = "<!-- de-confusion:begin -->", "<!-- de-confusion:end -->"
 EVIDENCE_TAGS = ("Markdown", "HyperText")
@@ -98,8 +98,9 @@ def review_config(original_xml: str, *, evidence_tag: str = "Markdown") -> str:
 def remove_review_config(xml: str) -> str:
     """``xml`` without what :func:`review_config` added: exactly the user's config again.
 
-    Without markers (an editor dropped the comments) it removes the panel ``<View>`` and any
-    element named ``dc_*`` or showing ``$dc_evidence`` by parsing, which may reformat the XML.
+    Without markers (an editor dropped the comments) it removes, by parsing (which may reformat
+    the XML), the panel ``<View>`` and any element named like the panel's controls (``dc_verdict``,
+    ``dc_evidence``) or showing ``$dc_evidence``; the user's own ``dc_*`` controls stay.
     """
     begin, end = re.escape(BEGIN), re.escape(END)
     if BEGIN in xml:
@@ -115,7 +116,7 @@ def remove_review_config(xml: str) -> str:
 
 
 def _ours(el: ET.Element) -> bool:
-    return (el.get("idAttr") == REVIEW_PANEL_ID or str(el.get("name", "")).startswith(FIELD_PREFIX)
+    return (el.get("idAttr") == REVIEW_PANEL_ID or el.get("name") in (VERDICT_CONTROL, EVIDENCE_FIELD)
             or el.get("value") == f"${EVIDENCE_FIELD}")
 
 

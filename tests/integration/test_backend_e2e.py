@@ -399,8 +399,12 @@ def test_made_up_annotation_events_change_no_verdict(world, label_studio):
     deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": pid}, "annotations": [{"id": real}]}
     assert post_webhook(url, deleted, secret) == (200, {"status": "ok", "forgotten": 0})
     assert verdict_of(world, task_id)["annotation_id"] == real
+    assert wait_until(lambda: client.get_task(task_id)["data"].get("dc_reviewed") == "kept")
     client.request("DELETE", f"/api/annotations/{real}/")
     assert wait_until(lambda: verdict_of(world, task_id) is None)
+    # the task is unreviewed again: back in the cell tabs (and the queue, were it a candidate)
+    data = wait_until(lambda: (d := client.get_task(task_id)["data"]).get("dc_unreviewed") == 1 and d)
+    assert data and data["dc_reviewed"] == "" and data["dc_excluded"] == 0
 
 
 def test_training_for_a_project_label_studio_does_not_have_writes_nothing(world):

@@ -373,6 +373,9 @@ def test_predictions_are_created_in_bulk_and_only_ours_are_deleted(world):
 
 def test_merged_task_fields_keep_user_keys(world):
     client, pid, task_id = world["client"], world["pid"], world["tasks"]["url-good"]
+    # a user's own key that merely looks like ours is the user's: never rewritten or removed
+    client.request("PATCH", f"/api/tasks/{task_id}/", json={"data": {**client.get_task(task_id)["data"],
+                                                                        "dc_site": "plant 2"}})
     before = client.get_task(task_id)["data"]
     assert client.merge_task_fields(pid, {task_id: {"dc_error_score": 0.5, "dc_cell": "a → b"}}) == 1
     assert client.get_task(task_id)["data"] == {**before, "dc_error_score": 0.5, "dc_cell": "a → b"}
@@ -381,21 +384,23 @@ def test_merged_task_fields_keep_user_keys(world):
         client.merge_task_fields(pid, {task_id: {"note": "overwritten"}})
     with pytest.raises(ValueError, match="img"):
         client.sync_task_fields(pid, {task_id: {"img": "elsewhere.png"}})
-    many = {world["tasks"][n]: {"dc_flag": 1} for n in ("up0", "up1", "up2", "up3")}
+    with pytest.raises(ValueError, match="dc_site"):
+        client.merge_task_fields(pid, {task_id: {"dc_site": "plant 3"}})
+    many = {world["tasks"][n]: {"dc_candidate": 1} for n in ("up0", "up1", "up2", "up3")}
     assert client.merge_task_fields(pid, many) == 4
     assert client.sync_task_fields(pid, {}) == 5  # ours cleared again
     assert client.get_task(task_id)["data"] == before
-    assert all("dc_flag" not in client.get_task(t)["data"] and "img" in client.get_task(t)["data"] for t in many)
+    assert all("dc_candidate" not in client.get_task(t)["data"] and "img" in client.get_task(t)["data"] for t in many)
 
 
 def test_sync_task_fields_sets_exactly_our_wanted_fields(world):
     client, pid, tasks = world["client"], world["pid"], world["tasks"]
-    client.merge_task_fields(pid, {tasks["up3"]: {"dc_stale": 1}})
-    wanted = {tasks["up0"]: {"dc_x": 1, "dc_version": "v1"}, tasks["up1"]: {"dc_x": 2, "dc_version": "v1"}}
+    client.merge_task_fields(pid, {tasks["up3"]: {"dc_leakage": 1}})
+    wanted = {tasks["up0"]: {"dc_error_score": 1, "dc_version": "v1"}, tasks["up1"]: {"dc_error_score": 2, "dc_version": "v1"}}
     changed = client.sync_task_fields(pid, wanted)
     assert changed == 3
     data = {t["id"]: t["data"] for t in client.iter_tasks(pid)}
-    assert data[tasks["up0"]]["dc_x"] == 1 and data[tasks["up1"]]["dc_x"] == 2 and "dc_stale" not in data[tasks["up3"]]
+    assert data[tasks["up0"]]["dc_error_score"] == 1 and data[tasks["up1"]]["dc_error_score"] == 2 and "dc_leakage" not in data[tasks["up3"]]
     assert all("img" in d for d in data.values())
     assert client.own_keys_by_task(pid) == wanted
     assert client.sync_task_fields(pid, {}) == 2
@@ -448,18 +453,18 @@ def test_views_filter_and_sort_numerically(world):
     scores = {"up0": 10.0, "up1": 9.0, "up2": 100.0, "up3": 0.25, "up4": 2.5}
     cells = {"up0": "circle → square", "up1": "circle → square", "up2": "square → circle",
              "up3": "circle → square", "up4": "circle → square"}
-    client.merge_task_fields(pid, {world["tasks"][n]: {"dc_error_score": s, "dc_cell": cells[n], "dc_rank": str(s)}
+    client.merge_task_fields(pid, {world["tasks"][n]: {"dc_error_score": s, "dc_cell": cells[n], "dc_disagreement_rank": str(s)}
                                    for n, s in scores.items()})
     ids = {world["tasks"][n]: n for n in scores}
     user_view = client.request("POST", "/api/dm/views/", json={"project": pid, "data": {"title": "My own tab"}})
     cell = client.create_view(pid, "De-Confusion: circle → square",
                               [("dc_cell", "equal", "String", "circle → square")], "-dc_error_score",
-                              hidden_columns=["dc_rank"], numeric_fields=["dc_error_score"])
+                              hidden_columns=["dc_disagreement_rank"], numeric_fields=["dc_error_score"])
     assert [ids[t] for t in view_task_ids(client, pid, cell)] == ["up0", "up1", "up4", "up3"]
     # Values stored as text sort as text unless the tab declares the column a Number.
-    as_text = client.create_view(pid, "De-Confusion: text", [("dc_rank", "empty", "String", False)], "-dc_rank")
-    as_number = client.create_view(pid, "De-Confusion: number", [("dc_rank", "empty", "String", False)], "-dc_rank",
-                                   numeric_fields=["dc_rank"])
+    as_text = client.create_view(pid, "De-Confusion: text", [("dc_disagreement_rank", "empty", "String", False)], "-dc_disagreement_rank")
+    as_number = client.create_view(pid, "De-Confusion: number", [("dc_disagreement_rank", "empty", "String", False)], "-dc_disagreement_rank",
+                                   numeric_fields=["dc_disagreement_rank"])
     assert [ids[t] for t in view_task_ids(client, pid, as_number)] == ["up2", "up0", "up1", "up4", "up3"]
     assert [ids[t] for t in view_task_ids(client, pid, as_text)] == ["up1", "up4", "up2", "up0", "up3"]
     candidates = client.create_view(pid, "De-Confusion: big", [("dc_error_score", "greater", "Number", 5)],
@@ -469,7 +474,7 @@ def test_views_filter_and_sort_numerically(world):
     saved = views["De-Confusion: circle → square"]["data"]
     assert saved["ordering"] == ["-tasks:data.dc_error_score"]
     assert saved["columnsDisplayType"] == {"tasks:data.dc_error_score": "Number"}
-    assert saved["hiddenColumns"]["explore"] == ["tasks:data.dc_rank"]
+    assert saved["hiddenColumns"]["explore"] == ["tasks:data.dc_disagreement_rank"]
     assert client.delete_views(pid, "De-Confusion") == 4
     assert [v["id"] for v in client.list_views(pid)] == [user_view["id"]]
 

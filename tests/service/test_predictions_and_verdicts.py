@@ -13,7 +13,8 @@ from ml_backend.ls.schema import ClassSpec
 from ml_backend.model import cross_fit
 from ml_backend.model.ensemble import ModelSet
 from ml_backend.service.predictions import Predictor
-from ml_backend.service.verdicts import forget_verdicts, record_verdicts, retrain_due
+from ml_backend.service.jobs import JobQueueUnavailable
+from ml_backend.service.verdicts import VerdictHandler, forget_verdicts, record_verdicts, retrain_due
 from ml_backend.analysis import save
 from ml_backend.store import ProjectStore
 from ml_backend.vocabulary import UNTRAINED_VERSION, VERDICT_CONTROL, Verdict
@@ -115,7 +116,7 @@ def test_verdicts_are_recorded_once_per_decision_and_name_what_the_reviewer_did(
 
 def test_deleted_annotations_take_their_verdicts_with_them(store):
     record_verdicts(store, store.load_analysis(), [annotation(11, 2, "dog"), annotation(12, 1, "cat")])
-    assert forget_verdicts(store, {11, 404}) == 1
+    assert forget_verdicts(store, {11, 404}) == [2]
     assert list(store.verdicts()) == ["1"]
 
 
@@ -126,3 +127,14 @@ def test_a_retraining_is_due_once_per_version_after_enough_verdicts(store):
     assert not retrain_due(store, 0) and not retrain_due(store, 3)
     assert retrain_due(store, 2)
     assert not retrain_due(store, 2)  # already requested for this version
+
+
+def test_a_retraining_the_job_queue_could_not_take_is_asked_for_again(settings, store):
+    record_verdicts(store, store.load_analysis(), [annotation(11, 2, "dog"), annotation(12, 1, "cat")])
+
+    def queue_down(project_id):
+        raise JobQueueUnavailable("Redis at redis://nowhere is unreachable")
+
+    assert retrain_due(store, 2)
+    VerdictHandler(settings, submit=queue_down)._submit_retraining(store, PROJECT)
+    assert retrain_due(store, 2)  # the next verdict asks again

@@ -18,6 +18,7 @@ class RecordingClient:
     def __init__(self, fields_now=None):
         self.calls = []
         self.fields_now = fields_now or {}  # task id -> our fields it carries before publishing
+        self.written = {}  # task id -> the fields its last write gave it
 
     def create_predictions(self, project_id, predictions):
         self.calls.append(("predictions", sorted(p["task"] for p in predictions)))
@@ -25,14 +26,16 @@ class RecordingClient:
     def delete_predictions(self, project_id, keep_version=None):
         self.calls.append(("delete_old", keep_version))
 
-    def stale_task_fields(self, project_id, wanted, prefix):
+    def stale_task_fields(self, project_id, wanted):
         tasks = set(self.fields_now) | set(wanted)
         return {t: self.fields_now.get(t, {}) for t in tasks if self.fields_now.get(t, {}) != wanted.get(t, {})}
 
-    def write_task_fields(self, project_id, fields, prefix, progress):
+    def write_task_fields(self, project_id, fields, progress=None):
         self.calls.append(("fields", sorted(fields)))
+        self.written.update(fields)
         for done in range(1, len(fields) + 1):
-            progress(done, len(fields))
+            if progress:
+                progress(done, len(fields))
 
     def delete_views(self, project_id, prefix):
         self.calls.append(("delete_tabs", prefix))
@@ -85,3 +88,22 @@ def test_the_rest_of_a_long_queue_follows_the_tabs_in_rank_order(tmp_path, monke
     assert client.calls[kinds.index("overview_tasks") + 1] == ("fields", [4])
     assert stages.index(("publish", 4, 4)) < stages.index(("queue", 1, 1)) < stages.index(("more fields", 1, 1))
     assert stages[-1] == ("old predictions", 1, 1)
+
+
+def test_a_verdict_given_while_publishing_is_not_undone(tmp_path):
+    # Task 4 is a candidate; a reviewer keeps its label once the tabs are up, after its fields
+    # were written from the verdicts publishing started with.
+    client, store, analysis = RecordingClient(), ProjectStore(tmp_path, 5), tiny_analysis()
+    i = int((analysis.task_ids == 4).argmax())
+    kept = {"verdict": "kept", "label": analysis.class_names[analysis.labels[i]], "version": analysis.model_version}
+
+    def reviewer_acts(stage, done, total):
+        if (stage, done) == ("publish", 4):
+            store.record_verdict(4, kept)
+
+    publish_analysis(client, 5, {"title": "Pets"}, SPEC, analysis, Settings(model_dir=str(tmp_path)), store,
+                     reviewer_acts)
+    assert client.calls[1] == ("fields", [2, 4])  # written before the verdict, as a candidate
+    final = client.written[4]
+    assert final["dc_reviewed"] == "kept" and final["dc_candidate"] == 0 and final["dc_unreviewed"] == 0
+    assert final["dc_version"] == analysis.model_version  # all its fields, not only the review marks

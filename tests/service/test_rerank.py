@@ -6,7 +6,7 @@ import pytest
 
 from ml_backend.analysis import Analysis, save
 from ml_backend.pipeline import rerank
-from ml_backend.service.verdicts import rerank_due, rerank_published, verdicts_on_labels
+from ml_backend.service.verdicts import rerank_after_publishing, rerank_due, rerank_published, verdicts_on_labels
 from ml_backend.store import ProjectStore
 from ml_backend.views.report import report_html, with_review_outcomes
 from ml_backend.vocabulary import Verdict
@@ -105,11 +105,31 @@ def test_a_rerank_rewrites_unreviewed_flagged_scores_highest_first_and_once(stor
     order = list(written)
     assert [written[t]["dc_error_score"] for t in order] == sorted((w["dc_error_score"] for w in written.values()),
                                                                    reverse=True)
+    # the queue keeps its tasks and their scores, re-ordered: each still shows a candidate's score
+    left = [i for i in range(len(analysis)) if int(analysis.task_ids[i]) in flagged - reviewed]
+    shown = {int(analysis.task_ids[i]): round(float(analysis.error_score[i]), 6) for i in left}
+    shown.update({t: w["dc_error_score"] for t, w in written.items()})
+    assert sorted(shown.values()) == sorted(round(float(analysis.error_score[i]), 6) for i in left)
+    errors_left = [int(analysis.task_ids[i]) for i in ERRORS[40:]]
+    assert np.median([shown[t] for t in errors_left]) > np.median([v for t, v in shown.items() if t not in errors_left])
     assert entry["verdicts"] == 80 and entry["found_wrong"] == 40 and entry["verifier_weight"] > 0
     assert entry["tasks_rewritten"] == len(written)
     rerank_published(store, analysis, writes.append)
     assert writes[1] == {}  # the same verdicts again: nothing to write
     assert [r["tasks_rewritten"] for r in store.reranks()] == [len(written), 0]
+
+
+def test_a_rerank_made_while_publishing_is_made_again_once_published(store):
+    # Publishing writes the analysis' own scores over what a re-rank during it wrote.
+    analysis = store.load_analysis()
+    for task, verdict in verdicts_on(analysis, ERRORS[:40], CONFUSION[:40]).items():
+        store.record_verdict(int(task), verdict)
+    during, after = [], []
+    rerank_published(store, analysis, during.append)
+    assert rerank_after_publishing(store, analysis, after.append, after_verdicts=0) is None
+    entry = rerank_after_publishing(store, analysis, after.append, after_verdicts=25)
+    assert after == during and entry["tasks_rewritten"] == len(during[0])
+    assert not rerank_due(store, 25)  # these verdicts are re-ranked: no second run on the next webhook
 
 
 def test_a_rerank_is_due_every_n_new_verdicts_and_not_on_a_repeated_webhook(store):

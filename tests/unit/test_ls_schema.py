@@ -72,8 +72,11 @@ def test_the_shipped_example_config_parses():
      r"needs at least two <Choice> classes, has \['only'\]"),
     (config(f'<Image name="i" value="$i"/><Choices name="c" toName="i" perRegion="true">{CHOICES}</Choices>'),
      r'perRegion="true".*remove perRegion'),
+    (config(f'<Image name="i" value="$dc_evidence"/><Choices name="c" toName="i">{CHOICES}</Choices>'),
+     r"reads the task field 'dc_evidence', which De-Confusion writes its own results to: rename"),
 ], ids=["invalid_xml", "empty", "no_image", "two_images", "no_choices", "multiple_choice", "not_attached",
-        "no_to_name", "two_choices", "value_list", "fixed_image_url", "dynamic_choices", "one_class", "per_region"])
+        "no_to_name", "two_choices", "value_list", "fixed_image_url", "dynamic_choices", "one_class", "per_region",
+        "image_in_our_field"])
 def test_unusable_configs_say_what_to_change(xml, message):
     with pytest.raises(LabelConfigError, match=message):
         parse_label_config(xml)

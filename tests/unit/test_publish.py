@@ -6,7 +6,7 @@ import numpy as np
 
 from ml_backend import publish
 from ml_backend.ls.schema import ClassSpec
-from ml_backend.vocabulary import FIELD_PREFIX, REVIEW_QUEUE_TAB, TAB_PREFIX
+from ml_backend.vocabulary import REVIEW_QUEUE_TAB, TAB_PREFIX, TASK_FIELDS
 from tests.unit.test_analysis import tiny_analysis
 
 SPEC = ClassSpec(image_name="image", image_key="image", choices_name="label", labels=["cat", "dog"])
@@ -37,7 +37,8 @@ def test_fields_go_only_to_flagged_or_reviewed_tasks_and_never_clash_with_user_k
     assert fields[2]["dc_unreviewed"] == 1 and fields[1]["dc_evidence"] == "<p>0</p>"
     assert fields[2]["dc_candidate"] == 1 and fields[2]["dc_suggested"] == "dog" and fields[2]["dc_cell"] == "cat → dog"
     assert fields[3]["dc_duplicate_group"] == 1 and fields[1]["dc_duplicate_group"] == 0
-    assert all(key.startswith(FIELD_PREFIX) for f in fields.values() for key in f)
+    assert all(key in TASK_FIELDS for f in fields.values() for key in f)  # the only keys the client may write
+    assert set(publish.NUMERIC_FIELDS) <= TASK_FIELDS
     assert {f["dc_version"] for f in fields.values()} == {analysis.model_version}
     assert publish.desired_fields(analysis, {}, lambda i: "").keys() == {2, 3, 4}
 

@@ -306,11 +306,15 @@ def test_review_config_refuses_configs_it_cannot_extend():
 
 
 def test_remove_without_markers_drops_only_our_elements():
-    stripped = review_config(ORIGINAL).replace("<!-- de-confusion:begin -->", "").replace(
+    # the user's own dc_ control (the parser's advice for a Choices that is not the class list) stays
+    original = ORIGINAL.replace("</Choices>\n</View>", '</Choices>\n  <Choices name="dc_quality" toName="img">'
+                                '<Choice value="blurry"/></Choices>\n</View>')
+    stripped = review_config(original).replace("<!-- de-confusion:begin -->", "").replace(
         "<!-- de-confusion:end -->", "")
     assert review_config(stripped) == stripped  # already installed: left alone
     removed = remove_review_config(stripped)
-    assert _elements(removed) == _elements(ORIGINAL)
+    assert _elements(removed) == _elements(original)
+    assert ("Choices", (("name", "dc_quality"), ("toName", "img"))) in _elements(removed)
 
 
 def test_review_template_holds_the_same_panel():
