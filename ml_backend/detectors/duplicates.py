@@ -2,7 +2,8 @@
 
 Symbols: N images of shape (H, W, C), D embedding width, P pairs, S similar images kept
 per image. Never compares all pairs: exact duplicates come from equal pixel hashes, near
-duplicates from each image's k nearest neighbours in embedding space (k-d tree on a PCA,
+duplicates from each distinct image's (one per pixel hash, so that its exact copies cannot
+fill its neighbour slots) k nearest neighbours in embedding space (k-d tree on a PCA,
 ~N log N) confirmed by SSIM >= 0.95 (the paper's similarity marker, measure 'ssim'), and
 from its nearest neighbours in a coarse pixel space confirmed when, at the best of the nine
 one-pixel alignments, at least 99% of the overlapping pixel values lie within 12 grey levels
@@ -31,6 +32,7 @@ PIXEL_TOLERANCE = 12  # grey levels: 4 sigma of re-encoding noise of 3 levels
 ALIGNED_SHARE = 0.99  # share of pixel values within PIXEL_TOLERANCE that makes an aligned copy
 COARSE_SIDE = 8  # block means per side of the pixel space searched for near-copy candidates
 COARSE_K = 2  # neighbours per image there: a copy is the nearest
+COARSE_PIXELS_PER_CHUNK = 4_000_000  # pixel values made float32 at a time (~16 MB; 5,000 MNIST images)
 
 
 def ssim_pairs(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -143,12 +145,16 @@ def find_duplicates(images: np.ndarray, pixel_hashes, embeddings: np.ndarray, sp
     """Exact and near-duplicate image pairs, their groups, and train/val leakage.
 
     Exact pairs: equal ``pixel_hashes``; each copy is paired with the first occurrence (a
-    star, so m copies give m - 1 pairs). Near pairs: each image's k nearest neighbours in
-    ``embeddings`` (PCA to 16 dims, then a k-d tree: ~N log N, never all pairs) are confirmed
-    when their SSIM (:func:`ssim_pairs`, identical to scikit-image's) is at least
-    ``ssim_threshold``; each image's COARSE_K nearest neighbours in 8 x 8 block means of the
-    pixels when their aligned pixel share (see the module docstring) is at least ALIGNED_SHARE.
-    Candidates with equal hashes are already exact.
+    star, so m copies give m - 1 pairs). Near pairs are searched among the first occurrences
+    only (one image per hash, so exact copies never crowd a near copy out of the k
+    neighbours): each one's k nearest neighbours in ``embeddings`` (PCA to 16 dims, then a k-d
+    tree: ~N log N, never all pairs) are confirmed when their SSIM (:func:`ssim_pairs`,
+    identical to scikit-image's) is at least ``ssim_threshold``; its COARSE_K nearest
+    neighbours in 8 x 8 block means of the pixels when their aligned pixel share (see the
+    module docstring) is at least ALIGNED_SHARE. A near pair found then extends to the exact
+    copies of both images: each copy of one pairs with the first copy of the other in each
+    split (same pixels, same measures), so every copy is in a near pair, one across train/val
+    when the other image has a copy there, in O(copies) pairs rather than all combinations.
 
     Parameters
     ----------
@@ -204,28 +210,32 @@ def _compute_duplicates(images, hashes, embeddings, splits, threshold: float, k:
     # Exact: every later copy pairs with the first occurrence of its hash.
     first_of_code = np.full(code.max() + 1, n)
     np.minimum.at(first_of_code, code, np.arange(n))
-    copies = np.flatnonzero(first_of_code[code] != np.arange(n))
+    is_copy = first_of_code[code] != np.arange(n)
+    copies, firsts = np.flatnonzero(is_copy), np.flatnonzero(~is_copy)
     exact = np.stack([first_of_code[code[copies]], copies], axis=1)
 
     # Near: the paper's SSIM on embedding neighbours; the aligned pixel share on each image's
     # COARSE_K nearest neighbours in a coarse pixel space, where a shifted or noisy copy is the
     # nearest (its CNN embedding can sit behind look-alikes). SSIM is not tried there: on MNIST
     # those neighbours add ~2,800 look-alike pairs (thin "1"s) at SSIM >= 0.95 and no copies.
+    # Searched among first occurrences: exact copies, at distance 0, would take the neighbour slots.
     near, near_ssim, near_similarity = np.zeros((0, 2), dtype=np.int64), np.zeros(0), np.zeros(0)
     near_measure = np.zeros(0, dtype=object)
-    if n > 1:
-        by_embedding = _candidate_pairs(pca_reduce(embeddings), code, k)
+    if len(firsts) > 1:
+        by_embedding = _candidate_pairs(pca_reduce(embeddings), firsts, k)
         ssim = _compute_ssim_pairs(images, by_embedding[:, 0], by_embedding[:, 1])
         by_ssim = ssim >= threshold
-        by_pixels = _candidate_pairs(pca_reduce(_coarse_pixels(images)), code, COARSE_K)
+        by_pixels = _candidate_pairs(pca_reduce(_coarse_pixels(images)), firsts, COARSE_K)
         by_pixels = by_pixels[~_rows_in(by_pixels, by_embedding[by_ssim])]
         share = _aligned_share(images, by_pixels[:, 0], by_pixels[:, 1])
         aligned = share >= ALIGNED_SHARE
-        near = np.concatenate([by_embedding[by_ssim], by_pixels[aligned]])
-        near_ssim = np.concatenate([ssim[by_ssim], _compute_ssim_pairs(images, *by_pixels[aligned].T)])
-        near_similarity = np.concatenate([ssim[by_ssim], share[aligned]])
-        near_measure = np.array(["ssim"] * int(by_ssim.sum()) + ["aligned_pixels"] * int(aligned.sum()),
-                                dtype=object)
+        found = np.concatenate([by_embedding[by_ssim], by_pixels[aligned]])
+        found_ssim = np.concatenate([ssim[by_ssim], _compute_ssim_pairs(images, *by_pixels[aligned].T)])
+        found_similarity = np.concatenate([ssim[by_ssim], share[aligned]])
+        found_measure = np.array(["ssim"] * int(by_ssim.sum()) + ["aligned_pixels"] * int(aligned.sum()),
+                                 dtype=object)
+        near, source = _with_copies(found, code, splits)
+        near_ssim, near_similarity, near_measure = found_ssim[source], found_similarity[source], found_measure[source]
 
     kinds = ["exact"] * len(exact) + ["near"] * len(near)
     measure = ["pixels"] * len(exact) + list(near_measure)
@@ -239,15 +249,51 @@ def _compute_duplicates(images, hashes, embeddings, splits, threshold: float, k:
     return pairs, _groups(n, both)
 
 
-def _candidate_pairs(space: np.ndarray, code: np.ndarray, k: int) -> np.ndarray:
-    """(P, 2) int64 unique pairs a < b of each row of ``space`` and its k nearest neighbours,
-    without pairs of equal pixel hash ``code`` (already exact)."""
-    n = len(space)
-    idx = neighbours(space, np.arange(n), min(k, n - 1))[1]
-    a, b = np.repeat(np.arange(n), idx.shape[1]), idx.ravel()
+def _candidate_pairs(space: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """(P, 2) int64 unique pairs a < b of each of ``rows`` ((R,) ascending indices into
+    ``space`` (N, d)) and its k nearest neighbours among ``rows``."""
+    idx = neighbours(space[rows], np.arange(len(rows)), min(k, len(rows) - 1))[1]
+    a, b = np.repeat(np.arange(len(rows)), idx.shape[1]), idx.ravel()
     keep = b >= 0
     pairs = np.unique(np.stack([np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])], axis=1), axis=0)
-    return pairs[code[pairs[:, 0]] != code[pairs[:, 1]]]
+    return rows[pairs]  # ascending rows keep a < b
+
+
+def _with_copies(pairs: np.ndarray, code: np.ndarray, splits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Near ``pairs`` (P, 2) of first occurrences extended to the exact copies (equal ``code``)
+    of both images: (Q, 2) int64 unique pairs a < b, and (Q,) the row of ``pairs`` each came from.
+
+    Each copy of one image pairs with the first copy of the other in each split: Q <= 2 x
+    (copies of both) per pair, where all combinations would be their product (a blank image
+    repeated thousands of times), yet every copy with a near copy across train/val is in a
+    cross-split pair.
+    """
+    n = len(code)
+    _, split = np.unique(splits, return_inverse=True)
+    heads = np.full((code.max() + 1, split.max() + 1), n)  # first image of each (hash, split)
+    np.minimum.at(heads, (code, split.ravel()), np.arange(n))
+    out, source = [], []
+    for one, other in ((0, 1), (1, 0)):
+        row, member = _members(code[pairs[:, one]], code)
+        for head in heads[code[pairs[row, other]]].T:
+            has = head < n
+            out.append(np.stack([member[has], head[has]], axis=1))
+            source.append(row[has])
+    out, source = np.concatenate(out), np.concatenate(source)
+    out = np.sort(out, axis=1)
+    _, first = np.unique(out[:, 0] << 32 | out[:, 1], return_index=True)
+    return out[first], source[first]
+
+
+def _members(codes: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every image whose ``code`` ((N,) pixel hash ids) is one of ``codes`` (M,): (L,) the
+    position in ``codes`` and (L,) the image index, code by code."""
+    order = np.argsort(code, kind="stable")
+    size = np.bincount(code)
+    start = np.cumsum(size) - size
+    row = np.repeat(np.arange(len(codes)), size[codes])
+    offset = np.arange(len(row)) - np.repeat(np.cumsum(size[codes]) - size[codes], size[codes])
+    return row, order[start[codes[row]] + offset]
 
 
 def _rows_in(pairs: np.ndarray, subset: np.ndarray) -> np.ndarray:
@@ -262,9 +308,13 @@ def _coarse_pixels(images: np.ndarray) -> np.ndarray:
     n, h, w, c = images.shape
     rows = np.linspace(0, h, min(COARSE_SIDE, h) + 1).astype(int)
     cols = np.linspace(0, w, min(COARSE_SIDE, w) + 1).astype(int)
-    sums = np.add.reduceat(np.add.reduceat(images.astype(np.float32), rows[:-1], axis=1), cols[:-1], axis=2)
     sizes = np.outer(np.diff(rows), np.diff(cols))[None, :, :, None]
-    return (sums / sizes).reshape(n, -1)
+    out = np.empty((n, len(rows) - 1, len(cols) - 1, c), dtype=np.float32)
+    chunk = max(1, COARSE_PIXELS_PER_CHUNK // (h * w * c))
+    for start in range(0, n, chunk):  # a float32 copy of all images at once would be 4x their size
+        part = images[start:start + chunk].astype(np.float32)
+        out[start:start + chunk] = np.add.reduceat(np.add.reduceat(part, rows[:-1], axis=1), cols[:-1], axis=2) / sizes
+    return out.reshape(n, -1)
 
 
 def _groups(n: int, pairs: np.ndarray) -> np.ndarray:

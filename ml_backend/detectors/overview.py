@@ -216,12 +216,15 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
     model's usual confusion. The usual rate ``r0`` of cell (a, b) is the largest of three
     leave-one-out rates, so that ordinary confusion of any shape does not trigger it:
 
-    - pooled: all other off-diagonal images over all other (image, wrong class) slots,
-      with one pseudo-count so that r0 > 0;
+    - pooled: all off-diagonal images but those of (a, b) and (b, a) over all other
+      (image, wrong class) slots, with one pseudo-count so that r0 > 0;
     - row: label a's other off-diagonal cells (a label the model finds hard overall);
     - column: other labels' rate into b (a class that attracts everything).
     The reverse rate b -> a is not used: a swap a -> b teaches the model that some images of
     b are a, so that cell grows with the very error it would be compared against.
+    With K = 2 there is no other confusion to compare with, so the rate test is skipped and
+    the other rules decide: the count, the share and, with ``error_score``, the mean error
+    score (without ``error_score`` no cell of a two-class project is flagged).
 
     The cell is flagged when its count is at least ``min_interpretation_count``, its share
     at least ``min_interpretation_share``, and a one-sided binomial test rejects
@@ -270,18 +273,19 @@ def _confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
 
 
 def _interpretation_p_values(counts: np.ndarray, ratio: float) -> np.ndarray:
-    """(K, K) one-sided binomial p-values of each cell against ``ratio`` x its usual rate."""
+    """(K, K) one-sided binomial p-values of each cell against ``ratio`` x its usual rate; K >= 3."""
     k = len(counts)
     rows = counts.sum(axis=1).astype(np.float64)  # n_a, images labeled a
     off = counts.astype(np.float64)
     np.fill_diagonal(off, 0.0)
     row_off, col_off = off.sum(axis=1), off.sum(axis=0)
 
-    # pooled: every other (image, wrong class) slot; one pseudo-count keeps r0 > 0.
+    # pooled: every (image, wrong class) slot but those of a -> b and b -> a (n_a and n_b
+    # slots); one pseudo-count keeps r0 > 0.
     slots = rows.sum() * (k - 1)
-    pooled = (off.sum() - off + 1.0) / (slots - rows[:, None] + 1.0)
+    pooled = (off.sum() - off - off.T + 1.0) / (slots - rows[:, None] - rows[None, :] + 1.0)
     # row: label a's other K-2 wrong classes.
-    row_rate = np.zeros_like(off) if k < 3 else (row_off[:, None] - off) / np.maximum(rows[:, None] * (k - 2), 1.0)
+    row_rate = (row_off[:, None] - off) / np.maximum(rows[:, None] * (k - 2), 1.0)
     # column: other labels a' (not a, not b) into b.
     col_images = rows.sum() - rows[:, None] - rows[None, :]  # images labeled neither a nor b
     col_rate = np.where(col_images > 0, (col_off[None, :] - off) / np.maximum(col_images, 1.0), 0.0)
@@ -306,9 +310,11 @@ def _compute_cells(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, gr
     np.fill_diagonal(off, 0)
     score_wrong = np.zeros((k, k))
     np.add.at(score_wrong, (labels, predicted), scores)
-    p_values = _interpretation_p_values(counts, ratio)
-    flagged = ((p_values < alpha / (k * (k - 1))) & (off >= max(min_count, 1))
-               & (off >= min_share * rows[:, None]))
+    if k > 2:
+        flagged = _interpretation_p_values(counts, ratio) < alpha / (k * (k - 1))
+    else:  # no confusion but the reverse cell (not used) to compare with: the error score decides
+        flagged = np.full((k, k), error_score is not None)
+    flagged &= (off >= max(min_count, 1)) & (off >= min_share * rows[:, None])
     if error_score is not None:  # and most of the cell's labels are expected wrong
         expected_wrong = np.zeros((k, k))
         np.add.at(expected_wrong, (labels, predicted), error_score)

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from ._checks import array_checked, fail, labels_checked, scores_checked
+from ._checks import array_checked, fail, labels_checked, pred_probs_checked, scores_checked
 
 MIN_EACH = 30  # verdicts of each kind (wrong, right) before the verifier is fitted at all
 MAX_WEIGHT = 0.5  # the verifier never outweighs the model's own evidence
@@ -34,8 +34,9 @@ def verifier_evidence(pred_probs: np.ndarray, labels: np.ndarray, error_score: n
     best other class over the label, the entropy, and the label and the predicted class one-hot
     (which confusions are errors here is project knowledge only verdicts carry)."""
     caller = "verifier_evidence"
-    probs = np.asarray(pred_probs, dtype=np.float64)
+    probs = pred_probs_checked(pred_probs, caller)
     n, k = probs.shape
+    labels = labels_checked(labels, n, k, caller)
     rows = np.arange(n)
     p_label = probs[rows, labels]
     others = probs.copy()

@@ -143,3 +143,42 @@ def test_copies_resaved_with_noise_or_shifted_are_near_duplicates_distinct_image
     assert {(2, 30), (5, 31)} <= set(found) <= {(2, 30), (5, 31), (8, 32)}
     for pair in (found[(2, 30)], found[(5, 31)]):
         assert pair["kind"] == "near" and pair["measure"] == "aligned_pixels" and pair["similarity"] >= 0.99
+
+
+def test_exact_copies_do_not_hide_a_near_copy_and_every_copy_gets_its_leakage():
+    # A (image 3) has five exact copies, its noisy re-save B (20) three: with k = 3 each image's
+    # neighbours would be its own copies alone. One copy of B is in val.
+    imgs = distinct_images(40, seed=7)
+    imgs[20] = np.clip(imgs[3].astype(int) + np.random.default_rng(8).integers(-3, 4, imgs[3].shape), 0, 255)
+    copies_a, copies_b = [3, 10, 11, 12, 13, 14], [20, 21, 22, 23]
+    imgs[copies_a], imgs[copies_b] = imgs[3], imgs[20]
+    hashes = [im.tobytes().hex() for im in imgs]
+    splits = np.array(["train"] * 40)
+    splits[22] = "val"
+    pairs, group = find_duplicates(imgs, hashes, imgs.reshape(40, -1).astype(np.float32), splits, k=3)
+    exact = [(p["a"], p["b"]) for p in pairs if p["kind"] == "exact"]
+    near = [p for p in pairs if p["kind"] == "near"]
+    assert exact == [(3, 10), (3, 11), (3, 12), (3, 13), (3, 14), (20, 21), (20, 22), (20, 23)]
+    assert {i for p in near for i in (p["a"], p["b"])} == set(copies_a + copies_b)
+    assert all(p["a"] in copies_a and p["b"] in copies_b and p["measure"] == "ssim" for p in near)
+    assert len({p["ssim"] for p in near}) == 1 and near[0]["ssim"] >= 0.95
+    # every copy of A has a near copy in val (22): each is in a cross-split pair
+    assert {p["a"] for p in near if p["cross_split"]} == set(copies_a)
+    assert (group[copies_a + copies_b] == 3).all() and (group >= 0).sum() == 10
+
+
+def test_coarse_pixels_hold_one_chunk_as_float32_with_the_same_values(monkeypatch):
+    import tracemalloc
+
+    from ml_backend.detectors import duplicates
+
+    imgs = np.random.default_rng(9).integers(0, 256, (300, 96, 96, 3), dtype=np.uint8)  # 8 MB
+    monkeypatch.setattr(duplicates, "COARSE_PIXELS_PER_CHUNK", 10**9)
+    whole = duplicates._coarse_pixels(imgs)
+    monkeypatch.setattr(duplicates, "COARSE_PIXELS_PER_CHUNK", 1_000_000)  # 36 images a chunk
+    tracemalloc.start()
+    chunked = duplicates._coarse_pixels(imgs)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(chunked, whole)
+    assert peak < imgs.nbytes  # a float32 copy of all images at once is 4x their size

@@ -5,7 +5,7 @@ import pytest
 
 from cleanlab.rank import get_label_quality_scores
 
-from ml_backend.detectors.label_errors import (COUNT_EXTENSION, REVIEW_THRESHOLD, consensus, error_scores,
+from ml_backend.detectors.label_errors import (COUNT_EXTENSION, LIST_REACH, REVIEW_THRESHOLD, consensus, error_scores,
                                                estimated_error_count, find_candidates, knn_disagreement,
                                                knn_neighbours, label_posterior, neighbour_votes, noise_matrix,
                                                vote_neighbours)
@@ -124,6 +124,21 @@ def test_neighbour_votes_read_the_labels_around_an_image_whatever_the_scale_of_a
     assert (votes[labels == 0].argmax(1) == 0).all() and (votes[60:].argmax(1) == 1).all()
 
 
+
+def test_vote_neighbours_leave_narrow_features_unchanged_and_still_standardise_them():
+    rng = np.random.default_rng(4)
+    clusters = np.concatenate([rng.normal(0, 1, (60, 8)), rng.normal(4, 1, (60, 8))])
+    loud = rng.normal(0, 1000, (120, 1))  # one feature on a scale of its own, carrying nothing
+    x = np.concatenate([clusters, loud], axis=1).astype(np.float32)  # D = 9 <= dims: no PCA
+    before = x.copy()
+    expected = vote_neighbours(x.copy(), k=10)
+    index = vote_neighbours(x, k=10)
+    np.testing.assert_array_equal(x, before)  # the caller's features, float32 as given
+    np.testing.assert_array_equal(index, expected)
+    labels = np.array([0] * 60 + [1] * 60)
+    assert (neighbour_votes(index, labels, 2).argmax(1) == labels).all()
+
+
 def test_neighbour_votes_alone_rank_flipped_labels_and_bad_input_is_named():
     x, probs, labels, flipped = blobs(seed=3, n=600, k=3, flip=0.08)
     votes = neighbour_votes(vote_neighbours(x, k=10, dims=4), labels, 3)
@@ -183,11 +198,27 @@ def test_where_doubt_is_spread_thin_the_list_holds_the_share_of_errors_it_promis
     probs = np.full((n, k), 0.1 / (k - 1))
     probs[np.arange(n), labels] = 0.9  # a model that agrees with the labels: the count finds little
     short, count = find_candidates(probs, labels, scores, recall=0)
-    for promise in (0.6, 0.8, 0.9):
+    for promise in (0.6, 0.8):
         flagged, _ = find_candidates(probs, labels, scores, recall=promise)
         assert flagged.sum() > short.sum() and flagged[scores >= REVIEW_THRESHOLD].all()
         assert abs(wrong[flagged].sum() / wrong.sum() - promise) < 0.03
     assert wrong[short].sum() / wrong.sum() < 0.65  # count and threshold alone: 59%
+    # a promise further down than LIST_REACH times their list is cut there (0.83 of the errors)
+    flagged, _ = find_candidates(probs, labels, scores, recall=0.9)
+    assert flagged.sum() == LIST_REACH * short.sum() and wrong[flagged].sum() / wrong.sum() > 0.8
+
+
+def test_a_clean_project_gets_no_list_from_doubt_spread_thin():
+    # every label right, a model 98.7% accurate whose doubt is a little on every image: the
+    # scores sum to 9.5, and 80% of that lay 497 images down the ranking
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 2000)
+    logits = rng.normal(0, 1, (2000, 10))
+    logits[np.arange(2000), labels] += 2 * np.log(8)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    scores = error_scores(probs, labels)
+    flagged, count = find_candidates(probs, labels, scores)
+    assert count == 0 and flagged.sum() <= LIST_REACH * max(1, (scores >= REVIEW_THRESHOLD).sum())
     with pytest.raises(ValueError, match="recall.*\\[0.0, 1.0\\)"):
         find_candidates(probs, labels, scores, recall=1.0)
 
@@ -257,3 +288,21 @@ def test_label_error_inputs_are_checked_with_helpful_messages():
         consensus(np.ones((2, 2, 2)), np.array([0, 1]))
     with pytest.raises(TypeError, match="k"):
         knn_neighbours(np.zeros((1, 2, 3)), np.array([0, 0]), k=2.5)
+
+
+@pytest.mark.parametrize("tiny", [1, 10])
+def test_a_class_with_few_labels_does_not_turn_the_others_correct_labels_into_errors(tiny):
+    # A model unsure of everything, and a class it barely knows: confident learning's threshold for
+    # that class (the mean confidence of its own few labels) is so low that the other classes'
+    # images pass it, and every correct label of theirs would look wrong.
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(100, int), np.full(100, 2), np.ones(tiny, int)]
+    logits = rng.normal(0, 0.3, (len(labels), 3))
+    logits[np.arange(len(labels)), labels] += 0.8
+    logits[labels == 1, 1] -= 0.64
+    logits[:, 1] -= 0.3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    scores = error_scores(probs, labels)
+    flagged, count = find_candidates(probs, labels, scores)
+    big = labels != 1
+    assert scores[big].mean() < 0.1 and flagged[big].sum() <= 5 and count <= 5

@@ -167,6 +167,39 @@ def test_a_cell_of_labels_the_error_score_trusts_is_not_a_misreading():
         overview_cells(probs, labels, error_score=error_score[:-1])
 
 
+
+def from_confusion(counts, error_of_cell):
+    """Saturated probs and labels with the given (K, K) confusion counts (label a, model b), and
+    each image's error score error_of_cell[a][b]."""
+    k = len(counts)
+    labels = np.repeat(np.arange(k * k) // k, np.ravel(counts))
+    predicted = np.repeat(np.arange(k * k) % k, np.ravel(counts))
+    probs = np.full((len(labels), k), 0.05 / (k - 1))
+    probs[np.arange(len(labels)), predicted] = 0.95
+    return probs, labels, np.asarray(error_of_cell, dtype=float)[labels, predicted]
+
+
+def flagged_cells(cells):
+    return {(c["label"], c["predicted"]) for c in cells if c["interpretation_error"]}
+
+
+def test_a_one_way_swap_in_a_two_class_project_is_flagged():
+    # 150 images of class 1 labeled 0; the model doubts 60 correct labels of class 1 in return.
+    probs, labels, error_score = from_confusion([[1050, 150], [60, 740]], [[0.05, 0.9], [0.3, 0.05]])
+    assert flagged_cells(overview_cells(probs, labels, error_score=error_score)) == {(0, 1)}
+    assert flagged_cells(overview_cells(probs, labels)) == set()  # nothing tells a swap from look-alikes
+    # two look-alike classes: large cells both ways whose labels the error score trusts
+    probs, labels, error_score = from_confusion([[900, 100], [100, 900]], [[0.05, 0.3], [0.3, 0.05]])
+    assert flagged_cells(overview_cells(probs, labels, error_score=error_score)) == set()
+
+
+def test_the_reverse_cell_is_not_the_usual_confusion_of_a_swap():
+    # A swap 0 -> 1 whose reverse cell 1 -> 0 is large; no other confusion at all.
+    probs, labels, error_score = from_confusion([[900, 100, 0], [400, 600, 0], [0, 0, 200]],
+                                                [[0.05, 0.9, 0.5], [0.2, 0.05, 0.5], [0.5, 0.5, 0.05]])
+    assert flagged_cells(overview_cells(probs, labels, error_score=error_score)) == {(0, 1)}
+
+
 def test_small_cells_are_never_flagged_whatever_their_share():
     probs, labels = planted_swap(seed=0, n_per_class=30, k=3, swap=(2, 0), share=0.3, noise=0.0)
     cells = overview_cells(probs, labels)  # 9 of 39 images: a big share but under 10 images

@@ -61,6 +61,18 @@ def test_cells_are_the_label_and_the_predicted_class():
     assert cells_of(np.array([1, 1, 0]), probs).tolist() == [3, 4, 2]
 
 
+def test_evidence_names_a_label_outside_the_classes():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    terms = np.array([0.8, 0.1]), np.array([0.5, 0.0]), np.array([1.0, 0.0])
+    for labels in ([1, -1], [1, 3]):  # -1 would read the last class, 3 fail with a bare IndexError
+        with pytest.raises(ValueError, match=r"verifier_evidence: parameter 'labels'.*in \[0, 2\]"):
+            verifier_evidence(probs, np.array(labels), *terms)
+    with pytest.raises(TypeError, match="verifier_evidence: parameter 'labels'.*integer"):
+        verifier_evidence(probs, np.array([1.0, 0.0]), *terms)
+    with pytest.raises(ValueError, match="verifier_evidence: parameter 'pred_probs'.*summing to 1"):
+        verifier_evidence(probs * 2, np.array([1, 0]), *terms)
+
+
 def test_evidence_has_the_error_terms_probabilities_and_both_classes_one_hot():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
     x = verifier_evidence(probs, np.array([1, 1]), np.array([0.8, 0.1]), np.array([0.5, 0.0]), np.array([1.0, 0.0]))
