@@ -57,7 +57,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     bar = StageBar()
     try:
         dataset = load_folder(args.root, progress=lambda done, total: bar("load", done, total), scratch_dir=out)
-        reviews = read_verdicts(args.verdicts, dataset.items, dataset.class_names) if args.verdicts else {}
+        reviews = read_verdicts(args.verdicts, dataset) if args.verdicts else {}
         dataset, outcome = apply_reviews(dataset, reviews, settings.confirmed_weight)
         analysis, ensemble = run_analysis(dataset, settings, progress=bar, reviews=outcome if reviews else None)
     finally:

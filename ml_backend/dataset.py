@@ -9,6 +9,7 @@ skipped and listed in ``ImageDataset.skipped``; they never abort a load.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -31,10 +32,13 @@ PROGRESS_EVERY = 500  # images decoded between progress reports
 MIN_SIDE = 8  # smaller images carry no usable content (1x1 tracking pixels, icons)
 MAX_WORKING_SIDE = 160  # cap for the working copy; photos are resized, small images kept
 THUMB_SIDE = 64
-DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit and float: rescaled to 8-bit grey
-GREY_MODES = ("1", "L", *DEEP_MODES)  # decoded to one channel; every other mode to RGB
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16-bit and float: rescaled to 8-bit grey
+GREY_MODES = ("1", "L", "LA", "La", *DEEP_MODES)  # decoded to one channel, like palettes of greys; the rest to RGB
+PALETTE_MODES = ("P", "PA")
+ALPHA_MODES = ("LA", "PA", "RGBA", "P")  # composited on white (a palette may hold a transparent entry)
 ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 MEMMAP_ABOVE_BYTES = 1 << 30  # working copies larger than this live in a file, not in RAM
+COPY_CHUNK_BYTES = 1 << 26  # pixels copied per step into a subset's working copy
 
 
 @dataclass
@@ -70,6 +74,7 @@ class ImageDataset:
     task_ids : ndarray (N,) int64, Label Studio task id, -1 for folder datasets.
     weights : ndarray (N,) float32, training weight per image (1.0 unless a reviewer confirmed it).
     skipped : list of SkippedItem, images that could not be used, with the reason.
+    scratch_dir : folder for working copies over MEMMAP_ABOVE_BYTES (None: always in RAM).
     """
 
     items: list[str]
@@ -81,6 +86,7 @@ class ImageDataset:
     task_ids: np.ndarray
     weights: np.ndarray
     skipped: list[SkippedItem] = field(default_factory=list)
+    scratch_dir: str | os.PathLike | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -95,6 +101,20 @@ class ImageDataset:
         if max(h, w) <= side:
             return self.images
         return np.stack([_resize(img, (side, side)) for img in self.images])
+
+    def subset(self, keep: np.ndarray) -> ImageDataset:
+        """The images where ``keep`` (N,) bool is True. Their pixels are copied a chunk at a time
+        into a working copy made like the loader's (a file when large): ``images[keep]`` on a
+        memory-mapped copy would read every kept image into RAM at once."""
+        rows = np.flatnonzero(keep)
+        images = _working_array(len(rows), self.images.shape[1:], self.scratch_dir)
+        step = max(1, COPY_CHUNK_BYTES // max(1, int(np.prod(self.images.shape[1:]))))
+        for start in range(0, len(rows), step):
+            images[start:start + step] = self.images[rows[start:start + step]]
+        return dataclasses.replace(
+            self, items=[self.items[i] for i in rows], images=images, labels=self.labels[rows],
+            splits=self.splits[rows], pixel_hashes=[self.pixel_hashes[i] for i in rows],
+            task_ids=self.task_ids[rows], weights=self.weights[rows])
 
 
 def decode_image(data: bytes, *, name: str = "image") -> tuple[np.ndarray, str]:
@@ -127,13 +147,36 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         return arr.astype(np.uint8)[:, :, None]
-    if img.mode in GREY_MODES:  # the deep ones returned above
-        return np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
-    if img.mode in ("LA", "PA", "RGBA", "P"):
+    grey = _channels(img) == 1
+    if img.mode == "La":  # premultiplied alpha (TIFF): Pillow converts it to LA only
+        img = img.convert("LA")
+    if img.mode in ALPHA_MODES:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
+    if grey:  # r == g == b here, so L keeps the grey values exactly
+        return np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _channels(img: Image.Image) -> int:
+    """1 for a grey image (a grey mode, or a palette of greys), else 3; reads no pixels, so the
+    header and the decoded image agree and one grey palette PNG does not make a data set colour."""
+    if img.mode in GREY_MODES:
+        return 1
+    return 1 if img.mode in PALETTE_MODES and _palette_is_grey(img) else 3
+
+
+def _palette_is_grey(img: Image.Image) -> bool:
+    """Whether every colour of the palette the file stores is a grey (r == g == b). The header
+    holds the palette in the file's own layout (RGB, BGRX, planar); Pillow's unpacker reads any."""
+    if img.palette is None:
+        return False
+    rawmode, data = img.palette.getdata()
+    probe = Image.new("P", (1, 1))
+    probe.putpalette(data, rawmode)
+    rgb = np.array(probe.getpalette("RGB"), dtype=np.uint8).reshape(-1, 3)
+    return bool((rgb == rgb[:, :1]).all())
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -177,7 +220,7 @@ def _header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | N
             w, h = img.size
             if "exif" in img.info and _orientation(img.info["exif"]) in ROTATED:
                 w, h = h, w
-            return h, w, 1 if img.mode in GREY_MODES else 3
+            return h, w, _channels(img)
     except Exception:  # Pillow raises many types for corrupt files
         return None
 
@@ -262,6 +305,7 @@ def build_dataset(
         task_ids=np.array([rec.task_id for rec, _ in kept], dtype=np.int64),
         weights=np.ones(len(kept), dtype=np.float32),
         skipped=skipped,
+        scratch_dir=scratch_dir,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Mapping
@@ -22,6 +23,8 @@ import numpy as np
 
 from .dataset import ImageDataset
 from .errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 VERDICTS = ("confirmed", "relabeled", "removed", "ambiguous")
 COLUMNS = ("item", "verdict", "label")
@@ -51,29 +54,44 @@ class Review:
     label: str = ""
 
 
-def read_verdicts(path: str | os.PathLike, items: list[str], class_names: list[str]) -> dict[str, Review]:
-    """``{item: Review}`` from a CSV with columns item, verdict, label. Every bad row raises
-    DatasetError naming the file, the row and what to change; an item may appear once."""
-    known, classes = set(items), set(class_names)
+def read_verdicts(path: str | os.PathLike, dataset: ImageDataset) -> dict[str, Review]:
+    """``{item: Review}`` of ``dataset``'s images from a UTF-8 CSV (Excel's byte-order mark or not)
+    with columns item, verdict, label. Every bad row raises DatasetError naming the file, the row
+    (its line in the file) and what to change; an item may appear once. A row on an image the
+    loader skipped (unreadable) is left out with a warning: one bad image never stops an analysis."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return _read_rows(path, csv.DictReader(fh), dataset)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
+
+
+def _read_rows(path: str | os.PathLike, reader: csv.DictReader, dataset: ImageDataset) -> dict[str, Review]:
+    known, classes = set(dataset.items), set(dataset.class_names)
+    skipped = {s.item: s.reason for s in dataset.skipped}
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DatasetError(f"{path}: no column {', '.join(missing)}; the header must be {','.join(COLUMNS)}")
     reviews: dict[str, Review] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"{path}: no column {', '.join(missing)}; the header must be {','.join(COLUMNS)}")
-        for row_number, row in enumerate(reader, start=2):
-            where = f"{path}, row {row_number}"
-            item, verdict, label = (row[c].strip() for c in COLUMNS)
-            if item not in known:
-                raise DatasetError(f"{where}: item {item!r} is not in the data set (use the item names of scores.csv)")
-            if item in reviews:
-                raise DatasetError(f"{where}: item {item!r} has a verdict already; keep one row per item")
-            if verdict not in VERDICTS:
-                raise DatasetError(f"{where}: verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
-            if verdict in ("confirmed", "relabeled") and label not in classes:
-                raise DatasetError(f"{where}: label {label!r} is not a class of the data set "
-                                   f"({', '.join(class_names)}); {verdict} needs the label after review")
-            reviews[item] = Review(verdict, label)
+    seen: set[str] = set()
+    for row in reader:
+        where = f"{path}, row {reader.line_num}"  # the line in the file: blank lines count, as in an editor
+        item, verdict, label = ((row[c] or "").strip() for c in COLUMNS)  # a short row leaves None
+        if item not in known and item not in skipped:
+            raise DatasetError(f"{where}: item {item!r} is not in the data set (use the item names of scores.csv)")
+        if item in seen:
+            raise DatasetError(f"{where}: item {item!r} has a verdict already; keep one row per item")
+        seen.add(item)
+        if verdict not in VERDICTS:
+            raise DatasetError(f"{where}: verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+        if verdict in ("confirmed", "relabeled") and label not in classes:
+            found = f"label {label!r} is not a class of the data set" if label else "no label"
+            raise DatasetError(f"{where}: {found}; {verdict} needs the label after review, "
+                               f"one of {', '.join(dataset.class_names)}")
+        if item in skipped:
+            log.warning("%s: %s was skipped when loading (%s); its verdict is left out", where, item, skipped[item])
+            continue
+        reviews[item] = Review(verdict, label)
     return reviews
 
 
@@ -109,9 +127,4 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
     outcome = ReviewOutcome(reviewed[keep], verdicts[keep], dataset.labels[keep])
     if keep.all():  # the images stay shared: copying them would double the largest array for nothing
         return dataclasses.replace(dataset, labels=labels, weights=weights), outcome
-    subset = dataclasses.replace(
-        dataset, items=[x for x, k in zip(dataset.items, keep) if k], images=dataset.images[keep],
-        labels=labels[keep], splits=dataset.splits[keep],
-        pixel_hashes=[h for h, k in zip(dataset.pixel_hashes, keep) if k], task_ids=dataset.task_ids[keep],
-        weights=weights[keep])
-    return subset, outcome
+    return dataclasses.replace(dataset.subset(keep), labels=labels[keep], weights=weights[keep]), outcome

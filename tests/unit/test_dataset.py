@@ -86,6 +86,36 @@ def test_mixed_grey_and_colour_become_colour_and_equal_pixels_share_a_hash():
     assert ds.task_ids.tolist() == [-1, -1, 7]
 
 
+def premultiplied_tiff(la: np.ndarray) -> bytes:
+    """A grey TIFF with associated (premultiplied) alpha: Pillow opens it as 'La' but cannot write one."""
+    unassociated = b"\x52\x01\x03\x00\x01\x00\x00\x00\x02\x00"  # little-endian tag ExtraSamples = 2
+    return png_bytes(la, "LA", fmt="TIFF").replace(unassociated, unassociated[:-2] + b"\x01\x00")
+
+
+def test_grey_with_alpha_decodes_to_one_channel_on_white():
+    half = np.stack([np.full((10, 10), 100, np.uint8), np.full((10, 10), 128, np.uint8)], -1)  # 100, half see-through
+    premultiplied = np.stack([np.full((10, 10), 50, np.uint8), np.full((10, 10), 128, np.uint8)], -1)
+    for data in (png_bytes(half, "LA"), premultiplied_tiff(premultiplied)):
+        pixels, _ = decode_image(data)
+        assert pixels.shape == (10, 10, 1) and pixels.min() == pixels.max() == 177
+
+
+def test_grey_alpha_and_grey_palette_images_keep_a_grey_data_set_grey_a_colour_palette_makes_it_colour():
+    grey = np.tile(np.arange(0, 200, 20, dtype=np.uint8), (10, 1))
+    opaque = png_bytes(np.stack([grey, np.full_like(grey, 255)], -1), "LA")
+    buf = io.BytesIO()
+    Image.fromarray(grey).convert("P").save(buf, format="PNG")  # a palette of 256 greys
+    records = [Record("l", png_bytes(grey), "x"), Record("la", opaque, "x"), Record("p", buf.getvalue(), "y")]
+    ds = build_dataset(records)
+    assert ds.images.shape == (3, 10, 10, 1)
+    assert all(np.array_equal(image[..., 0], grey) for image in ds.images)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((10, 10, 3), (200, 0, 0), np.uint8)).quantize(2).save(buf, format="PNG")
+    ds = build_dataset([*records, Record("red", buf.getvalue(), "y")])
+    assert ds.images.shape == (4, 10, 10, 3) and ds.images[3, 0, 0].tolist() == [200, 0, 0]
+    assert np.array_equal(ds.images[2], np.repeat(grey[..., None], 3, axis=2))
+
+
 def test_one_class_or_no_images_gets_a_clear_message(tmp_path):
     write_image(tmp_path / "only" / "1.png", 1)
     with pytest.raises(DatasetError, match="at least two classes"):

@@ -1,9 +1,14 @@
 """Reviewers' verdicts as input to an analysis (``reviews``): the CSV and what each verdict does."""
 
+import io
+import logging
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from ml_backend.dataset import ImageDataset
+from ml_backend import dataset as dataset_module
+from ml_backend.dataset import ImageDataset, Record, SkippedItem, build_dataset
 from ml_backend.errors import DatasetError
 from ml_backend.reviews import Review, apply_reviews, read_verdicts
 
@@ -17,15 +22,21 @@ def dataset(n=6) -> ImageDataset:
                         task_ids=np.arange(10, 10 + n), weights=np.ones(n, np.float32))
 
 
-def write(tmp_path, text):
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write(tmp_path, text, encoding="utf-8"):
     path = tmp_path / "verdicts.csv"
-    path.write_text(text)
+    path.write_text(text, encoding=encoding)
     return path
 
 
 def test_a_verdicts_csv_gives_one_review_per_item(tmp_path):
     path = write(tmp_path, "item,verdict,label\ni0,confirmed,cat\ni1,relabeled,fox\ni2,removed,\ni3,ambiguous,\n")
-    assert read_verdicts(path, dataset().items, CLASSES) == {
+    assert read_verdicts(path, dataset()) == {
         "i0": Review("confirmed", "cat"), "i1": Review("relabeled", "fox"), "i2": Review("removed"),
         "i3": Review("ambiguous")}
 
@@ -35,17 +46,41 @@ def test_a_verdicts_csv_gives_one_review_per_item(tmp_path):
     ("i0,confirmed,cat\ni0,removed,", "row 3: item 'i0' has a verdict already"),
     ("i0,wrong,cat", "row 2: verdict 'wrong' is not one of confirmed, relabeled, removed, ambiguous"),
     ("i0,relabeled,wolf", "row 2: label 'wolf' is not a class"),
-    ("i0,confirmed,", "row 2: label '' is not a class"),
+    ("i0,confirmed,", "row 2: no label; confirmed needs the label after review, one of cat, dog, fox"),
+    ("i0,relabeled", "row 2: no label; relabeled needs the label after review"),  # the label field left out
+    ("\n\ni0,confirmed,cat\ni9,removed,", "row 5: item 'i9'"),  # the line in the file: blank lines count
 ])
 def test_bad_rows_name_the_row_and_what_to_change(tmp_path, rows, words):
     path = write(tmp_path, "item,verdict,label\n" + rows + "\n")
     with pytest.raises(DatasetError, match=words):
-        read_verdicts(path, dataset().items, CLASSES)
+        read_verdicts(path, dataset())
+
+
+def test_short_rows_and_a_csv_saved_by_excel_are_read(tmp_path):
+    text = "\ufeffitem,verdict,label\r\ni2,removed\r\ni3,ambiguous\r\ni0,confirmed,cat\r\n"  # BOM, no empty label
+    assert read_verdicts(write(tmp_path, text), dataset()) == {
+        "i2": Review("removed"), "i3": Review("ambiguous"), "i0": Review("confirmed", "cat")}
+
+
+def test_a_file_that_is_not_utf8_says_how_to_save_it(tmp_path):
+    with pytest.raises(DatasetError, match="not UTF-8 text; save it as CSV UTF-8"):
+        read_verdicts(write(tmp_path, "item,verdict,label\nÄpfel/1.png,removed,\n", "cp1252"), dataset())
+
+
+def test_a_verdict_on_an_image_skipped_as_unreadable_is_left_out_with_a_warning(tmp_path, caplog):
+    data = dataset()
+    data.skipped = [SkippedItem("broken.png", "broken.png: not a readable image")]
+    path = write(tmp_path, "item,verdict,label\nbroken.png,removed,\ni0,confirmed,cat\n")
+    with caplog.at_level(logging.WARNING):
+        assert read_verdicts(path, data) == {"i0": Review("confirmed", "cat")}
+    assert "row 2: broken.png was skipped when loading (broken.png: not a readable image)" in caplog.text
+    with pytest.raises(DatasetError, match="row 2: verdict 'gone'"):  # its row must still be a valid row
+        read_verdicts(write(tmp_path, "item,verdict,label\nbroken.png,gone,\n"), data)
 
 
 def test_a_missing_column_names_the_header(tmp_path):
     with pytest.raises(DatasetError, match="no column label; the header must be item,verdict,label"):
-        read_verdicts(write(tmp_path, "item,verdict\ni0,removed\n"), dataset().items, CLASSES)
+        read_verdicts(write(tmp_path, "item,verdict\ni0,removed\n"), dataset())
 
 
 def test_each_verdict_changes_what_the_analysis_trains_on():
@@ -62,6 +97,20 @@ def test_each_verdict_changes_what_the_analysis_trains_on():
     assert subset.task_ids.tolist() == [10, 11, 13, 14, 15] and subset.pixel_hashes[2] == "h3"
     assert subset.images.shape == (5, 2, 2, 1) and subset.images[2, 0, 0, 0] == data.images[3, 0, 0, 0]
     assert data.labels.tolist() == [0, 1, 2, 0, 1, 2] and data.weights.tolist() == [1.0] * 6  # input untouched
+
+
+def test_leaving_out_removed_images_keeps_a_large_working_copy_in_a_file(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    pngs = [rng.integers(0, 256, (12, 12), np.uint8) for _ in range(7)]
+    records = [Record(f"i{k}", png(pixels), CLASSES[k % 3]) for k, pixels in enumerate(pngs)]
+    monkeypatch.setattr(dataset_module, "MEMMAP_ABOVE_BYTES", 0)
+    monkeypatch.setattr(dataset_module, "COPY_CHUNK_BYTES", 2 * 12 * 12)  # two images a step: several steps
+    data = build_dataset(records, scratch_dir=tmp_path)
+    subset, _ = apply_reviews(data, {"i1": Review("removed"), "i4": Review("removed")}, confirmed_weight=2.0)
+    assert isinstance(subset.images, np.memmap)  # not read into RAM
+    assert subset.items == ["i0", "i2", "i3", "i5", "i6"]
+    assert np.array_equal(subset.images, data.images[[0, 2, 3, 5, 6]])
+    assert not list(tmp_path.iterdir())  # unlinked: the file goes with the array
 
 
 def test_a_confirmed_label_that_changed_since_and_an_all_removed_set_are_refused():
