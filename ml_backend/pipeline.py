@@ -1,4 +1,4 @@
-"""One analysis run: dataset -> out-of-sample model outputs -> detectors -> Analysis.
+"""One analysis run: dataset -> cross-fitted model outputs -> detectors -> Analysis.
 
 Every stage reports ``progress(stage, done, total)``; the CLI turns that into a progress
 bar, the service into job status. Stage timings go into ``Analysis.summary``.

@@ -128,7 +128,7 @@ def desired_fields(
         task_id = int(analysis.task_ids[i])
         if tasks is not None and task_id not in tasks:
             continue
-        verdict = verdicts.get(str(task_id))
+        verdict = holding(analysis, i, verdicts.get(str(task_id)))
         disagreement = disagreements.get(str(task_id))
         if task_id >= 0 and (is_flagged(analysis, i) or verdict or disagreement):
             wanted[task_id] = task_fields(analysis, i, leakage=leakage, groups=groups, evidence=evidence(i),
@@ -138,6 +138,17 @@ def desired_fields(
                                        dc_consensus_quality=disagreement["quality"],
                                        dc_disagreement_rank=disagreement["rank"])
     return wanted
+
+
+def holding(analysis: Analysis, i: int, verdict: dict | None) -> dict | None:
+    """``verdict`` if it still speaks for image ``i``'s label: made on this analysis, a removal or
+    an ambiguity, or a kept or relabeled label the image still has. Else None: the label changed
+    since (an annotation the backend never heard of), the analysis ranked the image as unreviewed,
+    so its task belongs in the queue again."""
+    if verdict is None or verdict.get("version") == analysis.model_version \
+            or verdict["verdict"] in (Verdict.REMOVED, Verdict.AMBIGUOUS):
+        return verdict
+    return verdict if verdict.get("label") == analysis.class_names[analysis.labels[i]] else None
 
 
 def cell_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:

@@ -43,6 +43,16 @@ def test_fields_go_only_to_flagged_or_reviewed_tasks_and_never_clash_with_user_k
     assert publish.desired_fields(analysis, {}, lambda i: "").keys() == {2, 3, 4}
 
 
+def test_a_verdict_on_a_label_changed_since_leaves_the_task_in_the_queue():
+    analysis = tiny_analysis()  # task 2: labeled cat, a candidate
+    stale = {"2": {"verdict": "kept", "label": "dog", "version": "deconfusion-old"}}  # it was a dog then
+    assert publish.desired_fields(analysis, stale, lambda i: "")[2]["dc_candidate"] == 1
+    now = {"2": {"verdict": "relabeled_to_model", "label": "dog", "version": analysis.model_version}}
+    assert publish.desired_fields(analysis, now, lambda i: "")[2]["dc_reviewed"] == "relabeled_to_model"
+    gone = {"2": {"verdict": "removed", "label": "dog", "version": "deconfusion-old"}}
+    assert publish.desired_fields(analysis, gone, lambda i: "")[2]["dc_excluded"] == 1
+
+
 def test_review_queue_comes_first_and_sorts_by_error_score():
     tabs = publish.data_manager_tabs(tiny_analysis(), max_tabs=5)
     assert tabs[0]["title"] == REVIEW_QUEUE_TAB and tabs[0]["ordering"] == "-dc_error_score"
