@@ -116,6 +116,20 @@ def verified_scores(evidence: np.ndarray, base: np.ndarray, verdicts: np.ndarray
     return scores, float(weight)
 
 
+def reordered_within(scores: np.ndarray, order: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """``scores`` (N,) with the values of ``members`` ((N,) bool) handed out again among them,
+    the highest to the member highest in ``order`` (N,); the rest unchanged.
+
+    Where :func:`verified_scores` re-orders every image, this keeps a group's own values: the
+    images nobody reviewed, or a review queue, then read as before (a list as long, a queue
+    whose every score made it a candidate) while the verifier decides their order.
+    """
+    out = np.array(scores, copy=True)
+    idx = np.flatnonzero(members)
+    out[idx[np.argsort(-np.asarray(order)[idx], kind="stable")]] = np.sort(out[idx])[::-1]
+    return out
+
+
 def _fit(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray) -> np.ndarray:
     """Ridge-penalised, weighted logistic regression; returns weights with the bias last."""
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:

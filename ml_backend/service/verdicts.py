@@ -16,6 +16,7 @@ import numpy as np
 from ..analysis import Analysis
 from ..config import Settings
 from ..dataset import ImageDataset
+from ..detectors.verifier import reordered_within
 from ..errors import LabelStudioRejected
 from ..ls.client import LabelStudioClient
 from ..ls.schema import ClassSpec
@@ -224,15 +225,6 @@ def rerank_after_publishing(store: ProjectStore, analysis: Analysis, write_field
         return None
     store.update_project_info(reranked_at={version: fresh})
     return rerank_published(store, analysis, write_fields, seed=seed)
-
-
-def reordered_within(scores: np.ndarray, order: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """``scores`` with the values of ``members`` ((N,) bool) handed out again among them, highest
-    to the highest ``order``; the rest unchanged."""
-    out = scores.copy()
-    idx = np.flatnonzero(members)
-    out[idx[np.argsort(-order[idx], kind="stable")]] = np.sort(scores[idx])[::-1]
-    return out
 
 
 def rerank_due(store: ProjectStore, after_verdicts: int) -> bool:

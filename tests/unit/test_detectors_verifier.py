@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ml_backend.detectors.verifier import (CELL_DECISIONS, HALF_WEIGHT_AT, MAX_WEIGHT, MIN_EACH, cells_of,
-                                           verified_scores, verifier_evidence)
+                                           reordered_within, verified_scores, verifier_evidence)
 
 
 def project(seed=0, n=3000):
@@ -83,3 +83,13 @@ def test_evidence_has_the_error_terms_probabilities_and_both_classes_one_hot():
         verified_scores(x, np.array([0.8, 0.1]), np.array([2, 0]), np.array([1, 3]))
     with pytest.raises(TypeError, match="cells"):  # the labels' check: integer ids only
         verified_scores(x, np.array([0.8, 0.1]), np.array([1, 0]), np.array([1.0, 3.0]))
+
+
+def test_reordered_within_keeps_a_groups_own_scores_in_the_new_order():
+    scores = np.array([0.9, 0.8, 0.1, 0.5, 0.2])
+    order = np.array([0.1, 0.2, 0.9, 0.3, 0.8])  # the verifier's ranking
+    unreviewed = np.array([True, True, True, False, True])
+    out = reordered_within(scores, order, unreviewed)
+    np.testing.assert_allclose(out, [0.1, 0.2, 0.9, 0.5, 0.8])  # image 3 (reviewed) keeps its score
+    assert sorted(out[unreviewed]) == sorted(scores[unreviewed])  # a list as long as before
+    assert scores[0] == 0.9  # the caller's array is left alone
