@@ -13,6 +13,7 @@ Layout::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -31,6 +32,17 @@ _locks_guard = threading.Lock()
 def _lock_for(path: Path) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(str(path), threading.Lock())
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold ``path`` for a read-modify-write, against other threads (a lock) and other processes
+    (``flock`` on a side file): gunicorn's workers and RQ workers write the same project files."""
+    with _lock_for(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            yield
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -109,7 +121,7 @@ class ProjectStore:
     def record_verdict(self, task_id: int, verdict: dict) -> bool:
         """Store a task's verdict; returns False when nothing changed (idempotent webhooks)."""
         path = self.root / "verdicts.json"
-        with _lock_for(path):
+        with _locked(path):
             verdicts = read_json(path, {})
             key = str(int(task_id))
             if verdicts.get(key) == verdict:
@@ -120,7 +132,7 @@ class ProjectStore:
 
     def forget_verdict(self, task_id: int) -> bool:
         path = self.root / "verdicts.json"
-        with _lock_for(path):
+        with _locked(path):
             verdicts = read_json(path, {})
             if verdicts.pop(str(int(task_id)), None) is None:
                 return False
@@ -134,7 +146,7 @@ class ProjectStore:
     def append_rerank(self, entry: dict) -> None:
         """One line per re-rank between analyses (see ``service.verdicts.rerank_published``)."""
         path = self.root / "reranks.json"
-        with _lock_for(path):
+        with _locked(path):
             write_json(path, read_json(path, []) + [entry])
 
     def reranks(self) -> list[dict]:
@@ -142,7 +154,7 @@ class ProjectStore:
 
     def append_history(self, entry: dict) -> None:
         path = self.root / "history.json"
-        with _lock_for(path):
+        with _locked(path):
             history = [h for h in read_json(path, []) if h.get("model_version") != entry.get("model_version")]
             write_json(path, history + [entry])
 
@@ -153,5 +165,5 @@ class ProjectStore:
         return read_json(self.settings_file(), {})
 
     def update_project_info(self, **values: Any) -> None:
-        with _lock_for(self.settings_file()):
+        with _locked(self.settings_file()):
             write_json(self.settings_file(), {**self.project_info(), **values})

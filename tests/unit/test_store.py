@@ -1,6 +1,9 @@
-"""Per-project state on disk: a version folder appears whole or not at all."""
+"""Per-project state on disk: a version folder appears whole or not at all; writers in several
+processes (gunicorn and RQ workers) lose no verdict or setting."""
 
 from __future__ import annotations
+
+import multiprocessing
 
 import pytest
 
@@ -28,3 +31,20 @@ def test_a_failed_write_leaves_no_version_and_a_killed_ones_leftovers_are_cleare
     with store.new_version("dc-v3"):
         pass
     assert not killed.exists() and sorted(p.name for p in killed.parent.iterdir()) == ["dc-v3"]
+
+
+def _record_many(model_dir, worker: int) -> None:
+    store = ProjectStore(model_dir, 3)
+    for n in range(40):
+        store.record_verdict(worker * 100 + n, {"verdict": "kept", "label": "cat"})
+        store.update_project_info(**{f"w{worker}_{n}": n})
+
+
+def test_writers_in_several_processes_lose_nothing(tmp_path):
+    workers = [multiprocessing.get_context("fork").Process(target=_record_many, args=(tmp_path, w)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+    store = ProjectStore(tmp_path, 3)
+    assert len(store.verdicts()) == 160 and len(store.project_info()) == 160
