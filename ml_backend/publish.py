@@ -228,6 +228,9 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
         return evidence_html(analysis, i, image_url=urls) if is_flagged(analysis, i) else ""
     verdicts = store.verdicts()
     wanted = desired_fields(analysis, verdicts, evidence, crowd)
+
+    def since(seen: dict[str, dict]) -> dict[int, dict]:
+        return fields_since(analysis, store.verdicts(), seen, evidence, crowd)
     index = analysis.index_of_task()
     progress("publish", 0, 4)
     client.create_predictions(project_id, [prediction(analysis, index[t], spec) for t in wanted if t in index])
@@ -249,10 +252,18 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     publish_overview(client, project_id, project, analysis, settings, store, tab_ids, urls)
     progress("publish", 4, 4)
 
+    # Reviewers work while a big project publishes (minutes): a verdict marks its task reviewed at
+    # once, and a write made from the verdicts publishing started with would put it back in the
+    # queue, where "select all" in a cell tab could override the reviewer. Each batch and a last
+    # pass follow the verdicts as they are then.
     for stage, fields in (("queue", queue), ("more fields", rest)):
+        fields = {**fields, **{t: f for t, f in since(verdicts).items() if t in fields}}
         client.write_task_fields(project_id, fields,
                                  progress=lambda done, total, stage=stage: progress(stage, done, total))
-    catch_up_with_verdicts(client, project_id, analysis, store, verdicts, evidence, crowd)
+    if changed := since(verdicts):
+        log.info("project %s: %d verdict(s) came in while publishing; their tasks' fields follow them", project_id,
+                 len(changed))
+        client.write_task_fields(project_id, changed)
     others = [i for i in np.flatnonzero(analysis.task_ids >= 0) if int(analysis.task_ids[i]) not in wanted]
     progress("predictions", 0, 1)
     client.create_predictions(project_id, [prediction(analysis, i, spec) for i in others])
@@ -262,20 +273,13 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("old predictions", 1, 1)
 
 
-def catch_up_with_verdicts(client: LabelStudioClient, project_id: int, analysis: Analysis, store: ProjectStore,
-                           seen: dict[str, dict], evidence: Callable[[int], str], crowd: dict | None) -> int:
-    """Rewrite the fields of the tasks whose verdict changed since ``seen`` (the verdicts publishing
-    started from). Reviewers work while a big project publishes (minutes); a verdict marks its task
-    reviewed at once, and a field write made from ``seen`` afterwards would put the task back in the
-    queue, where "select all" in a cell tab could override the reviewer. Returns how many changed."""
-    now = store.verdicts()
+def fields_since(analysis: Analysis, now: dict[str, dict], seen: dict[str, dict], evidence: Callable[[int], str],
+                 crowd: dict | None) -> dict[int, dict]:
+    """task id -> the fields it should carry with the verdicts ``now``, for every task whose verdict
+    changed since ``seen`` (none when it should carry none)."""
     moved = {int(t) for t in {*now, *seen} if now.get(t) != seen.get(t)}
-    if not moved:
-        return 0
-    fresh = desired_fields(analysis, now, evidence, crowd, tasks=moved)
-    log.info("project %s: %d verdict(s) came in while publishing; their tasks' fields follow them", project_id,
-             len(moved))
-    return client.write_task_fields(project_id, {t: fresh.get(t, {}) for t in moved})
+    fresh = desired_fields(analysis, now, evidence, crowd, tasks=moved) if moved else {}
+    return {t: fresh.get(t, {}) for t in moved}
 
 
 def review_order(stale: dict[int, dict], wanted: dict[int, dict], *, lead: int = REVIEW_LEAD

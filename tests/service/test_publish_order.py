@@ -19,6 +19,7 @@ class RecordingClient:
         self.calls = []
         self.fields_now = fields_now or {}  # task id -> our fields it carries before publishing
         self.written = {}  # task id -> the fields its last write gave it
+        self.batches = []  # each write's fields
 
     def create_predictions(self, project_id, predictions):
         self.calls.append(("predictions", sorted(p["task"] for p in predictions)))
@@ -33,6 +34,7 @@ class RecordingClient:
     def write_task_fields(self, project_id, fields, progress=None):
         self.calls.append(("fields", sorted(fields)))
         self.written.update(fields)
+        self.batches.append(dict(fields))
         for done in range(1, len(fields) + 1):
             if progress:
                 progress(done, len(fields))
@@ -98,8 +100,9 @@ def test_a_verdict_given_while_publishing_is_not_undone(tmp_path):
     kept = {"verdict": "kept", "label": analysis.class_names[analysis.labels[i]], "version": analysis.model_version}
 
     def reviewer_acts(stage, done, total):
-        if (stage, done) == ("publish", 4):
+        if (stage, done) == ("publish", 4):  # the tabs are up
             store.record_verdict(4, kept)
+            store.record_verdict(3, {"verdict": "removed", "label": "dog", "version": analysis.model_version})
 
     publish_analysis(client, 5, {"title": "Pets"}, SPEC, analysis, Settings(model_dir=str(tmp_path)), store,
                      reviewer_acts)
@@ -107,3 +110,5 @@ def test_a_verdict_given_while_publishing_is_not_undone(tmp_path):
     final = client.written[4]
     assert final["dc_reviewed"] == "kept" and final["dc_candidate"] == 0 and final["dc_unreviewed"] == 0
     assert final["dc_version"] == analysis.model_version  # all its fields, not only the review marks
+    # task 3 (a duplicate) is written after the verdict: with it, not from the verdicts publishing began with
+    assert all(batch[3]["dc_excluded"] == 1 for batch in client.batches if 3 in batch)
