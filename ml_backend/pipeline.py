@@ -167,7 +167,7 @@ def _cross_fit_views(dataset: ImageDataset, settings: Settings, progress: Progre
             dataset.images, dataset.labels, dataset.num_classes, folds=settings.folds, epochs=settings.epochs,
             seed=settings.seed, backbone=backbone, device=settings.device, batch_size=settings.batch_size,
             weights=dataset.weights, progress=progress, class_names=list(dataset.class_names),
-            backbone_weights=settings.backbone_weights)
+            backbone_weights=settings.backbone_weights, groups=np.asarray(dataset.pixel_hashes))
         fits.append(fit)
         ensembles.append(ensemble)
         if settings.backbone == "auto" and [f.backbone for f in fits] == ["small_cnn"] and not views \

@@ -129,10 +129,16 @@ def auto_epochs(backbone: str, n_train: int) -> int:
     return int(np.clip(math.ceil(SMALL_CNN_SAMPLES / max(n_train, 1)), low, high))
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """(N,) int64 fold per image. Each class is shuffled and dealt round-robin over the folds,
     continuing where the previous class stopped, so fold sizes differ by at most one and a
-    class with fewer images than folds simply misses some folds."""
+    class with fewer images than folds simply misses some folds.
+
+    groups : (N,) ids (ints or strings, e.g. pixel hashes), optional. Images with equal ids
+    (exact copies) then join the fold of the first of them: a held-out model never trained on a
+    copy of the image it scores (two copies labeled differently would otherwise each be scored
+    by a model that learned the other). Every other image keeps its fold.
+    """
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(labels), dtype=np.int64)
     offset = 0
@@ -140,7 +146,19 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
         members = rng.permutation(np.flatnonzero(labels == k))
         fold_of[members] = (np.arange(len(members)) + offset) % folds
         offset += len(members)
-    return fold_of
+    if groups is None:
+        return fold_of
+    group_of, first = _groups_in_order(np.asarray(groups))
+    return fold_of[first][group_of]
+
+
+def _groups_in_order(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) group number of each image, numbered by first appearance, and (G,) each group's first image."""
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    number = np.empty(len(first), dtype=np.int64)
+    number[order] = np.arange(len(first))
+    return number[inverse.ravel()], first[order]
 
 
 def _worker_plan(folds: int, images: np.ndarray, device: torch.device) -> tuple[int, int]:
@@ -425,7 +443,8 @@ def _pretrained_features(net: PretrainedFeatures, images: np.ndarray, device: to
 def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 4, epochs: int = 0,
               seed: int = 0, backbone: str = "auto", device: str = "cpu", batch_size: int = 128,
               weights: np.ndarray | None = None, progress: Progress | None = None,
-              class_names: list[str] | None = None, backbone_weights: str = "") -> tuple[CrossFitResult, Ensemble]:
+              class_names: list[str] | None = None, backbone_weights: str = "",
+              groups: np.ndarray | None = None) -> tuple[CrossFitResult, Ensemble]:
     """Train ``folds`` models, each on all images but one stratified fold, and score every image.
 
     images : (N, H, W, C) uint8, C in {1, 3}. labels : (N,) int in [0, K). num_classes : K >= 2.
@@ -435,6 +454,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
     device : 'cpu' | 'cuda'. batch_size : training batch (small_cnn).
     backbone_weights : state-dict file of a ``torchvision:<arch>`` backbone ('' = torch cache).
     weights : (N,) float32 >= 0 per-image loss weight (default all 1).
+    groups : (N,) ids of images that must share a fold (exact copies), see :func:`stratified_folds`.
     progress : called from the caller's thread as ``progress(stage, done, total)`` with stage in
         {'features', 'train', 'classify'}; done counts batches (heads for pretrained views), reported at
         least every POLL_S seconds while it moves, and always at the end of a stage.
@@ -445,6 +465,8 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
     """
     labels, weights = _check_inputs(images, labels, num_classes, folds=folds, epochs=epochs,
                                     batch_size=batch_size, weights=weights)
+    if groups is not None and np.shape(groups) != (len(images),):
+        raise ValueError(f"groups must hold one id per image ({len(images)}), got shape {np.shape(groups)}")
     backbone = choose_backbone(len(images), images.shape[1:], backbone)
     dev = resolve_device(device)
     start = time.perf_counter()
@@ -452,7 +474,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
         result, ensemble = _compute_cross_fit(images, labels, weights, int(num_classes), folds=int(folds),
                                               epochs=int(epochs), seed=int(seed), backbone=backbone, device=dev,
                                               batch_size=int(batch_size), progress=progress,
-                                              backbone_weights=backbone_weights)
+                                              backbone_weights=backbone_weights, groups=groups)
     result.seconds = time.perf_counter() - start
     if class_names is not None:
         ensemble.class_names = list(class_names)
@@ -462,9 +484,9 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
 
 
 def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, seed, backbone, device,
-                       batch_size, progress, backbone_weights) -> tuple[CrossFitResult, Ensemble]:
+                       batch_size, progress, backbone_weights, groups) -> tuple[CrossFitResult, Ensemble]:
     """cross_fit on validated inputs."""
-    fold_of = stratified_folds(labels, folds, seed)
+    fold_of = stratified_folds(labels, folds, seed, groups)
     _warn_small_classes(labels, folds, num_classes)
     n_train = len(images) - int(np.bincount(fold_of).max())  # the smallest fold model's training set
     epochs = epochs or auto_epochs(backbone, n_train)

@@ -197,6 +197,19 @@ def test_stratified_folds_with_tiny_classes_stay_balanced():
     assert np.bincount(fold_of[labels == 0], minlength=4).max() == 2
 
 
+def test_exact_copies_share_a_fold_and_distinct_images_keep_their_folds():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 200)
+    hashes = np.array([f"h{i}" for i in range(200)])
+    assert np.array_equal(stratified_folds(labels, 4, 0, hashes), stratified_folds(labels, 4, 0))
+    hashes[[10, 50, 150]] = "same picture"  # three copies, labeled differently maybe
+    fold_of, before = stratified_folds(labels, 4, 0, hashes), stratified_folds(labels, 4, 0)
+    assert set(fold_of[[10, 50, 150]]) == {before[10]}  # no held-out model trained on a copy
+    others = np.ones(200, bool)
+    others[[50, 150]] = False
+    assert np.array_equal(fold_of[others], before[others])  # every other image keeps its fold
+
+
 @pytest.mark.parametrize("shape, expected", [
     ((28, 28, 1), "small_cnn"), ((32, 32, 3), "small_cnn"), ((64, 48, 3), "small_cnn"),
     ((65, 64, 3), "efficientnet_lite0"), ((160, 120, 3), "efficientnet_lite0")])
