@@ -496,7 +496,10 @@ class RQRunner:
             if age_seconds(job.get("queued_at")) <= ENQUEUE_GRACE_S:
                 return job
             rq_job = rq_status = None
-        lost = rq_job is not None and _lost_worker(self.redis, rq_job, project_id, self.settings.queue_name)
+        # Its progress in job.json (on the shared MODEL_DIR) can still say it is alive when Redis missed
+        # its beats for a while: then a second press must not start a second analysis.
+        lost = (rq_job is not None and _lost_worker(self.redis, rq_job, project_id, self.settings.queue_name)
+                and age_seconds(job.get("updated_at")) > HEARTBEAT_TTL_S)
         if rq_status is not None and rq_status not in _DEAD_RQ_STATES and not lost:
             return job
         latest = read_job(self.settings, project_id) or job  # the worker may have just finished

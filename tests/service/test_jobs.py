@@ -291,6 +291,25 @@ def test_a_worker_killed_mid_job_leaves_an_interrupted_status_and_the_next_press
     assert runner.status(9)["status"] == "done"
 
 
+def test_a_worker_whose_beats_redis_missed_but_that_reports_progress_stays_running(settings, redis_url):
+    """Redis away for longer than the heartbeat's lifetime: the beats are lost, but the worker's
+    progress in job.json is fresh, so the job is not called interrupted (a second press would
+    start a second analysis beside it); once that progress is old too, it is."""
+    from datetime import datetime, timedelta, timezone
+    from rq.job import JobStatus as RQJobStatus
+    settings = settings.replace(redis_url=redis_url)
+    runner = RQRunner(settings, OK_PATH)
+    rq_job = Job.fetch(runner.submit(9)["rq_job_id"], connection=Redis.from_url(redis_url))
+    rq_job.set_status(RQJobStatus.STARTED)
+    rq_job.started_at = datetime.now(timezone.utc) - timedelta(seconds=runners.HEARTBEAT_TTL_S + 60)
+    rq_job.save()  # started long ago, no heartbeat in Redis
+    update_job(settings, 9, status="running", stage="train", done=3, total=10)
+    assert runner.status(9)["status"] == "running"
+    old = (datetime.now(timezone.utc) - timedelta(seconds=runners.HEARTBEAT_TTL_S + 5)).isoformat()
+    job_path(settings, 9).write_text(json.dumps({**read_job(settings, 9), "updated_at": old}))
+    assert runner.status(9)["status"] == "interrupted"
+
+
 def test_redis_down_is_retried_then_reported_clearly(settings):
     settings = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     runner = RQRunner(settings, OK_PATH, retry_delays=(0.01, 0.01))
