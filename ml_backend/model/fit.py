@@ -148,17 +148,8 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarr
         offset += len(members)
     if groups is None:
         return fold_of
-    group_of, first = _groups_in_order(np.asarray(groups))
-    return fold_of[first][group_of]
-
-
-def _groups_in_order(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) group number of each image, numbered by first appearance, and (G,) each group's first image."""
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    number = np.empty(len(first), dtype=np.int64)
-    number[order] = np.arange(len(first))
-    return number[inverse.ravel()], first[order]
+    _, first, group = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    return fold_of[first[group.ravel()]]  # each image takes the fold of its group's first image
 
 
 def _worker_plan(folds: int, images: np.ndarray, device: torch.device) -> tuple[int, int]:
