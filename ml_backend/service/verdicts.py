@@ -220,11 +220,10 @@ def rerank_after_publishing(store: ProjectStore, analysis: Analysis, write_field
     verdicts on this version call for it (``after_verdicts``, 0 = never). Returns the re-rank's log
     entry, or None."""
     (store.version_dir(analysis.model_version) / "published_scores.npy").unlink(missing_ok=True)
-    version, fresh = _verdicts_on_current(store)
-    if version != analysis.model_version or not after_verdicts or fresh < after_verdicts:
+    if store.current_version() != analysis.model_version:
         return None
-    store.update_project_info(reranked_at={version: fresh})
-    return rerank_published(store, analysis, write_fields, seed=seed)
+    store.update_project_info(reranked_at={})  # nothing of this version's re-ranks is left in Label Studio
+    return rerank_published(store, analysis, write_fields, seed=seed) if rerank_due(store, after_verdicts) else None
 
 
 def rerank_due(store: ProjectStore, after_verdicts: int) -> bool:
