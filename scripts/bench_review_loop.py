@@ -8,8 +8,9 @@ review rounds in which each round's verdicts go into the next analysis.
 The reviewer is an oracle that knows the true label of every image it looks at, and works
 only from what the published tabs show, in their order, within a budget of images looked at:
 1. the cell tabs flagged as class interpretation errors, in the overview's reading order:
-   it looks at 20 images of the cell; if at least 90% are truly the model's class it relabels
-   the whole cell at once ("Create Annotations From Predictions" on the tab), else it moves on;
+   it looks at 20 images of the cell and gives each its true label; if at least 90% are truly
+   the model's class it relabels the rest of the cell at once ("Create Annotations From
+   Predictions" on the tab), else it moves on;
 2. the review queue, most likely errors first: each image is kept or relabeled to its truth;
 3. the duplicates tab, closest copies first: one look per pair; it removes the second image
    of a true copy (pixel-identical or one of the planted copies) and keeps look-alikes.
@@ -78,10 +79,18 @@ def review(analysis, labels: np.ndarray, truth: np.ndarray, copies: set[tuple[in
         sample = rng.choice(members, size=min(CELL_SAMPLE, len(members)), replace=False)
         spent += len(sample)
         if (truth[sample] == cell["predicted"]).mean() >= CELL_AGREEMENT:
-            fixed[members] = cell["predicted"]
-            seen[members] = True
+            rest = np.setdiff1d(members, sample)
+            fixed[rest] = cell["predicted"]
+            seen[rest] = True
             log["cells_relabeled"] += 1
-            log["bulk_relabeled"] += len(members)
+            log["bulk_relabeled"] += len(rest)
+        for i in sample:  # looked at, whatever the cell's fate: the reviewer knows these
+            seen[i] = True
+            if fixed[i] != truth[i]:
+                fixed[i] = truth[i]
+                log["single_relabeled"] += 1
+            else:
+                log["kept"] += 1
     for i in np.argsort(-analysis.error_score, kind="stable"):
         if spent >= budget or not analysis.is_candidate[i]:
             break
@@ -115,8 +124,9 @@ def val_accuracy(x, labels, truth, split, keep) -> float:
 
 def look(analysis, reviewed: np.ndarray, truth: np.ndarray, budget: int, rng) -> dict[int, int]:
     """What an oracle reviewer decides within ``budget`` looks, in the project's order: flagged
-    interpretation cells (a sample, then the whole cell at once if it is truly the model's class),
-    then unreviewed images by error score. Returns {image index: the label it now has}."""
+    interpretation cells (a sample, each image of it decided, then the rest of the cell at once if
+    it is truly the model's class), then unreviewed images by error score. Returns {image index:
+    the label it now has}."""
     decided: dict[int, int] = {}
     for cell in analysis.cells:
         members = analysis.cell_members(cell["label"], cell["predicted"])
@@ -127,6 +137,7 @@ def look(analysis, reviewed: np.ndarray, truth: np.ndarray, budget: int, rng) ->
         budget -= len(sample)
         if (truth[sample] == cell["predicted"]).mean() >= CELL_AGREEMENT:
             decided.update({int(i): int(cell["predicted"]) for i in members})
+        decided.update({int(i): int(truth[i]) for i in sample})  # looked at, whatever the cell's fate
     for i in np.argsort(-analysis.error_score, kind="stable"):
         if budget <= 0:
             break
