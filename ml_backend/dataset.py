@@ -229,7 +229,10 @@ def _orientation(exif: bytes) -> int | None:
     """The EXIF orientation in ``exif`` bytes as found in the header (Image.getexif() would decode
     a whole PNG to look for a late eXIf chunk)."""
     tags = Image.Exif()
-    tags.load(exif)
+    try:
+        tags.load(exif)
+    except Exception:  # an unreadable EXIF block: no rotation, as ImageOps.exif_transpose decides too
+        return None
     return tags.get(0x0112)
 
 
@@ -309,6 +312,12 @@ def build_dataset(
     )
 
 
+def _printable(name: str) -> str:
+    """A file or folder name as UTF-8 text: bytes that are not UTF-8 (an old Windows or zip name)
+    are written as ``\\xe9``, so the name can go into scores.csv and JSON; the file is still read."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _check_usable(decoded: list[Record]) -> None:
     if not decoded:
         raise DatasetError("no readable labeled images: label some images (or check the skipped list) and retry")
@@ -325,17 +334,21 @@ def folder_records(root: str | os.PathLike) -> list[Record]:
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected ROOT/<label>/<image> or ROOT/train/<label>/<image>")
     subdirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    if subdirs and subdirs <= set(SPLITS):
-        layout = [(split, root / split) for split in SPLITS if split in subdirs]
-    else:
-        layout = [("train", root)]
+    others = sorted(subdirs - set(SPLITS))
+    if subdirs & set(SPLITS) and others:  # read as ROOT/<label>/, the split names would become classes
+        raise DatasetError(
+            f"{root}: has split folders ({', '.join(sorted(subdirs & set(SPLITS)))}) and other folders too "
+            f"({', '.join(_printable(name) for name in others)}): put every image under ROOT/train/<label>/ or "
+            "ROOT/val/<label>/ and move the others (a test split, __MACOSX) out of ROOT")
+    layout = [(split, root / split) for split in SPLITS if split in subdirs] if subdirs & set(SPLITS) \
+        else [("train", root)]
     records = []
     for split, base in layout:
         for label_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for path in sorted(label_dir.rglob("*")):
                 if path.is_file() and not path.name.startswith("."):
-                    rel = path.relative_to(root).as_posix()
-                    records.append(Record(item=rel, source=path, label=label_dir.name, split=split))
+                    rel = _printable(path.relative_to(root).as_posix())
+                    records.append(Record(item=rel, source=path, label=_printable(label_dir.name), split=split))
     if not records:
         raise DatasetError(
             f"{root}: no images found; expected ROOT/<label>/<image> or ROOT/train/<label>/<image> "

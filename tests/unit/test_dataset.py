@@ -42,6 +42,25 @@ def test_flat_layout_with_spaces_and_non_ascii_labels(tmp_path):
     assert set(ds.splits) == {"train"}
 
 
+def test_a_test_folder_beside_train_and_val_is_refused_by_name_not_read_as_classes(tmp_path):
+    for split in ("train", "val", "test"):
+        write_image(tmp_path / split / "cat" / "a.png", 10)
+        write_image(tmp_path / split / "dog" / "b.png", 200)
+    with pytest.raises(DatasetError, match=r"other folders too \(test\): put every image under ROOT/train"):
+        load_folder(tmp_path)
+
+
+def test_a_file_name_that_is_not_utf8_is_analysed_under_a_printable_name(tmp_path):
+    import os
+    write_image(tmp_path / "cat" / "a.png", 10)
+    write_image(tmp_path / "dog" / "b.png", 200)
+    latin1 = (os.fsencode(tmp_path / "cat") + b"/caf\xe9.png").decode("utf-8", "surrogateescape")
+    Image.fromarray(np.full((12, 12), 30, dtype=np.uint8)).save(latin1, format="PNG")
+    ds = load_folder(tmp_path)
+    assert "cat/caf\\xe9.png" in ds.items
+    assert all(item.encode("utf-8") for item in ds.items)  # scores.csv and JSON can hold every name
+
+
 def test_odd_files_are_skipped_and_reported_never_fatal(tmp_path):
     write_image(tmp_path / "a" / "ok1.png", 10)
     write_image(tmp_path / "b" / "ok2.png", 99)
@@ -142,6 +161,14 @@ def rotated_jpeg(h: int, w: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", exif=exif)
     return buf.getvalue()
+
+
+def test_an_unreadable_exif_block_leaves_a_photo_its_shape_and_colour():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((30, 20, 3), 90, dtype=np.uint8)).save(buf, format="JPEG", exif=b"Exif\x00\x00garbage")
+    records = [Record(item=f"{i}.jpg", source=buf.getvalue(), label=label, split="train")
+               for i, label in enumerate(["a", "b"])]
+    assert build_dataset(records).images.shape == (2, 30, 20, 3)
 
 
 def test_the_working_shape_comes_from_headers_with_exif_rotation_and_unreadable_files_leave_no_gap():
