@@ -24,7 +24,7 @@ from .ls.schema import ClassSpec
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
 from .views.review import evidence_html
-from .vocabulary import REVIEW_QUEUE_TAB, TAB_PREFIX, VERSION_FIELD, Progress, Verdict
+from .vocabulary import OUR_TABS, REVIEW_QUEUE_TAB, TAB_PREFIX, VERSION_FIELD, Progress, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
                              progress=lambda done, total: progress("publish fields", done, total))
     progress("publish", 2, 4)
 
-    client.delete_views(project_id, TAB_PREFIX)
+    client.delete_views(project_id, OUR_TABS)
     tab_ids = {}
     for view in data_manager_tabs(analysis, max_tabs=settings.max_cell_tabs, crowd=crowd):
         tab_ids[view.get("cell", view["title"])] = client.create_view(
@@ -330,7 +330,7 @@ def _unpublish(client: LabelStudioClient, project_id: int, store: ProjectStore) 
     # without predictions by asking the connected backend for one, which would come back.
     fields = client.sync_task_fields(project_id, {})
     versions = client.delete_predictions(project_id)
-    tabs = client.delete_views(project_id, TAB_PREFIX)
+    tabs = client.delete_views(project_id, OUR_TABS)
     overview_id = store.project_info().get("overview_project")
     if _is_our_overview(client, overview_id):
         client.delete_project(overview_id)

@@ -28,6 +28,9 @@ UNTRAINED_VERSION = f"{VERSION_PREFIX}-untrained"
 """The model version /setup reports before a project's first finished analysis."""
 TAB_PREFIX = "De-Confusion"
 """Every Data Manager tab the backend makes is titled ``"<TAB_PREFIX>: ..."``."""
+OUR_TABS = f"{TAB_PREFIX}: "
+"""The start of our tabs' titles: only tabs titled so are ever deleted (a user's own
+"De-Confusion notes" tab is not ours)."""
 REVIEW_QUEUE_TAB = f"{TAB_PREFIX}: review queue"
 
 VERDICT_CONTROL = f"{FIELD_PREFIX}verdict"

@@ -151,15 +151,21 @@ class LabelStudioClient:
 
     def paged_tasks(self, params: Mapping[str, Any], *, page_size: int = PAGE_SIZE) -> Iterator[dict]:
         """Label Studio's task list (/api/tasks/) for ``params`` (project, view, fields), page by
-        page, with raw data."""
+        page, with raw data. Pages until ``total`` tasks came or a page is empty: Label Studio may
+        cap the page size (TASK_API_PAGE_SIZE_MAX), so a short page is not the last one."""
         seen, page = 0, 1
         while True:
-            resp = self.request("GET", "/api/tasks/", params={
-                **params, "page": page, "page_size": page_size, "resolve_uri": "false"})
+            try:
+                resp = self.request("GET", "/api/tasks/", params={
+                    **params, "page": page, "page_size": page_size, "resolve_uri": "false"})
+            except LabelStudioRejected as exc:
+                if exc.status == 404 and page > 1:  # past the last page: tasks deleted while paging
+                    return
+                raise
             tasks = resp.get("tasks", []) if isinstance(resp, dict) else []
             yield from tasks
             seen += len(tasks)
-            if not tasks or len(tasks) < page_size or seen >= int(resp.get("total", 0)):
+            if not tasks or seen >= int(resp.get("total", 0)):
                 return
             page += 1
 
@@ -380,7 +386,8 @@ class LabelStudioClient:
         return int(self.request("POST", "/api/dm/views/", json={"project": int(project_id), "data": data})["id"])
 
     def delete_views(self, project_id: int, title_prefix: str) -> int:
-        """Delete the tabs whose title starts with ``title_prefix`` (ours); returns how many."""
+        """Delete the tabs whose title starts with ``title_prefix`` (ours: ``"De-Confusion: "``,
+        colon included, so a user's "De-Confusion notes" stays); returns how many."""
         if not title_prefix:
             raise ValueError("title_prefix must not be empty: it keeps the user's own tabs safe")
         ours = [v for v in self.list_views(project_id) if v["title"].startswith(title_prefix)]

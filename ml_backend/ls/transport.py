@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # 5 tries over ~15 s before Label Studio counts as down
 REQUEST_TIMEOUT = 120.0  # seconds per REST call (imports and big pages are slow on SQLite)
 _SAFE_METHODS = ("GET", "HEAD", "PUT", "PATCH", "DELETE")  # retried on any transport error or 5xx
-_UNPROCESSED = (502, 503, 504)  # gateway errors: a POST did not run, so it is retried too
+# A POST is retried only where it cannot have run: 503 (refused before any work). After a 502 or
+# 504 the proxy may have handed it on, and Label Studio goes on importing after the proxy stops
+# waiting (nginx: 60 s), so a second try would store the predictions twice.
+_UNPROCESSED = (503,)
 
 
 class Transport:

@@ -24,6 +24,7 @@ from ml_backend.ls.admin import add_local_storage, connect_ml_backend, ensure_we
 from ml_backend.ls.client import LabelStudioClient
 from ml_backend.ls.media import ImageFetchError
 from ml_backend.ls.schema import parse_label_config
+from ml_backend.vocabulary import OUR_TABS
 from tests.components import missing
 from tests.integration.labelstudio import (LOOPBACK, ImageHost, Route, create_annotation, create_user, free_port,
                                            png_bytes, upload_images, view_task_ids, whoami)
@@ -457,6 +458,8 @@ def test_views_filter_and_sort_numerically(world):
                                    for n, s in scores.items()})
     ids = {world["tasks"][n]: n for n in scores}
     user_view = client.request("POST", "/api/dm/views/", json={"project": pid, "data": {"title": "My own tab"}})
+    user_notes = client.request("POST", "/api/dm/views/",
+                                json={"project": pid, "data": {"title": "De-Confusion notes (Alice)"}})
     cell = client.create_view(pid, "De-Confusion: circle → square",
                               [("dc_cell", "equal", "String", "circle → square")], "-dc_error_score",
                               hidden_columns=["dc_disagreement_rank"], numeric_fields=["dc_error_score"])
@@ -475,8 +478,8 @@ def test_views_filter_and_sort_numerically(world):
     assert saved["ordering"] == ["-tasks:data.dc_error_score"]
     assert saved["columnsDisplayType"] == {"tasks:data.dc_error_score": "Number"}
     assert saved["hiddenColumns"]["explore"] == ["tasks:data.dc_disagreement_rank"]
-    assert client.delete_views(pid, "De-Confusion") == 4
-    assert [v["id"] for v in client.list_views(pid)] == [user_view["id"]]
+    assert client.delete_views(pid, OUR_TABS) == 4
+    assert [v["id"] for v in client.list_views(pid)] == [user_view["id"], user_notes["id"]]
 
 
 def test_webhook_is_idempotent_and_widened(world):

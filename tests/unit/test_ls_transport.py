@@ -1,7 +1,8 @@
 """The Label Studio transport (ml_backend/ls/transport.py) against a tiny local HTTP server that
 answers as scripted: which failures are retried, and how each answer is classified. A server
 that did not answer is LabelStudioUnavailable, a refused token LabelStudioTokenRejected, a
-refused request LabelStudioRejected. Requests go through the real SDK client and httpx."""
+refused request LabelStudioRejected. Requests go through the real SDK client and httpx. The
+client's task paging runs against the same server."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from ml_backend.config import Settings
 from ml_backend.errors import LabelStudioRejected, LabelStudioTokenRejected, LabelStudioUnavailable
+from ml_backend.ls.client import LabelStudioClient
 from ml_backend.ls.transport import Transport
 
 NO_WAIT = (0.0, 0.0)  # three tries, no sleeping
@@ -101,14 +103,20 @@ def test_label_studio_failing_every_try_is_unavailable(fake):
     assert fake.tries("/api/x") == 3
 
 
-def test_a_post_is_retried_only_on_gateway_errors_where_it_cannot_have_run(fake):
-    fake.answers["/api/ran"] = [Answer(500, {"detail": "half done"})]
-    fake.answers["/api/gateway"] = [Answer(502, b"bad gateway", "text/html"), Answer(201, {"id": 7})]
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_post_that_may_have_run_is_not_sent_twice(fake, status):
+    # a 504 from a proxy while Label Studio goes on importing: a second try would store it twice
+    fake.answers["/api/ran"] = [Answer(status, b"gateway timeout", "text/html"), Answer(201, {"created": 5})]
+    with transport(fake.url) as ls, pytest.raises(LabelStudioUnavailable, match="after 1 tries"):
+        ls.request("POST", "/api/ran", json={})
+    assert fake.tries("/api/ran") == 1
+
+
+def test_a_post_refused_before_it_ran_is_retried(fake):
+    fake.answers["/api/busy"] = [Answer(503, b"service unavailable", "text/html"), Answer(201, {"id": 7})]
     with transport(fake.url) as ls:
-        with pytest.raises(LabelStudioUnavailable, match="after 1 tries"):
-            ls.request("POST", "/api/ran", json={})
-        assert ls.request("POST", "/api/gateway", json={}) == {"id": 7}
-    assert fake.tries("/api/ran") == 1 and fake.tries("/api/gateway") == 2
+        assert ls.request("POST", "/api/busy", json={}) == {"id": 7}
+    assert fake.tries("/api/busy") == 2
 
 
 def test_connection_errors_are_retried_for_every_method_then_unavailable():
@@ -199,3 +207,23 @@ def test_a_failed_refresh_is_classified_like_any_answer(fake, status, error, mes
         with pytest.raises(error):  # as media downloads ask for it
             ls.auth_headers()
     assert fake.tries("/api/token/refresh/") == refreshes + 1 and fake.tries("/api/x") == 0
+
+
+def tasks_page(ids, total):
+    return Answer(200, {"tasks": [{"id": i, "data": {}} for i in ids], "total": total})
+
+
+def test_task_paging_goes_on_when_label_studio_caps_the_page_size(fake):
+    # TASK_API_PAGE_SIZE_MAX=2 on Label Studio's side: we ask for 1,000 a page and get 2
+    fake.answers["/api/tasks/"] = [tasks_page([1, 2], 5), tasks_page([3, 4], 5), tasks_page([5], 5)]
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        assert [t["id"] for t in client.iter_tasks(1)] == [1, 2, 3, 4, 5]
+    assert fake.tries("/api/tasks/") == 3
+
+
+def test_task_paging_ends_at_a_missing_page_when_tasks_were_deleted_meanwhile(fake):
+    fake.answers["/api/tasks/"] = [tasks_page([1, 2], 5), Answer(404, {"detail": "Invalid page."})]
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        assert [t["id"] for t in client.iter_tasks(1)] == [1, 2]
