@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import logging
 import mimetypes
 import os
 import posixpath
@@ -34,12 +35,17 @@ import httpx
 
 from ..config import Settings
 from ..dataset import Record, SkippedItem
-from ..errors import DeConfusionError, LabelStudioError
+from ..errors import DeConfusionError, LabelStudioError, LabelStudioUnavailable
 from .image_cache import ImageCache, answer_validators, conditional_headers
 from .netpolicy import Address, AddressRefused, DownloadPolicy
 from .schema import ClassSpec
 
+log = logging.getLogger(__name__)
+
 WORKERS = 8  # concurrent downloads
+# Pauses before the images a busy or restarting server did not serve are asked for again (two more
+# passes over those only): a short outage must not drop tasks from the analysis.
+DOWNLOAD_RETRY_DELAYS = (2.0, 8.0)
 MAX_REDIRECTS = 5
 # Label Studio 1.23's routes that serve task media (data_import/urls.py, io_storages/urls.py): the
 # only paths downloads send the token to. /presign/ is the older name of /resolve/.
@@ -53,11 +59,13 @@ _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"B
 
 class ImageFetchError(DeConfusionError):
     """One image could not be fetched; the message names the cause (becomes a SkippedItem reason).
-    ``status``: the HTTP status that refused it, if one did."""
+    ``status``: the HTTP status that refused it, if one did. ``transient``: the server was down,
+    busy or slow (a connection error, a timeout, HTTP 429 or 5xx), so asking again may succeed."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.transient = transient or status == 429 or (status is not None and status >= 500)
 
 
 GONE = (404, 410)  # the URL no longer serves an image: its cached copy is dropped
@@ -120,27 +128,42 @@ class Media:
         missing URL. progress : called as progress(done, total)."""
         cache = ImageCache(cache_dir)
 
-        def fetch(item: LabeledImage) -> tuple[Record | SkippedItem, bool]:
+        def fetch(item: LabeledImage) -> tuple[Record | SkippedItem, bool, bool]:
+            """(record or skip, fetched, worth another try)"""
             name = f"task-{item.task_id}"
             if not isinstance(item.url, str) or not item.url.strip():
-                return SkippedItem(name, f"task {item.task_id}: no image URL in task data field {image_key!r}"), False
+                reason = f"task {item.task_id}: no image URL in task data field {image_key!r}"
+                return SkippedItem(name, reason), False, False
             try:
                 path, fetched = self.cached_image(item.url, task_id=item.task_id, cache=cache)
             except (ImageFetchError, LabelStudioError, OSError) as exc:
                 reason = f"task {item.task_id}: image {item.url!r} could not be downloaded: {exc}"
-                return SkippedItem(name, reason), False
+                return SkippedItem(name, reason), False, getattr(exc, "transient", False)
             return Record(item=name, source=str(path), label=item.label, split=item.split, task_id=item.task_id,
-                          annotations=item.annotations), fetched
+                          annotations=item.annotations), fetched, False
 
-        records: list[Record] = []
-        skipped: list[SkippedItem] = []
-        fetched = 0
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            for done, (result, came) in enumerate(pool.map(fetch, wanted), 1):
-                (skipped if isinstance(result, SkippedItem) else records).append(result)
-                fetched += came
+            results = []
+            for done, result in enumerate(pool.map(fetch, wanted), 1):
+                results.append(result)
                 if progress:
                     progress(done, len(wanted))
+            for delay in DOWNLOAD_RETRY_DELAYS:
+                again = [i for i, (_, _, transient) in enumerate(results) if transient]
+                if not again:
+                    break
+                log.warning("%d of %d images were not served (%s); asking again in %.0f s", len(again), len(wanted),
+                            results[again[0]][0].reason, delay)
+                time.sleep(delay)
+                for i, result in zip(again, pool.map(fetch, [wanted[i] for i in again])):
+                    results[i] = result
+        records = [r for r, _, _ in results if isinstance(r, Record)]
+        skipped = [r for r, _, _ in results if isinstance(r, SkippedItem)]
+        if skipped and not records and all(transient for _, _, transient in results):
+            raise LabelStudioUnavailable(
+                f"none of the {len(wanted)} images could be downloaded ({skipped[0].reason}): is Label Studio at "
+                f"{self.base} (or the storage behind it) up? Start the analysis again when it is")
+        fetched = sum(came for _, came, _ in results)
         return Downloads(records, skipped, fetched, len(records) - fetched)
 
     def cached_image(self, url: str, *, task_id: int, cache: ImageCache) -> tuple[Path, bool]:
@@ -161,6 +184,8 @@ class Media:
         except ImageFetchError as exc:
             if exc.status in GONE:
                 cache.forget(key)
+            elif exc.transient and cached is not None:  # the server is busy: the copy it served before stands in
+                return cached.path, False
             raise
         if answer.data is None and cached is not None:
             return cached.path, False
@@ -289,10 +314,11 @@ class Media:
                     if resp.status_code == 304:
                         return Fetched(None, resp.headers)
                     return Fetched(self._read_image(resp, deadline), resp.headers)
-            except httpx.TimeoutException:
-                raise ImageFetchError(self._timed_out()) from None
+            except httpx.TimeoutException as exc:  # a refused connection is worth another try, a slow body not
+                raise ImageFetchError(self._timed_out(), transient=isinstance(exc, httpx.ConnectTimeout)) from None
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+                raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                                      transient=isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))) from None
         raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects")
 
     def _get(self, url: str, timeout: float, conditional: Mapping[str, str]) -> httpx.Response:

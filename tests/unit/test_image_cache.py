@@ -1,16 +1,20 @@
-"""The image cache without a server: images carried in task data (data: URIs), and Label Studio's
-local files read from disk (LOCAL_FILES_DOCUMENT_ROOT)."""
+"""The image cache without Label Studio: images carried in task data (data: URIs), Label Studio's
+local files read from disk (LOCAL_FILES_DOCUMENT_ROOT), and downloads from a busy server."""
 
 from __future__ import annotations
 
 import base64
 import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioUnavailable
+from ml_backend.ls import media as media_module
 from ml_backend.ls.media import ImageFetchError, LabeledImage, Media
 from tests.integration.labelstudio import free_port
 
@@ -80,3 +84,53 @@ def test_a_local_file_larger_than_max_image_bytes_is_refused_naming_the_limit(tm
             media.download("/data/local-files/?d=a.png", task_id=1)
     finally:
         media.close()
+
+
+def busy_server(fails_per_image: int):
+    """A server on 127.0.0.1 that answers each path with HTTP 503 ``fails_per_image`` times, then the image."""
+    tries: dict[str, int] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            tries[self.path] = tries.get(self.path, 0) + 1
+            body, status = (b"busy", 503) if tries[self.path] <= fails_per_image else (png(8), 200)
+            self.send_response(status)
+            self.send_header("Content-Type", "image/png" if status == 200 else "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return server, tries
+
+
+def test_images_a_busy_label_studio_did_not_serve_are_asked_for_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(media_module, "DOWNLOAD_RETRY_DELAYS", (0.0, 0.0))
+    server, tries = busy_server(fails_per_image=1)
+    media = Media(Settings(label_studio_url=f"http://127.0.0.1:{server.server_address[1]}"), lambda: {})
+    images = [LabeledImage(t, f"/data/upload/1/{t}.png", "a", "train") for t in range(1, 6)]
+    try:
+        got = media.records(images, "image", tmp_path)
+    finally:
+        media.close()
+        server.shutdown()
+    assert (len(got.records), got.skipped) == (5, [])
+    assert sorted(tries.values()) == [2] * 5
+
+
+def test_a_label_studio_that_serves_no_image_is_reported_unavailable_not_as_unlabeled(tmp_path, monkeypatch):
+    monkeypatch.setattr(media_module, "DOWNLOAD_RETRY_DELAYS", (0.0,))
+    server, tries = busy_server(fails_per_image=10)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    media = Media(Settings(label_studio_url=base), lambda: {})
+    try:
+        with pytest.raises(LabelStudioUnavailable, match=f"none of the 2 images could be downloaded .*HTTP 503.*{base}"):
+            media.records([LabeledImage(t, f"/data/upload/1/{t}.png", "a", "train") for t in (1, 2)], "image", tmp_path)
+    finally:
+        media.close()
+        server.shutdown()
+    assert sorted(tries.values()) == [2, 2]
