@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(getattr(args, "log_level", None) or "INFO")
     try:
+        configure_logging(settings_from_args(args).log_level)  # --log-level, else LOG_LEVEL
         return args.func(args)
     except (DeConfusionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -124,6 +124,10 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
             labels[i], weights[i] = index_of[review.label], confirmed_weight
     if not keep.any():
         raise DatasetError("every image is marked removed; nothing is left to analyse")
+    left = np.unique(labels[keep])
+    if left.size < 2:  # the same rule as for the labels as given (dataset._check_usable)
+        raise DatasetError(f"after the verdicts only class {dataset.class_names[left[0]]!r} has images left; "
+                           "keep or relabel images of at least two classes so the model can disagree with a label")
     outcome = ReviewOutcome(reviewed[keep], verdicts[keep], dataset.labels[keep])
     if keep.all():  # the images stay shared: copying them would double the largest array for nothing
         return dataclasses.replace(dataset, labels=labels, weights=weights), outcome

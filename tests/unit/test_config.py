@@ -20,3 +20,15 @@ def test_bad_values_name_the_variable():
         Settings.from_env({}, folds=1)
     with pytest.raises(ValueError, match="backbone must be auto, small_cnn"):
         Settings.from_env({}, backbone="resnet9000")
+
+
+def test_the_cli_logs_at_the_level_log_level_names(tmp_path):
+    import os
+    import subprocess
+    import sys
+    script = ("import logging, sys; from ml_backend.cli import main; "
+              f"code = main(['analyze', {str(tmp_path / 'nowhere')!r}, '--out', {str(tmp_path / 'out')!r}]); "
+              "print(code, logging.getLogger().level)")
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "LOG_LEVEL": "ERROR"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "40"], done.stderr  # the folder is missing; logging at ERROR

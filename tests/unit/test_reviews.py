@@ -120,6 +120,12 @@ def test_a_confirmed_label_that_changed_since_and_an_all_removed_set_are_refused
         apply_reviews(dataset(2), {"i0": Review("removed"), "i1": Review("removed")}, confirmed_weight=2.0)
 
 
+def test_verdicts_that_leave_one_class_are_refused_naming_it():
+    removed = {f"i{k}": Review("removed") for k in (1, 2, 4)}
+    with pytest.raises(DatasetError, match=f"only class {CLASSES[0]!r} has images left"):
+        apply_reviews(dataset(), {**removed, "i5": Review("relabeled", CLASSES[0])}, confirmed_weight=2.0)
+
+
 def test_the_service_turns_its_stored_verdicts_into_the_same_reviews():
     from ml_backend.service.verdicts import reviews_from_verdicts
     stored = {"10": {"verdict": "kept", "label": "cat"}, "11": {"verdict": "relabeled_to_model", "label": "dog"},
