@@ -125,31 +125,34 @@ def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> di
 
 
 def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict], crowd: dict | None = None) -> dict:
-    counts = {kind.value: 0 for kind in Verdict}
-    for v in verdicts.values():
-        counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
     s = analysis.summary
     return {
         "iteration": iteration,
         "model_version": analysis.model_version,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "images": s["images"],
-        "candidates": int(publish.unreviewed_candidates(analysis, verdicts).sum()),
-        "verdicts": counts,
+        **review_progress(analysis, verdicts),
         "estimated_error_rate": s["estimated_error_rate"],
         "model_accuracy": s["model_accuracy_estimate"],
         "per_class_error_rate": publish.per_class_error_rate(analysis),
         "confused_pairs": publish.confused_pairs(analysis),
         "duplicates_found": s["duplicate_pairs"],
         "leakage_found": s["leakage_pairs"],
-        "duplicates_resolved": _resolved_duplicates(analysis, verdicts),
         "annotators": len((crowd or {}).get("annotators", [])),
         "multi_annotated": (crowd or {}).get("multi_annotated", 0),
         "annotator_disagreements": len((crowd or {}).get("disagreements", {})),
     }
 
 
-def _resolved_duplicates(analysis: Analysis, verdicts: dict[str, dict]) -> int:
+def review_progress(analysis: Analysis, verdicts: dict[str, dict]) -> dict:
+    """What reviewers have done on ``analysis`` under ``verdicts``: candidates still to review,
+    verdicts by kind (cumulative), duplicate and leakage pairs resolved (a member removed). The
+    report recomputes it for the latest iteration from the live verdicts."""
+    counts = {kind.value: 0 for kind in Verdict}
+    for v in verdicts.values():
+        counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
     removed = {int(t) for t, v in verdicts.items() if v["verdict"] == Verdict.REMOVED}
-    return sum(1 for p in analysis.duplicates
-               if {int(analysis.task_ids[p["a"]]), int(analysis.task_ids[p["b"]])} & removed)
+    resolved = [p for p in analysis.duplicates
+                if {int(analysis.task_ids[p["a"]]), int(analysis.task_ids[p["b"]])} & removed]
+    return {"candidates": int(publish.unreviewed_candidates(analysis, verdicts).sum()), "verdicts": counts,
+            "duplicates_resolved": len(resolved), "leakage_resolved": sum(1 for p in resolved if p["cross_split"])}

@@ -12,6 +12,7 @@ from ..errors import ArtefactError
 from ..store import ProjectStore, read_json
 from ..views.render import render_png
 from ..views.report import report_chart_png, report_html, report_json, with_review_outcomes
+from .analyze import review_progress
 from .backend import backend
 from .crowd import CROWD_FILE, annotator_report
 
@@ -33,7 +34,13 @@ def _report_data(project_id: int) -> tuple[list[dict], list[dict]]:
     if not history:
         abort(404, f"project {project_id} has no analysis yet: press Start Training in Label Studio")
     verdicts = store.verdicts()
-    crowd = read_json(store.version_dir(history[-1]["model_version"]) / CROWD_FILE, {})
+    latest = history[-1]
+    try:  # the latest iteration as reviewers have left it now, not as it was when its analysis ended
+        analysis = _analysis(str(backend().settings.model_dir), project_id, latest["model_version"])
+        history[-1] = {**latest, **review_progress(analysis, verdicts)}
+    except ArtefactError:
+        pass  # its files were removed: the counts as recorded stand
+    crowd = read_json(store.version_dir(latest["model_version"]) / CROWD_FILE, {})
     return (with_review_outcomes(history, verdicts, store.reranks()),
             annotator_report(crowd, verdicts, crowd.get("user_names") or {}))
 

@@ -18,7 +18,10 @@
 - ``duplicates_found`` : int, duplicate pairs found
 - ``leakage_found`` : int, of those, pairs with one image in training and one in validation
 - ``duplicates_resolved`` : int, duplicate pairs with a member removed by a reviewer
-- ``leakage_resolved`` : int, optional, the same for leakage pairs
+- ``leakage_resolved`` : int, the same for leakage pairs (optional: older entries lack it)
+
+For the latest iteration the service recomputes ``candidates``, ``verdicts`` and the resolved
+pairs from the verdicts as they are now (``service.analyze.review_progress``).
 - ``reviewed``, ``found_wrong``, ``queue_precision``, ``reranks`` : optional, added by
   :func:`with_review_outcomes`: verdicts given on this iteration's ranking (ambiguous ones left
   out), how many of them found the label wrong, their ratio (the queue's precision as the

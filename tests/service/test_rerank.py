@@ -175,3 +175,17 @@ def test_requests_during_a_rerank_coalesce_into_one_more_run():
     release.set()
     background.wait(5)
     assert len(runs) == 2
+
+
+def test_the_report_counts_the_verdicts_given_since_the_analysis_ended(store, tmp_path):
+    from ml_backend.config import Settings
+    from ml_backend.service.app import create_app
+    analysis = store.load_analysis()
+    store.append_history({"iteration": 1, "model_version": VERSION, "candidates": 200, "verdicts": {}})
+    for task, verdict in verdicts_on(analysis, ERRORS[:30], CONFUSION[:10]).items():
+        store.record_verdict(int(task), verdict)
+    client = create_app(Settings.from_env({}, model_dir=str(tmp_path))).test_client()
+    latest = client.get("/report/5.json").get_json()["latest"]
+    assert latest["candidates"] == 160  # 200 flagged, 40 of them decided since
+    assert latest["verdicts"]["relabeled_to_model"] == 30 and latest["verdicts"]["kept"] == 10
+    assert "<b>160</b> images still to review" in client.get("/report/5").get_data(as_text=True)
