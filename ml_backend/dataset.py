@@ -133,8 +133,12 @@ def decode_image(data: bytes, *, name: str = "image") -> tuple[np.ndarray, str]:
             img = ImageOps.exif_transpose(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UnreadableImage(f"{name}: image too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)")
+    except Image.UnidentifiedImageError:
+        raise UnreadableImage(f"{name}: not a readable image (not a file type Pillow knows, such as PNG or JPEG); "
+                              "convert it or remove it from the project") from None
     except Exception as exc:  # Pillow raises many types for corrupt files
-        raise UnreadableImage(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise UnreadableImage(f"{name}: not a readable image ({type(exc).__name__}: {exc}); "
+                              "the file may be truncated: upload it again") from None
     if min(img.size) < MIN_SIDE:
         raise UnreadableImage(f"{name}: {img.size[0]}x{img.size[1]} pixels is too small (minimum side {MIN_SIDE})")
     pixels = _to_uint8(img)

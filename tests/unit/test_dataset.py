@@ -73,6 +73,8 @@ def test_odd_files_are_skipped_and_reported_never_fatal(tmp_path):
     reasons = {s.item: s.reason for s in ds.skipped}
     assert set(reasons) == {"a/corrupt.png", "a/empty.jpg", "b/pixel.png", "b/notes.txt"}
     assert "empty" in reasons["a/empty.jpg"] and "too small" in reasons["b/pixel.png"]
+    assert reasons["b/notes.txt"].endswith("such as PNG or JPEG); convert it or remove it from the project")
+    assert "BytesIO" not in " ".join(reasons.values())  # what Pillow says about its buffer means nothing to a user
 
 
 def test_huge_image_is_refused_with_a_reason(monkeypatch):
