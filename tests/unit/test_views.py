@@ -207,7 +207,7 @@ def test_red_bars_only_in_off_diagonal_cells(analysis):
 def test_duplicate_and_interpretation_marks_only_where_flagged(analysis):
     page = overview_html(analysis)
     legend = 1
-    mark = 'title="holds near-identical images'
+    mark = 'title="holds copies or near copies'
     assert page.count(mark) - legend == sum(c["has_duplicates"] for c in analysis.cells)
     assert page.count("class interpretation?") - legend == sum(c["interpretation_error"] for c in analysis.cells)
     with_dup, without = (cell_task_html(analysis, c, image_url=urls) for c in analysis.cells)
