@@ -7,20 +7,23 @@ Every option mirrors a setting in :mod:`ml_backend.config` (flag ``--folds`` = e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import add_cli_flags, configure_logging, settings_from_args
+from .config import ENV_NAMES, MACHINE_SETTINGS, Settings, add_cli_flags, configure_logging, settings_from_args
 from .errors import DeConfusionError
 
 TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "backbone_weights", "device", "batch_size",
                   "ssim_threshold", "knn_k", "list_recall", "confirmed_weight", "verifier"]
-SERVICE_FLAGS = ["host", "port", "model_dir", "label_studio_url", "label_studio_api_key", "redis_url",
-                 "retrain_after_verdicts", "rerank_after_verdicts",
-                 "public_url", "log_level"]
+SERVICE_FLAGS = [f.name for f in dataclasses.fields(Settings) if f.name not in TRAINING_FLAGS]
+# A job carries the settings of the service that queued it; a worker chooses its queue, its log and
+# what describes its own machine (config.MACHINE_SETTINGS).
+WORKER_FLAGS = ["redis_url", "queue_name", "log_level", *MACHINE_SETTINGS]
 
 
 class StageBar:
@@ -86,6 +89,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .service.entrypoints import run_worker
 
+    for name in MACHINE_SETTINGS:  # the jobs it forks read them from its environment
+        if getattr(args, name) is not None:
+            os.environ[ENV_NAMES[name]] = str(getattr(args, name))
     run_worker(settings_from_args(args))
     return 0
 
@@ -106,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", required=True, help="Output folder (created).")
     analyze.add_argument("--verdicts", help="CSV of reviewers' verdicts (columns item, verdict, label; verdict: "
                                             "confirmed | relabeled | removed | ambiguous) to analyse with.")
-    add_cli_flags(analyze, TRAINING_FLAGS)
+    add_cli_flags(analyze, [*TRAINING_FLAGS, "log_level"])
     analyze.set_defaults(func=cmd_analyze)
 
     serve = sub.add_parser("serve", help="Run the Label Studio ML backend (development server).")
@@ -114,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="Run an RQ worker for analyses (needs REDIS_URL).")
-    add_cli_flags(worker, SERVICE_FLAGS)
+    add_cli_flags(worker, WORKER_FLAGS)
     worker.set_defaults(func=cmd_worker)
     unpublish = sub.add_parser("unpublish", help="Remove everything the backend wrote from a Label Studio project "
                                                  "(predictions, dc_ fields, tabs, overview project); annotations stay.")

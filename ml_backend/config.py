@@ -137,6 +137,13 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+ENV_NAMES = {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}
+"""Each setting's environment variable."""
+MACHINE_SETTINGS = ("device", "batch_size", "model_dir", "local_files_root")
+"""Settings that describe an RQ worker's machine (a GPU, where the shared volume is mounted): a
+worker whose own environment sets one runs its jobs with that value, not the web service's."""
+
+
 def _parse(f: dataclasses.Field, raw: str) -> Any:
     kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
     try:
@@ -151,8 +158,9 @@ def add_cli_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
     for name in names:
         f = by_name[name]
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+        parser.add_argument(  # named after its variable: DECONFUSION_SSIM <-> --ssim
+            "--" + f.metadata["env"].removeprefix("DECONFUSION_").lower().replace("_", "-"), dest=name, type=kind,
+            default=None,
             help=f"{f.metadata['help']} Env {f.metadata['env']}, default {f.default!r}.")
 
 

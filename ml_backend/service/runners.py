@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -36,7 +37,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQJobStatus
 
-from ..config import Settings
+from ..config import ENV_NAMES, MACHINE_SETTINGS, Settings
 from ..errors import DeConfusionError
 from .jobs import (ACTIVE, AnalyzeFn, JobQueueUnavailable, JobState, JobStatus, ProjectLock, age_seconds, again_path,
                    check_project_id, describe, execute, local_status, lock_path, mark_interrupted, now,
@@ -317,20 +318,21 @@ def settings_payload(settings: Settings) -> dict:
 
 
 def settings_from_payload(payload: dict) -> Settings:
-    """The worker's Settings: the web service's values; secrets from the worker's own environment."""
+    """The worker's Settings: the web service's values; secrets, and the machine settings its own
+    environment sets, from the worker's own environment."""
     names = {f.name for f in dataclasses.fields(Settings)}
     ignored = sorted(set(payload) - names - {"_secrets"})
     if ignored:
         log.warning("ignoring settings this worker does not know: %s (is the worker's code older?)", ignored)
     values = {k: v for k, v in payload.items() if k in names and k not in SECRET_SETTINGS}
     wanted = list(payload.get("_secrets") or [])
+    own = Settings.from_env()  # the worker's environment, read once per job
+    values.update({name: getattr(own, name) for name in MACHINE_SETTINGS if os.environ.get(ENV_NAMES[name])})
     if wanted:
-        own = Settings.from_env()  # the worker's environment, read once per job
         missing = [name for name in wanted if not getattr(own, name, "")]
         if missing:
-            env = {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}
             raise DeConfusionError(
-                "this RQ worker's environment lacks " + ", ".join(env[n] for n in missing) +
+                "this RQ worker's environment lacks " + ", ".join(ENV_NAMES[n] for n in missing) +
                 " (secrets are not sent through Redis); give workers the same environment as the web service")
         values.update({name: getattr(own, name) for name in wanted})
     settings = Settings(**values)

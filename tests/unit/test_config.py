@@ -32,3 +32,22 @@ def test_the_cli_logs_at_the_level_log_level_names(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "LOG_LEVEL": "ERROR"},
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "40"], done.stderr  # the folder is missing; logging at ERROR
+
+
+def test_serve_takes_every_setting_as_a_flag_named_after_its_variable():
+    import dataclasses
+    from ml_backend.cli import build_parser
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = {a.dest: a.option_strings[0] for a in serve._actions if a.dest in {f.name for f in dataclasses.fields(Settings)}}
+    assert len(flags) == len(dataclasses.fields(Settings))
+    assert flags["ssim_threshold"] == "--ssim" and flags["public_url"] == "--backend-public-url"
+    assert flags["local_files_root"] == "--local-files-document-root" and flags["folds"] == "--folds"
+
+
+def test_an_rq_worker_runs_its_jobs_on_its_own_machine_settings(monkeypatch, tmp_path):
+    from ml_backend.service.runners import settings_from_payload
+    service = {"model_dir": "/srv/web/model_dir", "batch_size": 128, "folds": 5}
+    monkeypatch.delenv("DECONFUSION_BATCH_SIZE", raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))  # the shared volume, mounted elsewhere on the worker
+    job = settings_from_payload(service)
+    assert (job.model_dir, job.batch_size, job.folds) == (str(tmp_path), 128, 5)
