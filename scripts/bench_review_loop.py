@@ -72,6 +72,14 @@ def review(analysis, labels: np.ndarray, truth: np.ndarray, copies: set[tuple[in
     seen = np.zeros(len(labels), bool)
     spent = 0
     log = {"cells_relabeled": 0, "bulk_relabeled": 0, "single_relabeled": 0, "kept": 0, "removed": 0}
+
+    def decide(i: int) -> None:
+        """One look: the reviewer gives the image its true label."""
+        seen[i] = True
+        relabel = fixed[i] != truth[i]
+        fixed[i] = truth[i]
+        log["single_relabeled" if relabel else "kept"] += 1
+
     for cell in analysis.cells:
         if not cell["interpretation_error"] or spent + CELL_SAMPLE > budget:
             continue
@@ -85,24 +93,13 @@ def review(analysis, labels: np.ndarray, truth: np.ndarray, copies: set[tuple[in
             log["cells_relabeled"] += 1
             log["bulk_relabeled"] += len(rest)
         for i in sample:  # looked at, whatever the cell's fate: the reviewer knows these
-            seen[i] = True
-            if fixed[i] != truth[i]:
-                fixed[i] = truth[i]
-                log["single_relabeled"] += 1
-            else:
-                log["kept"] += 1
+            decide(i)
     for i in np.argsort(-analysis.error_score, kind="stable"):
         if spent >= budget or not analysis.is_candidate[i]:
             break
-        if seen[i]:
-            continue
-        spent += 1
-        seen[i] = True
-        if truth[i] != fixed[i]:
-            fixed[i] = truth[i]
-            log["single_relabeled"] += 1
-        else:
-            log["kept"] += 1
+        if not seen[i]:
+            spent += 1
+            decide(i)
     groups = duplicate_groups(analysis)
     for pair in sorted(analysis.duplicates, key=lambda p: groups[p["a"]][0]):
         if spent >= budget:
