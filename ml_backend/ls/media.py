@@ -59,8 +59,8 @@ _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"B
 
 class ImageFetchError(DeConfusionError):
     """One image could not be fetched; the message names the cause (becomes a SkippedItem reason).
-    ``status``: the HTTP status that refused it, if one did. ``transient``: the server was down,
-    busy or slow (a connection error, a timeout, HTTP 429 or 5xx), so asking again may succeed."""
+    ``status``: the HTTP status that refused it, if one did. ``transient``: the server was down
+    or busy (a connection error or connect timeout, HTTP 429 or 5xx), so asking again may succeed."""
 
     def __init__(self, message: str, status: int | None = None, *, transient: bool = False) -> None:
         super().__init__(message)
@@ -123,8 +123,9 @@ class Media:
         """One Record per image, WORKERS at a time, through the image cache in ``cache_dir``
         (:mod:`.image_cache`: an image seen before is only asked about, not downloaded again);
         ``source`` is the cached file, order is kept. Images that cannot be fetched (or are gone
-        since the last analysis) become SkippedItems naming the task, the URL and the cause;
-        nothing raises for them. ``image_key`` names the task-data field in the message for a
+        since the last analysis) become SkippedItems naming the task, the URL and the cause, after
+        those a busy server did not serve were asked for again (DOWNLOAD_RETRY_DELAYS); only when
+        no image at all was served for that reason does it raise LabelStudioUnavailable. ``image_key`` names the task-data field in the message for a
         missing URL. progress : called as progress(done, total)."""
         cache = ImageCache(cache_dir)
 
@@ -314,7 +315,7 @@ class Media:
                     if resp.status_code == 304:
                         return Fetched(None, resp.headers)
                     return Fetched(self._read_image(resp, deadline), resp.headers)
-            except httpx.TimeoutException as exc:  # a refused connection is worth another try, a slow body not
+            except httpx.TimeoutException as exc:  # no connection yet is worth another try, a slow answer not
                 raise ImageFetchError(self._timed_out(), transient=isinstance(exc, httpx.ConnectTimeout)) from None
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
