@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..config import Settings
 from ..dataset import SPLITS
-from ..errors import LabelStudioError, LabelStudioRejected
+from ..errors import LabelStudioError, LabelStudioRejected, LabelStudioUnavailable
 from ..vocabulary import TASK_FIELDS, VERSION_FIELD, VERSION_PREFIX
 from .media import Downloads, LabeledImage, Media
 from .schema import ClassSpec
@@ -129,14 +129,14 @@ class LabelStudioClient:
         One request, several times faster than paging the Data Manager list (Label Studio 1.23,
         SQLite, 3000 tasks: 5.6 s against 31.7 s with annotations, 9.4 s without), and it never
         asks a connected ML backend for predictions. Falls back to :meth:`iter_tasks` where the
-        export endpoint is missing or refuses the request.
+        export endpoint is missing, refuses the request or keeps failing.
         """
         params = {"exportType": "JSON", "download_resources": "false",
                   "download_all_tasks": "false" if labeled_only else "true"}
         try:
             tasks = self.request("GET", f"/api/projects/{int(project_id)}/export", params=params, timeout=BULK_TIMEOUT)
-        except LabelStudioRejected as exc:
-            if exc.status == 404 and not self.project_exists(project_id):
+        except (LabelStudioRejected, LabelStudioUnavailable) as exc:  # refused, or failing with 5xx: page instead
+            if getattr(exc, "status", None) == 404 and not self.project_exists(project_id):
                 raise
             log.warning("Label Studio's export of project %s failed (%s); listing tasks page by page instead",
                         project_id, exc)

@@ -227,3 +227,11 @@ def test_task_paging_ends_at_a_missing_page_when_tasks_were_deleted_meanwhile(fa
     with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
                            retry_delays=NO_WAIT) as client:
         assert [t["id"] for t in client.iter_tasks(1)] == [1, 2]
+
+
+def test_an_export_that_keeps_failing_falls_back_to_paging(fake):
+    fake.answers["/api/projects/1/export"] = [Answer(500, b"Server Error (500)", "text/html")]
+    fake.answers["/api/tasks/"] = [tasks_page([1, 2], 2)]
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        assert [t["id"] for t in client.export_tasks(1)] == [1, 2]
