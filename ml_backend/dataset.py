@@ -338,14 +338,14 @@ def folder_records(root: str | os.PathLike) -> list[Record]:
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected ROOT/<label>/<image> or ROOT/train/<label>/<image>")
     subdirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    splits = [split for split in SPLITS if split in subdirs]
     others = sorted(subdirs - set(SPLITS))
-    if subdirs & set(SPLITS) and others:  # read as ROOT/<label>/, the split names would become classes
+    if splits and others:  # read as ROOT/<label>/, the split names would become classes
         raise DatasetError(
-            f"{root}: has split folders ({', '.join(sorted(subdirs & set(SPLITS)))}) and other folders too "
+            f"{root}: has split folders ({', '.join(splits)}) and other folders too "
             f"({', '.join(_printable(name) for name in others)}): put every image under ROOT/train/<label>/ or "
             "ROOT/val/<label>/ and move the others (a test split, __MACOSX) out of ROOT")
-    layout = [(split, root / split) for split in SPLITS if split in subdirs] if subdirs & set(SPLITS) \
-        else [("train", root)]
+    layout = [(split, root / split) for split in splits] if splits else [("train", root)]
     records = []
     for split, base in layout:
         for label_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -125,7 +125,8 @@ class Media:
         ``source`` is the cached file, order is kept. Images that cannot be fetched (or are gone
         since the last analysis) become SkippedItems naming the task, the URL and the cause, after
         those a busy server did not serve were asked for again (DOWNLOAD_RETRY_DELAYS); only when
-        no image at all was served for that reason does it raise LabelStudioUnavailable. ``image_key`` names the task-data field in the message for a
+        no image at all was served for that reason does it raise LabelStudioUnavailable.
+        ``image_key`` names the task-data field in the message for a
         missing URL. progress : called as progress(done, total)."""
         cache = ImageCache(cache_dir)
 
@@ -318,8 +319,9 @@ class Media:
             except httpx.TimeoutException as exc:  # no connection yet is worth another try, a slow answer not
                 raise ImageFetchError(self._timed_out(), transient=isinstance(exc, httpx.ConnectTimeout)) from None
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                dropped = isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))  # worth another try
                 raise ImageFetchError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-                                      transient=isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))) from None
+                                      transient=dropped) from None
         raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects")
 
     def _get(self, url: str, timeout: float, conditional: Mapping[str, str]) -> httpx.Response:

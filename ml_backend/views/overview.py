@@ -138,7 +138,8 @@ class _Images:
 def _duplicate_mark() -> str:
     """Two overlapping squares drawn with CSS (the paper's duplicate symbol; no font glyph needed)."""
     square = "position:absolute;width:8px;height:8px;border:1.5px solid {c};background:{bg}"
-    return ('<span title="holds copies or near copies of one picture (the duplicates tab gives each pair\'s similarity and measure)" style="display:inline-flex;align-items:center;'
+    return ('<span title="holds copies or near copies of one picture (the duplicates tab gives each pair\'s '
+            'similarity and measure)" style="display:inline-flex;align-items:center;'
             'gap:3px;font-size:11px;color:#5a2a82;background:#fff;border:1px solid #b99bd6;border-radius:8px;'
             'padding:0 6px 0 4px;margin:2px 3px 0 0;white-space:nowrap">'
             '<span style="position:relative;display:inline-block;width:13px;height:13px">'
