@@ -271,6 +271,9 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("old predictions", 0, 1)  # Label Studio takes minutes to delete 70,000 (BULK_TIMEOUT)
     client.delete_predictions(project_id, keep_version=analysis.model_version)
     progress("old predictions", 1, 1)
+    if client.refused_writes:
+        log.warning("project %s: Label Studio refused the fields of %d task(s) (e.g. task %s); the report lists them",
+                    project_id, len(client.refused_writes), next(iter(client.refused_writes)))
 
 
 def fields_since(analysis: Analysis, now: dict[str, dict], seen: dict[str, dict], evidence: Callable[[int], str],

@@ -33,6 +33,7 @@ IMPORT_BATCH = 1000  # tasks per import request
 PREDICTION_BATCH = 50_000
 IMPORT_PARAMS = {"commit_to_project": "true", "return_task_ids": "true"}
 WORKERS = 8  # concurrent task reads and PATCHes
+REFUSED_ALL = 10  # field writes refused, none taken: Label Studio refuses them all (an error, not a list)
 BULK_TIMEOUT = 600.0
 """Seconds for one request over a whole project (export, import, predictions in bulk, deleting a
 model version): Label Studio on SQLite took over 120 s to delete 70,000 predictions, and a retry
@@ -51,6 +52,8 @@ class LabelStudioClient:
     def __init__(self, settings: Settings, *, retry_delays: Sequence[float] = RETRY_DELAYS) -> None:
         self.transport = Transport(settings, retry_delays=retry_delays)
         self.media = Media(settings, self.transport.auth_headers)
+        # task id -> why Label Studio refused our fields for it (see _rewrite_data); read by publishing
+        self.refused_writes: dict[int, str] = {}
 
     def request(self, method: str, path: str, **options: Any) -> Any:
         """JSON of one Label Studio API call; options and errors as Transport.request."""
@@ -129,12 +132,13 @@ class LabelStudioClient:
         One request, several times faster than paging the Data Manager list (Label Studio 1.23,
         SQLite, 3000 tasks: 5.6 s against 31.7 s with annotations, 9.4 s without), and it never
         asks a connected ML backend for predictions. Falls back to :meth:`iter_tasks` where the
-        export endpoint is missing, refuses the request or keeps failing.
+        export endpoint is missing, refuses the request, keeps failing or does not answer in BULK_TIMEOUT.
         """
         params = {"exportType": "JSON", "download_resources": "false",
                   "download_all_tasks": "false" if labeled_only else "true"}
-        try:
-            tasks = self.request("GET", f"/api/projects/{int(project_id)}/export", params=params, timeout=BULK_TIMEOUT)
+        try:  # an export that took BULK_TIMEOUT once would take as long again: page instead
+            tasks = self.request("GET", f"/api/projects/{int(project_id)}/export", params=params, timeout=BULK_TIMEOUT,
+                                 retry_timeouts=False)
         except (LabelStudioRejected, LabelStudioUnavailable) as exc:  # refused, or failing with 5xx: page instead
             if getattr(exc, "status", None) == 404 and not self.project_exists(project_id):
                 raise
@@ -268,7 +272,7 @@ class LabelStudioClient:
         def merge(item: tuple[int, Mapping[str, Any]]) -> bool:
             task_id, fields = item
             return self._rewrite_data(task_id, lambda data: {**data, **fields})
-        return sum(_parallel(merge, list(updates.items())))
+        return self._count_writes(updates, _parallel(merge, list(updates.items())))
 
     def sync_task_fields(self, project_id: int, wanted: Mapping[int, Mapping[str, Any]], *,
                          progress: Callable[[int, int], None] | None = None) -> int:
@@ -328,11 +332,14 @@ class LabelStudioClient:
         def rewrite(task_id: int) -> bool:
             return self._rewrite_data(task_id, lambda data: {
                 **{k: v for k, v in data.items() if k not in TASK_FIELDS}, **fields[task_id]})
-        return sum(_parallel(rewrite, list(fields), progress))
+        return self._count_writes(fields, _parallel(rewrite, list(fields), progress))
 
     def _rewrite_data(self, task_id: int, change: Callable[[dict], dict]) -> bool:
         """Read the task's data now, PATCH ``change(data)`` if it differs; whether it changed.
-        A task deleted meanwhile is left alone."""
+        A task deleted meanwhile is left alone; one whose write Label Studio refuses (4xx) is
+        recorded in ``refused_writes`` and left as it is, so it does not cost every other task
+        its fields (a proxy's body-size limit on a task whose data embeds an image, a validation
+        rule of a customised Label Studio)."""
         try:
             before = self.get_task(task_id).get("data") or {}
             after = change(before)
@@ -340,11 +347,26 @@ class LabelStudioClient:
                 return False
             self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after})
         except LabelStudioRejected as exc:
-            if exc.status != 404:
-                raise
-            log.info("task %s was deleted while we published; its fields are skipped", task_id)
+            if exc.status == 404:
+                log.info("task %s was deleted while we published; its fields are skipped", task_id)
+            else:
+                log.warning("Label Studio refused the De-Confusion fields of task %s (%s); the other tasks go on",
+                            task_id, exc)
+                self.refused_writes[int(task_id)] = str(exc)
             return False
+        self.refused_writes.pop(int(task_id), None)
         return True
+
+    def _count_writes(self, tasks: Iterable[int], changed: list[bool]) -> int:
+        """How many of ``tasks`` changed; LabelStudioRejected when Label Studio refused the writes
+        of REFUSED_ALL or more of them and took none: a systematic refusal (our payload, a
+        permission) is an error, not a list of tasks to report."""
+        refused = [int(t) for t in tasks if int(t) in self.refused_writes]
+        if len(refused) >= REFUSED_ALL and not any(changed):
+            raise LabelStudioRejected(
+                f"Label Studio refused the De-Confusion fields of all {len(refused)} tasks it was sent "
+                f"(task {refused[0]}: {self.refused_writes[refused[0]]})", 400)
+        return sum(changed)
 
     # --- Data Manager tabs ------------------------------------------------------------------
     def list_views(self, project_id: int) -> list[dict]:

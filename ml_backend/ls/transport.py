@@ -86,10 +86,12 @@ class Transport:
                 f"could not refresh the access token ({type(exc).__name__}: {exc})") from None
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-                files: Mapping[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+                files: Mapping[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT,
+                retry_timeouts: bool = True) -> Any:
         """JSON of one Label Studio API call (None for an empty answer).
 
-        Retried on connection errors and 5xx (a POST only when it cannot have run); then
+        Retried on connection errors and 5xx (a POST only when it cannot have run; with
+        ``retry_timeouts=False`` not after an answer that did not come in ``timeout``); then
         LabelStudioUnavailable. 401/403 raise LabelStudioTokenRejected; other 4xx and redirects
         raise LabelStudioRejected with Label Studio's message.
         """
@@ -112,7 +114,8 @@ class Transport:
                 retry = True
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                retry = method in _SAFE_METHODS or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                retry = (method in _SAFE_METHODS or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))) \
+                    and (retry_timeouts or not isinstance(exc, httpx.ReadTimeout))
             else:
                 status = resp.status_code
                 if status < 300:

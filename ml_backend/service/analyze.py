@@ -72,7 +72,7 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress, crowd=crowd)
     rerank_after_publishing(store, analysis, lambda updates: client.merge_task_fields(project_id, updates),
                             after_verdicts=settings.rerank_after_verdicts, seed=settings.seed)
-    store.append_history(history_entry(analysis, iteration, store.verdicts(), crowd))
+    store.append_history(history_entry(analysis, iteration, store.verdicts(), crowd, refused=client.refused_writes))
     store.mark_published(fingerprint)
     log.info("project %s: published %s (%d candidates)", project_id, version, int(analysis.is_candidate.sum()))
     return version
@@ -124,7 +124,10 @@ def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> di
                         if annotation_id not in reviewers] for r in records}
 
 
-def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict], crowd: dict | None = None) -> dict:
+def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict], crowd: dict | None = None, *,
+                  refused: dict[int, str] | None = None) -> dict:
+    """The report's line for this analysis. ``refused``: task id -> why Label Studio refused
+    its fields when they were published (the report lists them beside the unreadable images)."""
     s = analysis.summary
     return {
         "iteration": iteration,
@@ -141,6 +144,8 @@ def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict],
         "annotators": len((crowd or {}).get("annotators", [])),
         "multi_annotated": (crowd or {}).get("multi_annotated", 0),
         "annotator_disagreements": len((crowd or {}).get("disagreements", {})),
+        "not_analysed": s.get("skipped", []),
+        "fields_refused": [{"task": task, "reason": why} for task, why in sorted((refused or {}).items())],
     }
 
 

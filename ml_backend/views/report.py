@@ -43,6 +43,7 @@ from .render import bar_chart_png, line_chart_png
 VERDICT_KINDS = {v.value: v.description for v in Verdict}
 CHARTS = ("candidates", "error_rate", "accuracy", "verdicts", "per_class")
 MAX_CLASSES_CHART = 30
+LEFT_OUT_ROWS = 50  # unreadable images and refused tasks listed on the page (the JSON has all)
 
 
 def _kinds(history: list[dict]) -> list[str]:
@@ -130,6 +131,9 @@ def _headline(history: list[dict]) -> str:
     parts.append(f"the model is right about <b>{_fmt_pct(latest.get('model_accuracy'))}</b> of the time")
     decided = sum(latest.get("verdicts", {}).values())
     parts.append(f"reviewers decided on <b>{decided}</b> images")
+    left_out = len(latest.get("not_analysed") or []) + len(latest.get("fields_refused") or [])
+    if left_out:
+        parts.append(f"<b>{left_out}</b> tasks were left out (listed below)")
     return "; ".join(parts) + "."
 
 
@@ -155,6 +159,22 @@ def _annotators_table(annotators: list[dict]) -> str:
             for a in annotators]
     return ('<h2 style="font-size:16px;margin:12px 0 2px 0">Annotators</h2>'
             + _table(["annotator", "labels made", "flagged", "reviewed", "found wrong", "CROWDLAB quality"], rows))
+
+
+def _left_out_table(latest: dict) -> str:
+    """The latest analysis' images it could not read, and tasks whose fields Label Studio refused."""
+    rows = [["not analysed", _fmt(x.get("item")), _fmt(x.get("reason"))] for x in latest.get("not_analysed") or []]
+    rows += [["fields not written", f"task {_fmt(x.get('task'))}", _fmt(x.get("reason"))]
+             for x in latest.get("fields_refused") or []]
+    if not rows:
+        return ""
+    more = f"<p>… and {len(rows) - LEFT_OUT_ROWS} more (the report's JSON lists all).</p>" \
+        if len(rows) > LEFT_OUT_ROWS else ""
+    return (f'<h2 style="font-size:16px;margin:12px 0 2px 0">Left out of iteration {_fmt(latest.get("iteration"))} '
+            f'({len(rows)})</h2><p style="font-size:13px;margin:2px 0">An image the analysis could not read is in '
+            'none of its lists: fix the image or its URL, then press <i>Start Training</i>. A task whose fields '
+            'Label Studio refused is missing from the review tabs.</p>'
+            + _table(["what", "task", "why"], rows[:LEFT_OUT_ROWS]) + more)
 
 
 def report_html(history: list[dict], *, chart_url: Callable[[str], str], annotators: list[dict] | None = None) -> str:
@@ -201,5 +221,5 @@ def report_html(history: list[dict], *, chart_url: Callable[[str], str], annotat
             f'{_fmt(latest.get("iteration"))})</h2>{_table(["class", "flagged"], class_rows)}</div>'
             '<div><h2 style="font-size:16px;margin:0 0 2px 0">Most confused pairs</h2>'
             f'{_table(["labeled", "model says", "images"], pair_rows)}</div></div>'
-            f'{_annotators_table(annotators or [])}')
+            f'{_left_out_table(latest)}{_annotators_table(annotators or [])}')
     return page.format(body)

@@ -214,6 +214,8 @@ def test_evidence_images_and_report_are_served(world):
         assert status == 200 and kind == "image/png" and body[:4] == b"\x89PNG"
     status, kind, body = get_json(f"{world['backend']}/report/{world['pid']}")
     assert status == 200 and b"De-Confusion progress" in body
+    # the task whose image is gone is named on the project manager's page, not only in a log
+    assert b"Left out of iteration" in body and b"missing.png" in body and b"HTTP 404" in body
 
 
 def test_overview_project_has_one_task_per_cell(world):

@@ -189,3 +189,14 @@ def test_the_report_counts_the_verdicts_given_since_the_analysis_ended(store, tm
     assert latest["candidates"] == 160  # 200 flagged, 40 of them decided since
     assert latest["verdicts"]["relabeled_to_model"] == 30 and latest["verdicts"]["kept"] == 10
     assert "<b>160</b> images still to review" in client.get("/report/5").get_data(as_text=True)
+
+
+def test_the_history_keeps_the_images_not_analysed_and_the_tasks_whose_fields_were_refused(store):
+    from ml_backend.service.analyze import history_entry
+    analysis = store.load_analysis()
+    analysis.summary.update(estimated_error_rate=0.1, model_accuracy_estimate=0.9, duplicate_pairs=0, leakage_pairs=0,
+                            skipped=[{"item": "task-9", "reason": "task 9: no image URL in task data field 'image'"}])
+    entry = history_entry(analysis, 1, {}, refused={31: "HTTP 413: too large", 4: "HTTP 400: invalid"})
+    assert entry["not_analysed"] == analysis.summary["skipped"]
+    assert entry["fields_refused"] == [{"task": 4, "reason": "HTTP 400: invalid"},
+                                       {"task": 31, "reason": "HTTP 413: too large"}]

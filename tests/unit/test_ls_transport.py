@@ -30,6 +30,7 @@ class Answer:
     body: object = None  # JSON, or bytes sent as they are
     content_type: str = "application/json"
     location: str = ""
+    delay: float = 0.0  # seconds before answering
 
 
 @dataclass
@@ -55,6 +56,7 @@ def fake():
             script.seen.append((self.command, path, self.headers.get("Authorization")))
             queue = script.answers.get(path) or [Answer(404, {"detail": "Not found."})]
             reply = queue.pop(0) if len(queue) > 1 else queue[0]
+            time.sleep(reply.delay)
             body = reply.body if isinstance(reply.body, bytes) else (
                 b"" if reply.body is None else json.dumps(reply.body).encode())
             self.send_response(reply.status)
@@ -235,3 +237,41 @@ def test_an_export_that_keeps_failing_falls_back_to_paging(fake):
     with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
                            retry_delays=NO_WAIT) as client:
         assert [t["id"] for t in client.export_tasks(1)] == [1, 2]
+
+
+def test_an_export_that_does_not_answer_in_time_is_not_asked_again(fake, monkeypatch):
+    # a 20,000-task export that ran out of BULK_TIMEOUT (600 s) once would run out again, four times
+    monkeypatch.setattr("ml_backend.ls.client.BULK_TIMEOUT", 1.0)
+    fake.answers["/api/projects/1/export"] = [Answer(200, [{"id": 1, "data": {}}], delay=1.5)]
+    fake.answers["/api/tasks/"] = [tasks_page([1, 2], 2)]
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        assert [t["id"] for t in client.export_tasks(1)] == [1, 2]
+    assert fake.tries("/api/projects/1/export") == 1
+
+
+def task_answers(refused: bool) -> list[Answer]:
+    """GET /api/tasks/N/, then its PATCH: taken, or refused as a proxy refuses a big body."""
+    return [Answer(200, {"id": 1, "data": {"image": "x.png", "note": "user's"}}),
+            Answer(413, b"<html>413 Request Entity Too Large</html>", "text/html") if refused
+            else Answer(200, {"id": 1, "data": {}})]
+
+
+def test_a_task_whose_fields_label_studio_refuses_does_not_stop_the_others(fake):
+    for task in range(1, 6):
+        fake.answers[f"/api/tasks/{task}/"] = task_answers(refused=task == 3)
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        changed = client.write_task_fields(1, {task: {"dc_error_score": 0.5} for task in range(1, 6)})
+        assert changed == 4
+        assert list(client.refused_writes) == [3] and "413" in client.refused_writes[3]
+    assert [m for m, p, _ in fake.seen if p == "/api/tasks/5/"] == ["GET", "PATCH"]
+
+
+def test_field_writes_refused_for_every_task_are_an_error(fake):
+    for task in range(1, 13):
+        fake.answers[f"/api/tasks/{task}/"] = task_answers(refused=True)
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        with pytest.raises(LabelStudioRejected, match=r"refused the De-Confusion fields of all 12 tasks .*413"):
+            client.write_task_fields(1, {task: {"dc_error_score": 0.5} for task in range(1, 13)})

@@ -356,6 +356,22 @@ def test_report_has_every_iteration(history):
     assert data["changes"]["candidates"] == {"first": 12, "latest": -4} and data["changes"]["verdicts_total"] == 12
 
 
+def test_report_lists_the_tasks_the_latest_analysis_left_out(history):
+    assert "Left out" not in report_html(history, chart_url=str)
+    history[-1]["not_analysed"] = [{"item": "task-7", "reason": "task 7: image 'http://x/7.png' could not be "
+                                                                  "downloaded: HTTP 404 <not found>"}]
+    history[-1]["fields_refused"] = [{"task": 12, "reason": "HTTP 413: Request Entity Too Large"}]
+    page = report_html(history, chart_url=str)
+    assert_balanced(page)
+    assert "<b>2</b> tasks were left out" in page and "Left out of iteration 3 (2)" in page
+    assert "task-7" in page and "HTTP 404 &lt;not found&gt;" in page
+    assert "task 12" in page and "Request Entity Too Large" in page
+    history[-1]["not_analysed"] *= 60
+    page = report_html(history, chart_url=str)
+    assert page.count("task-7") == 50 and "… and 11 more" in page
+    assert len(report_json(history)["latest"]["not_analysed"]) == 60
+
+
 def test_report_charts_and_empty_history(history):
     for name in CHARTS:
         assert png_size(report_chart_png(history, name))[0] == 560
