@@ -20,6 +20,7 @@ class RecordingClient:
         self.fields_now = fields_now or {}  # task id -> our fields it carries before publishing
         self.written = {}  # task id -> the fields its last write gave it
         self.batches = []  # each write's fields
+        self.refused_writes = {}  # as LabelStudioClient: task id -> why a write was refused
 
     def create_predictions(self, project_id, predictions):
         self.calls.append(("predictions", sorted(p["task"] for p in predictions)))
