@@ -23,7 +23,7 @@ class Predictor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._cache: dict[int, tuple[str, dict[int, tuple[str, float]], list[str]]] = {}
-        self._models: dict[str, ModelSet] = {}
+        self._models: dict[int, tuple[str, ModelSet]] = {}  # project id -> (version, its fold models)
 
     def current_version(self, project_id: int) -> str | None:
         return ProjectStore(self.settings.model_dir, project_id).current_version()
@@ -60,9 +60,10 @@ class Predictor:
     def _classify(self, project_id: int, version: str, task: dict, spec: ClassSpec) -> tuple[str | None, float]:
         """A task the analysis did not see: download its image and ask the fold models."""
         store = ProjectStore(self.settings.model_dir, project_id)
-        model = self._models.get(version)
-        if model is None:
-            model = self._models[version] = ModelSet.load(store.version_dir(version) / "model.pt")
+        held = self._models.get(project_id)
+        if held is None or held[0] != version:  # one model set per project: the current version's
+            held = self._models[project_id] = (version, ModelSet.load(store.version_dir(version) / "model.pt"))
+        model = held[1]
         try:
             with LabelStudioClient(self.settings) as client:
                 data = client.fetch_image(task, spec)

@@ -91,6 +91,33 @@ def test_a_new_analysis_version_is_answered_at_once(settings, store):
     assert choice_of(answer) == "dog" and answer["model_version"] == "deconfusion-newer"
 
 
+def test_projects_whose_versions_have_the_same_name_keep_their_own_models(settings, store):
+    # two projects' first analyses versioned in the same second get the same name
+    images, labels, _ = make_squares(per_class=30)
+    two = labels < 2
+    _, ensembles = cross_fit(images[two], labels[two], 2, folds=2, epochs=8, seed=0, backbone="small_cnn",
+                             class_names=["car", "truck"])
+    other = ProjectStore(settings.model_dir, PROJECT + 1)
+    analysis = dataclasses.replace(tiny_analysis(), class_names=["car", "truck"])
+    save(analysis, other.version_dir(analysis.model_version))
+    ModelSet([ensembles]).save(other.version_dir(analysis.model_version) / "model.pt")
+    other.update_project_info(spec=ClassSpec("image", "image", "label", ["car", "truck"]).__dict__)
+    other.set_current(analysis.model_version, 1)
+    new_task = [{"id": 100, "data": {"image": png_data_uri(images[0])}}]
+    predictor = Predictor(settings)
+    assert choice_of(predictor(PROJECT, new_task, CONFIG)[0]) == "cat"
+    assert choice_of(predictor(PROJECT + 1, new_task, None)[0]) == "car"
+    # a newer version replaces the project's models in the web process instead of joining them
+    newer = dataclasses.replace(tiny_analysis(), model_version="deconfusion-newer")
+    save(newer, store.version_dir(newer.model_version))
+    ModelSet.load(store.version_dir("deconfusion-test") / "model.pt").save(store.version_dir(newer.model_version)
+                                                                             / "model.pt")
+    store.set_current(newer.model_version, 2)
+    assert choice_of(predictor(PROJECT, new_task, CONFIG)[0]) == "cat"
+    assert sorted((project, version) for project, (version, _) in predictor._models.items()) == [
+        (PROJECT, "deconfusion-newer"), (PROJECT + 1, "deconfusion-test")]
+
+
 def annotation(annotation_id, task, label, verdict=None, cancelled=False):
     result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
     if verdict is not None:
