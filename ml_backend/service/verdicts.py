@@ -119,9 +119,13 @@ class VerdictHandler:
         analysis = store.load_analysis()
         if analysis is None:
             return {}
-        with LabelStudioClient(self.settings) as client:
-            return rerank_published(store, analysis, lambda updates: client.merge_task_fields(project_id, updates),
-                                    seed=self.settings.seed)
+        try:
+            with LabelStudioClient(self.settings) as client:
+                return rerank_published(store, analysis, lambda updates: client.merge_task_fields(project_id, updates),
+                                        seed=self.settings.seed)
+        except Exception:  # not re-ranked after all: the next verdict asks again, not RERANK_AFTER more
+            store.update_project_info(reranked_at={})
+            raise
 
 
 class Coalescing:

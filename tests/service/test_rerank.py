@@ -145,6 +145,26 @@ def test_a_rerank_is_due_every_n_new_verdicts_and_not_on_a_repeated_webhook(stor
     assert not rerank_due(store, 0)
 
 
+def test_a_rerank_label_studio_did_not_take_is_asked_for_again_by_the_next_verdict(store, monkeypatch):
+    from ml_backend.config import Settings
+    from ml_backend.errors import LabelStudioUnavailable
+    from ml_backend.service.verdicts import VerdictHandler
+
+    class LabelStudioDown:
+        def __init__(self, *args, **kwargs):
+            raise LabelStudioUnavailable("Label Studio at http://ls did not answer")
+    monkeypatch.setattr("ml_backend.service.verdicts.LabelStudioClient", LabelStudioDown)
+    analysis = store.load_analysis()
+    verdicts = list(verdicts_on(analysis, ERRORS[:30], CONFUSION[:30]).items())
+    for task, verdict in verdicts[:25]:
+        store.record_verdict(int(task), verdict)
+    assert rerank_due(store, 25)
+    with pytest.raises(LabelStudioUnavailable):
+        VerdictHandler(Settings.from_env({}, model_dir=str(store.root.parent.parent))).rerank(5)
+    store.record_verdict(int(verdicts[25][0]), verdicts[25][1])
+    assert rerank_due(store, 25)  # the 26th verdict retries it, rather than the 50th
+
+
 def test_the_report_shows_how_many_reviewed_labels_were_wrong_per_iteration(store):
     analysis = store.load_analysis()
     verdicts = verdicts_on(analysis, ERRORS[:30], CONFUSION[:10])
