@@ -135,7 +135,7 @@ def save(analysis: Analysis, folder: str | os.PathLike) -> Path:
         "params": analysis.params,
     }
     tmp = folder / "analysis.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(meta), ensure_ascii=False, indent=1))
+    tmp.write_text(json.dumps(_jsonable(meta), ensure_ascii=False, indent=1), encoding="utf-8")
     tmp.replace(folder / "analysis.json")
     return folder
 
@@ -145,7 +145,7 @@ def load(folder: str | os.PathLike) -> Analysis:
     meta_path = folder / "analysis.json"
     if not meta_path.exists():
         raise ArtefactError(f"{folder}: no analysis.json; run an analysis first")
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ArtefactError(
@@ -189,6 +189,8 @@ def write_exports(analysis: Analysis, folder: str | os.PathLike) -> None:
     """The documented, readable outputs of ``analyze``: CSVs, per-cell maps and summary.json."""
     folder = Path(folder)
     (folder / "embedding").mkdir(parents=True, exist_ok=True)
+    for stale in (folder / "embedding").glob("[0-9][0-9][0-9]-[0-9][0-9][0-9].csv"):  # an earlier run's cells
+        stale.unlink()
     names = analysis.class_names
     rows = np.arange(len(analysis))
     with open(folder / "scores.csv", "w", newline="", encoding="utf-8") as fh:
@@ -233,4 +235,4 @@ def write_exports(analysis: Analysis, folder: str | os.PathLike) -> None:
                               f"{analysis.mismatch[i]:.6f}", analysis.splits[i]])
     (folder / "summary.json").write_text(
         json.dumps(_jsonable({"model_version": analysis.model_version, **analysis.summary,
-                              "params": analysis.params}), ensure_ascii=False, indent=1))
+                              "params": analysis.params}), ensure_ascii=False, indent=1), encoding="utf-8")

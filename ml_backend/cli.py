@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .config import ENV_NAMES, MACHINE_SETTINGS, Settings, add_cli_flags, configure_logging, settings_from_args
-from .errors import DeConfusionError
+from .errors import DatasetError, DeConfusionError
 
 TRAINING_FLAGS = ["folds", "epochs", "seed", "backbone", "backbone_weights", "device", "batch_size",
                   "ssim_threshold", "knn_k", "list_recall", "confirmed_weight", "verifier"]
@@ -56,7 +56,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .views.overview import overview_html
 
     settings = settings_from_args(args)
-    out = Path(args.out)
+    out = output_folder(Path(args.root), Path(args.out))
     bar = StageBar()
     try:
         dataset = load_folder(args.root, progress=lambda done, total: bar("load", done, total), scratch_dir=out)
@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_flags(unpublish, SERVICE_FLAGS)
     unpublish.set_defaults(func=cmd_unpublish)
     return parser
+
+
+def output_folder(root: Path, out: Path) -> Path:
+    """``out``, made, before any work: a folder inside ROOT would be read as a class by the next
+    run, and a file or a folder that cannot be made would only fail once the analysis is done."""
+    if out.resolve().is_relative_to(root.resolve()):
+        raise DatasetError(f"--out {out} is inside ROOT {root}: the next run would read its files as images "
+                           "of a class; write the analysis outside the image folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"--out {out} cannot be made a folder ({exc.strerror or exc}); give a folder path") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

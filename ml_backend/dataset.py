@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import tempfile
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +271,8 @@ def build_dataset(
     thread, 11.1 s in four).
 
     class_names : the classes to index labels by (e.g. from a labeling config); default
-        the sorted set of labels seen. A label outside it is skipped with a reason.
+        the sorted set of labels of the images that could be read. A label outside it is
+        skipped with a reason.
     Every image weighs 1.0 in training (``reviews.apply_reviews`` changes that).
     """
     records = list(records)
@@ -302,6 +304,9 @@ def build_dataset(
     for item in skipped:
         log.warning("skipped %s: %s", item.item, item.reason)
     _check_usable([rec for rec, _ in kept])
+    if class_names is None:  # a folder none of whose files could be read is not a class
+        known = sorted({rec.label for rec, _ in kept})
+        index = {name: k for k, name in enumerate(known)}
     return ImageDataset(
         items=[rec.item for rec, _ in kept],
         images=images[:len(kept)],
@@ -318,8 +323,10 @@ def build_dataset(
 
 def _printable(name: str) -> str:
     """A file or folder name as UTF-8 text: bytes that are not UTF-8 (an old Windows or zip name)
-    are written as ``\\xe9``, so the name can go into scores.csv and JSON; the file is still read."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    are written as ``\\xe9``, so the name can go into scores.csv and JSON; the file is still read.
+    Composed (NFC), as typed: macOS stores "ü" as "u" + a combining mark, which looks the same
+    and would never match a class or item name typed into a verdicts file."""
+    return unicodedata.normalize("NFC", name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
 
 
 def _check_usable(decoded: list[Record]) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .analysis import Analysis
 from .config import Settings
-from .ls.client import LabelStudioClient
+from .ls.client import LabelStudioClient, annotation_time
 from .ls.schema import ClassSpec
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
@@ -142,13 +142,23 @@ def desired_fields(
 
 def holding(analysis: Analysis, i: int, verdict: dict | None) -> dict | None:
     """``verdict`` if it still speaks for image ``i``'s label: made on this analysis, a removal or
-    an ambiguity, or a kept or relabeled label the image still has. Else None: the label changed
-    since (an annotation the backend never heard of), the analysis ranked the image as unreviewed,
-    so its task belongs in the queue again."""
+    an ambiguity, a kept or relabeled label the image still has, or one saved after the analysis
+    read the labels (a reviewer at work while it trained). Else None: the label changed since (an
+    annotation the backend never heard of), the analysis ranked the image as unreviewed, so its
+    task belongs in the queue again."""
     if verdict is None or verdict.get("version") == analysis.model_version \
             or verdict["verdict"] in (Verdict.REMOVED, Verdict.AMBIGUOUS):
         return verdict
-    return verdict if verdict.get("label") == analysis.class_names[analysis.labels[i]] else None
+    if verdict.get("label") == analysis.class_names[analysis.labels[i]] or saved_after_labels(analysis, verdict):
+        return verdict
+    return None
+
+
+def saved_after_labels(analysis: Analysis, annotation: dict) -> bool:
+    """Whether ``annotation`` (or a verdict, which keeps its annotation's times) was saved after
+    the labels the analysis read from Label Studio; False where that time is not known."""
+    labels_as_of = analysis.summary.get("labels_as_of")
+    return bool(labels_as_of) and annotation_time(annotation) > annotation_time({"updated_at": labels_as_of})
 
 
 def cell_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
@@ -360,7 +370,7 @@ def publish_overview(client, project_id, project, analysis, settings, store, tab
     overview_id = info.get("overview_project")
     if not _is_our_overview(client, overview_id):
         overview_id = client.create_project(project.get("title", f"Project {project_id}") + OVERVIEW_SUFFIX,
-                                            OVERVIEW_CONFIG.read_text())
+                                            OVERVIEW_CONFIG.read_text(encoding="utf-8"))
         # The paper's reading order, with the cell's HTML only in the labeling view, not as a column.
         client.create_view(overview_id, f"{TAB_PREFIX}: overview", ordering="dc_order",
                            hidden_columns={"explore": ["tasks:data.html"], "labeling": []},

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -64,19 +65,24 @@ def read_verdicts(path: str | os.PathLike, dataset: ImageDataset) -> dict[str, R
             return _read_rows(path, csv.DictReader(fh), dataset)
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
+    except OSError as exc:
+        raise DatasetError(f"verdicts file {path}: {exc.strerror or exc}") from None
 
 
 def _read_rows(path: str | os.PathLike, reader: csv.DictReader, dataset: ImageDataset) -> dict[str, Review]:
     known, classes = set(dataset.items), set(dataset.class_names)
     skipped = {s.item: s.reason for s in dataset.skipped}
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]  # "item, verdict, label"
+    missing = [c for c in COLUMNS if c not in reader.fieldnames]
     if missing:
         raise DatasetError(f"{path}: no column {', '.join(missing)}; the header must be {','.join(COLUMNS)}")
     reviews: dict[str, Review] = {}
     seen: set[str] = set()
     for row in reader:
         where = f"{path}, row {reader.line_num}"  # the line in the file: blank lines count, as in an editor
-        item, verdict, label = ((row[c] or "").strip() for c in COLUMNS)  # a short row leaves None
+        item, verdict, label = (unicodedata.normalize("NFC", (row[c] or "").strip()) for c in COLUMNS)  # short: None
+        if not (item or verdict or label):
+            continue  # ",," rows: what a spreadsheet writes for formatted empty rows
         if item not in known and item not in skipped:
             raise DatasetError(f"{where}: item {item!r} is not in the data set (use the item names of scores.csv)")
         if item in seen:

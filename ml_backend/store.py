@@ -49,13 +49,13 @@ def write_json(path: Path, value: Any) -> None:
     """Atomic write: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1))
+    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
     tmp.replace(path)
 
 
 def read_json(path: Path, default: Any) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default
 

@@ -35,6 +35,9 @@ from ._neighbors import NEIGHBOUR_DIMS, neighbours, pca_reduce
 # 0.836 / 0.994; 0.2: 0.692 / 0.831 / 0.815 / 0.991; 0.3: 0.697 / 0.835 / 0.793 / 0.990.
 NOISE_SMOOTHING = 0.2
 MIN_NOISE_CLASS = 20  # labeled images a class needs before the noise matrix estimates how it goes wrong
+MIN_COUNT_CLASS = 5  # fewest labels a class needs to join the error count at all (one image's own
+# probability is its class' threshold: every correct image of the other classes would count as wrong)
+MIN_LISTED_SCORE = 1e-3  # an image whose label is this unlikely to be wrong is never listed for review
 REVIEW_THRESHOLD = 0.15  # error score from which every image is a review candidate (find_candidates)
 # Share of the total error score the review list holds (find_candidates): the errors the scores
 # expect. On saved analyses the list then holds about that share of the true errors (CIFAR-10N
@@ -421,7 +424,9 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
     n is confident learning's estimate of how many labels are wrong: cleanlab
     ``num_label_issues`` (``estimation_method="off_diagonal_calibrated"``: off-diagonal sum
     of the confident joint calibrated to the label counts) on the out-of-sample
-    ``pred_probs``, over the classes that have labeled images. Not a fixed top-k: the cut
+    ``pred_probs``, over the classes with MIN_NOISE_CLASS labels (in a small project, with
+    MIN_COUNT_CLASS: a class of one image would set its threshold at that image's own
+    probability and count every correct image of the others). Not a fixed top-k: the cut
     follows the data's noise. Confident learning undercounts large systematic swaps (a model
     that saw 20% of a class mislabeled is rarely *confident* about them); the noise-corrected
     error score is not fooled by them, so the threshold adds what the count misses. An error
@@ -439,6 +444,7 @@ def find_candidates(pred_probs: np.ndarray, labels: np.ndarray, error_score: np.
     MNIST swaps unchanged (1.04 x, 0.998: count and threshold already hold more). It reaches
     at most LIST_REACH (2) times as far as count and threshold: where they find nothing (a
     clean project, a model unsure of every image) a flat ranking would take it far down.
+    No image whose error score is under MIN_LISTED_SCORE (0.001) is listed to fill a count.
 
     Read the same way, the first n rows hold fewer than n errors wherever their scores are
     below 1, and the errors they miss rank right after them: a slip that the fold models
@@ -490,7 +496,7 @@ def _compute_candidates(probs: np.ndarray, labels: np.ndarray, scores: np.ndarra
     listed = max(counted, int((scores >= threshold).sum()))  # count and threshold: a top of the ranking
     holding = int(np.searchsorted(expected, recall * expected[-1])) + 1 if recall > 0 and expected[-1] > 0 else 0
     flagged[order[:max(listed, min(holding, LIST_REACH * listed))]] = True
-    return flagged | (scores >= threshold), n
+    return (flagged & (scores >= MIN_LISTED_SCORE)) | (scores >= threshold), n
 
 
 def estimated_error_count(pred_probs: np.ndarray, labels: np.ndarray) -> int:
@@ -509,8 +515,8 @@ def _compute_error_count(probs: np.ndarray, labels: np.ndarray) -> int:
     # among the classes with enough labels to set a confidence threshold (see _compute_noise_matrix)
     counts = np.bincount(labels, minlength=probs.shape[1])
     present = np.flatnonzero(counts >= MIN_NOISE_CLASS)
-    if present.size < 2:
-        present = np.flatnonzero(counts)
+    if present.size < 2:  # a small project: every class with enough labels to set a threshold at all
+        present = np.flatnonzero(counts >= MIN_COUNT_CLASS)
     if present.size < 2:
         return 0
     rows = np.isin(labels, present)

@@ -210,18 +210,22 @@ class LabelStudioClient:
         ``spec.choices_name``; the newest such annotation (updated_at, then id) gives the label.
         ``split`` comes from task data ('train' or 'val', anything else counts as 'train');
         ``annotations`` holds each annotator's newest label (:func:`annotator_labels`).
+        ``labels_as_of``: when the newest annotation the export held was saved (Label Studio's
+        clock, ISO); an annotation saved later was not seen (a reviewer's verdict meanwhile).
         progress : called as progress(done, total) after each download.
         """
-        wanted = []
+        wanted, saved = [], []
         for task in self.export_tasks(project_id, labeled_only=True):
             annotations = task.get("annotations") or []
+            saved.extend(map(annotation_time, annotations))
             label = newest_label(annotations, spec)
             if label is not None:
                 data = task.get("data") or {}
                 split = str(data.get("split", "train")).strip().lower()
                 wanted.append(LabeledImage(int(task["id"]), data.get(spec.image_key), label,
                                            split if split in SPLITS else "train", annotator_labels(annotations, spec)))
-        return self.media.records(wanted, spec.image_key, cache_dir, progress)
+        downloads = self.media.records(wanted, spec.image_key, cache_dir, progress)
+        return downloads._replace(labels_as_of=max(saved).isoformat() if saved else "")
 
     def fetch_image(self, task: dict, spec: ClassSpec) -> bytes:
         """Bytes of a task's image (see Media.fetch_image)."""
@@ -440,7 +444,7 @@ def annotator_labels(annotations: list[dict], spec: ClassSpec) -> tuple[tuple[in
         author = annotation.get("completed_by")
         author = author.get("id") if isinstance(author, dict) else author
         author = int(author) if isinstance(author, int) and not isinstance(author, bool) else None
-        key = (_when(annotation.get("updated_at") or annotation.get("created_at")), int(annotation.get("id") or 0))
+        key = (annotation_time(annotation), int(annotation.get("id") or 0))
         if author not in newest or key > newest[author][0]:
             newest[author] = (key, (int(annotation.get("id") or 0), author, label))
     return tuple(entry for _, entry in sorted(newest.values(), key=lambda kv: kv[0]))
@@ -454,7 +458,13 @@ def _choice(result: list[dict], spec: ClassSpec) -> str | None:
     return None
 
 
+def annotation_time(annotation: Mapping[str, Any]) -> datetime:
+    """When Label Studio last saved ``annotation`` (updated_at, else created_at; its own clock)."""
+    return _when(annotation.get("updated_at") or annotation.get("created_at"))
+
+
 def _when(stamp: Any) -> datetime:
+    """An ISO timestamp as an aware datetime; the earliest one for a missing or bad stamp."""
     try:
         when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
     except ValueError:

@@ -42,7 +42,7 @@ class ImageCache:
     def lookup(self, key: str) -> CachedImage | None:
         """The cached copy of ``key`` (a URL), or None when there is none (or its file is gone)."""
         try:
-            entry = json.loads(self._entry(key).read_text())
+            entry = json.loads(self._entry(key).read_text(encoding="utf-8"))
             path = self.objects / entry["object"]
         except (OSError, ValueError, KeyError, TypeError):
             return None

@@ -78,11 +78,13 @@ class Fetched(NamedTuple):
 
 class Downloads(NamedTuple):
     """What :meth:`Media.records` got: records, skipped items, and how many images came over the
-    network (``fetched``) or were confirmed unchanged without their bytes (``unchanged``)."""
+    network (``fetched``) or were confirmed unchanged without their bytes (``unchanged``);
+    ``labels_as_of`` see ``LabelStudioClient.labeled_records``."""
     records: list[Record]
     skipped: list[SkippedItem]
     fetched: int
     unchanged: int
+    labels_as_of: str = ""
 
 
 class LabeledImage(NamedTuple):

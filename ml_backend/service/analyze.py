@@ -60,6 +60,7 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     version = new_model_version(f"{VERSION_PREFIX}-v{iteration}")
     analysis, ensemble = run_analysis(dataset, settings, model_version=version, progress=progress, reviews=outcome)
     analysis.summary["downloads"] = {"fetched": downloads.fetched, "unchanged": downloads.unchanged}
+    analysis.summary["labels_as_of"] = downloads.labels_as_of  # a verdict saved later is newer than its labels
     crowd = crowd_summary(analysis, labelers_annotations(records, verdicts))
     crowd["user_names"] = client.user_names()
     with store.new_version(version) as folder:

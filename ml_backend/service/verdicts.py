@@ -18,10 +18,10 @@ from ..config import Settings
 from ..dataset import ImageDataset
 from ..detectors.verifier import reordered_within
 from ..errors import LabelStudioRejected
-from ..ls.client import LabelStudioClient
+from ..ls.client import LabelStudioClient, annotation_time
 from ..ls.schema import ClassSpec
 from ..pipeline import rerank
-from ..publish import is_flagged, review_fields
+from ..publish import is_flagged, review_fields, saved_after_labels
 from ..reviews import Review
 from ..store import ProjectStore
 from ..vocabulary import VERDICT_CONTROL, Verdict
@@ -86,7 +86,9 @@ class VerdictHandler:
             if action == "ANNOTATIONS_DELETED":
                 gone = {a for a, annotation in found.items() if annotation is None}
                 forgotten = forget_verdicts(store, gone)
-                _mark_reviewed(client, project_id, store, analysis, forgotten)  # back in the queue
+                # another reviewer's annotation still speaks for the task; else it is back in the queue
+                record_verdicts(store, analysis, reviews_left(client, analysis, forgotten))
+                _mark_reviewed(client, project_id, store, analysis, forgotten)
                 return {"status": "ok", "forgotten": len(forgotten)}
             genuine = [a for a in found.values() if a is not None and _in_project(client, a, project_id)]
             changed = record_verdicts(store, analysis, genuine)
@@ -247,7 +249,7 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
     annotations, tasks the analysis did not see and annotations without a label are skipped."""
     index, spec = analysis.index_of_task(), ClassSpec(**store.project_info()["spec"])
     names = analysis.class_names
-    changed = []
+    changed, stored = [], store.verdicts()
     for annotation in annotations:
         task_id = int(annotation["task"])
         i = index.get(task_id)
@@ -258,10 +260,31 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
         if found is None:
             continue
         verdict = {"verdict": found[0], "label": found[1], "given": names[analysis.labels[i]],
-                   "annotation_id": annotation["id"], "version": analysis.model_version}
+                   "annotation_id": annotation["id"], "version": analysis.model_version,
+                   "updated_at": annotation.get("updated_at") or annotation.get("created_at") or ""}
+        if _newer_verdict_stands(stored.get(str(task_id)), annotation):
+            continue  # events out of order: the task's label is its newest annotation's
         if store.record_verdict(task_id, verdict):
+            stored[str(task_id)] = verdict
             changed.append(task_id)
     return changed
+
+
+def _newer_verdict_stands(stored: dict | None, annotation: dict) -> bool:
+    return bool(stored) and stored.get("annotation_id") != annotation["id"] \
+        and annotation_time(stored) > annotation_time(annotation)
+
+
+def reviews_left(client: LabelStudioClient, analysis: Analysis, task_ids: list[int]) -> list[dict]:
+    """For each task, its newest annotation saved after ``analysis`` read the labels (another
+    reviewer's, once the one that gave its verdict was deleted); none where there is none."""
+    left = []
+    for task_id in task_ids:
+        saved = [a for a in client.get_task(task_id).get("annotations") or []
+                 if not a.get("was_cancelled") and saved_after_labels(analysis, a)]
+        if saved:
+            left.append({**max(saved, key=lambda a: (annotation_time(a), int(a.get("id") or 0))), "task": task_id})
+    return left
 
 
 def forget_verdicts(store: ProjectStore, deleted_annotations: set[int]) -> list[int]:

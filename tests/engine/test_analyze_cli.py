@@ -122,6 +122,26 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
 
 
+def test_an_output_folder_inside_the_images_or_on_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    assert main(["analyze", str(tmp_path / "images"), "--out", str(tmp_path / "images" / "results")]) == 2
+    assert "is inside ROOT" in capsys.readouterr().err and not (tmp_path / "images" / "results").exists()
+    (tmp_path / "taken").write_text("a file")
+    assert main(["analyze", str(tmp_path / "images"), "--out", str(tmp_path / "taken")]) == 2
+    assert "cannot be made a folder (File exists)" in capsys.readouterr().err
+
+
+def test_a_second_run_into_the_same_folder_leaves_no_map_of_the_first(analysed, tmp_path):
+    import shutil
+    from ml_backend.analysis import load, write_exports
+    out = tmp_path / "again"
+    shutil.copytree(analysed[1], out)
+    (out / "embedding" / "007-009.csv").write_text("item,x,y,mismatch_score,split\n")  # a cell of a run before
+    write_exports(load(out), out)
+    cells = read_csv(out / "cells.csv")
+    assert len(list((out / "embedding").glob("*.csv"))) == len(cells)
+
+
 def test_saved_models_answer_with_the_class_names(analysed):
     """/predict for a new task uses model.pt: it must name classes, not their indices."""
     from ml_backend.model import ModelSet

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +340,9 @@ def test_verdicts_leave_the_queue_and_the_second_run_replaces_the_first(world):
     summary = stored(world, "versions", job["model_version"], "analysis.json")["summary"]
     assert summary["downloads"] == {"fetched": 0, "unchanged": len(world["truth"]) - 1}  # only asked, 304 each
     assert any("vertical-5.png" in s["reason"] and "HTTP 404" in s["reason"] for s in summary["skipped"])
+    # when the newest label it read was saved, in Label Studio's clock: verdicts saved later are newer
+    newest = max(a["updated_at"] for t in client.export_tasks(pid) for a in t["annotations"])
+    assert datetime.fromisoformat(summary["labels_as_of"]) <= datetime.fromisoformat(newest.replace("Z", "+00:00"))
     assert list(predictions_by_version(world)) == [job["model_version"]]  # old predictions replaced, not piled up
     titles = [v["title"] for v in client.list_views(pid)]
     fixed = ("review queue", "duplicates", "train/val leakage", "excluded")

@@ -14,7 +14,8 @@ from ml_backend.model import cross_fit
 from ml_backend.model.ensemble import ModelSet
 from ml_backend.service.predictions import Predictor
 from ml_backend.service.jobs import JobQueueUnavailable
-from ml_backend.service.verdicts import VerdictHandler, forget_verdicts, record_verdicts, retrain_due
+from ml_backend.service.verdicts import (
+    VerdictHandler, forget_verdicts, record_verdicts, retrain_due, reviews_left)
 from ml_backend.analysis import save
 from ml_backend.store import ProjectStore
 from ml_backend.vocabulary import UNTRAINED_VERSION, VERDICT_CONTROL, Verdict
@@ -118,12 +119,12 @@ def test_projects_whose_versions_have_the_same_name_keep_their_own_models(settin
         (PROJECT, "deconfusion-newer"), (PROJECT + 1, "deconfusion-test")]
 
 
-def annotation(annotation_id, task, label, verdict=None, cancelled=False):
+def annotation(annotation_id, task, label, verdict=None, cancelled=False, saved="2026-12-05T10:00:00Z"):
     result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
     if verdict is not None:
         result.append({"from_name": VERDICT_CONTROL, "to_name": "image", "type": "choices",
                        "value": {"choices": [verdict.choice]}})
-    return {"id": annotation_id, "task": task, "result": result, "was_cancelled": cancelled}
+    return {"id": annotation_id, "task": task, "result": result, "was_cancelled": cancelled, "updated_at": saved}
 
 
 def test_verdicts_are_recorded_once_per_decision_and_name_what_the_reviewer_did(store):
@@ -145,6 +146,39 @@ def test_deleted_annotations_take_their_verdicts_with_them(store):
     record_verdicts(store, store.load_analysis(), [annotation(11, 2, "dog"), annotation(12, 1, "cat")])
     assert forget_verdicts(store, {11, 404}) == [2]
     assert list(store.verdicts()) == ["1"]
+
+
+def test_an_older_annotation_whose_event_comes_late_does_not_replace_the_newer_verdict(store):
+    analysis = store.load_analysis()
+    later, earlier = annotation(21, 2, "dog", saved="2026-12-05T10:07:00Z"), annotation(11, 2, "cat",
+                                                                                        saved="2026-12-05T10:01:00Z")
+    assert record_verdicts(store, analysis, [later]) == [2]
+    assert record_verdicts(store, analysis, [earlier]) == []  # its event was handled second
+    assert store.verdicts()["2"]["annotation_id"] == 21 and store.verdicts()["2"]["label"] == "dog"
+    assert record_verdicts(store, analysis, [{**earlier, "updated_at": "2026-12-05T10:09:00Z"}]) == [2]  # updated
+
+
+class TaskAnnotations:
+    """Label Studio's side of reviews_left: a task and the annotations it holds."""
+
+    def __init__(self, annotations):
+        self.annotations = annotations
+
+    def get_task(self, task_id):
+        return {"id": task_id, "annotations": [a for a in self.annotations if a["task"] == task_id]}
+
+
+def test_a_task_whose_second_reviewer_annotation_is_deleted_keeps_the_first_reviewers_verdict(store):
+    analysis = dataclasses.replace(store.load_analysis(), summary={"labels_as_of": "2026-12-05T09:00:00Z"})
+    labeler = annotation(5, 2, "cat", saved="2026-12-05T08:00:00Z")  # the label the analysis read
+    first, second = annotation(11, 2, "dog", saved="2026-12-05T10:00:00Z"), annotation(12, 2, "cat",
+                                                                                       saved="2026-12-05T10:30:00Z")
+    record_verdicts(store, analysis, [first, second])
+    assert forget_verdicts(store, {12}) == [2]
+    record_verdicts(store, analysis, reviews_left(TaskAnnotations([labeler, first]), analysis, [2]))
+    assert store.verdicts()["2"]["annotation_id"] == 11 and store.verdicts()["2"]["verdict"] == "relabeled_to_model"
+    assert forget_verdicts(store, {11}) == [2]
+    assert reviews_left(TaskAnnotations([labeler]), analysis, [2]) == []  # only the labeler's: back in the queue
 
 
 def test_a_retraining_is_due_once_per_version_after_enough_verdicts(store):

@@ -42,6 +42,24 @@ def test_flat_layout_with_spaces_and_non_ascii_labels(tmp_path):
     assert set(ds.splits) == {"train"}
 
 
+def test_folder_names_stored_decomposed_become_the_names_users_type(tmp_path):
+    import unicodedata
+    write_image(tmp_path / unicodedata.normalize("NFD", "Hündin") / "1.png", 10)  # as macOS stores it
+    write_image(tmp_path / "Katze" / "2.png", 200)
+    ds = load_folder(tmp_path)
+    assert ds.class_names == ["Hündin", "Katze"] and "Hündin/1.png" in ds.items
+
+
+def test_a_folder_without_a_readable_image_is_not_a_class(tmp_path):
+    write_image(tmp_path / "cat" / "a.png", 10)
+    write_image(tmp_path / "dog" / "b.png", 200)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("how we labeled")
+    ds = load_folder(tmp_path)
+    assert ds.class_names == ["cat", "dog"] and ds.labels.tolist() == [0, 1]
+    assert [s.item for s in ds.skipped] == ["notes/readme.txt"]
+
+
 def test_a_test_folder_beside_train_and_val_is_refused_by_name_not_read_as_classes(tmp_path):
     for split in ("train", "val", "test"):
         write_image(tmp_path / split / "cat" / "a.png", 10)

@@ -306,3 +306,23 @@ def test_a_class_with_few_labels_does_not_turn_the_others_correct_labels_into_er
     flagged, count = find_candidates(probs, labels, scores)
     big = labels != 1
     assert scores[big].mean() < 0.1 and flagged[big].sum() <= 5 and count <= 5
+
+
+def test_a_class_with_one_image_does_not_make_the_other_class_look_mislabeled():
+    # 20 cats, 1 dog the model could not learn from one image: the dog's own probability (0.02)
+    # would be the dog threshold, and every cat the model gives 2% of dog would count as an error
+    p_dog = np.linspace(0.001, 0.05, 20)
+    probs = np.vstack([np.column_stack([1 - p_dog, p_dog]), [[0.98, 0.02]]])
+    labels = np.array([0] * 20 + [1])
+    flagged, n = find_candidates(probs, labels, error_scores(probs, labels))
+    assert n == 0 and not flagged[:20].any()
+
+
+def test_labels_the_scores_call_right_are_not_listed_to_fill_the_count():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1, 1], size=60)  # a model unsure of everything: the count is large
+    labels = np.arange(60) % 2
+    scores = np.zeros(60)
+    scores[[3, 7]] = 0.9
+    flagged, n = find_candidates(probs, labels, scores)
+    assert n > 2 and np.flatnonzero(flagged).tolist() == [3, 7]

@@ -53,6 +53,20 @@ def test_a_verdict_on_a_label_changed_since_leaves_the_task_in_the_queue():
     assert publish.desired_fields(analysis, gone, lambda i: "")[2]["dc_excluded"] == 1
 
 
+def test_a_relabel_given_while_the_next_analysis_trained_keeps_its_task_out_of_the_queue():
+    # the analysis read task 2 labeled cat at 10:00; a reviewer relabeled it dog on the version before, at 10:05
+    analysis = tiny_analysis()
+    analysis.summary["labels_as_of"] = "2026-12-05T10:00:00.000000+00:00"
+    meanwhile = {"2": {"verdict": "relabeled_to_model", "label": "dog", "given": "cat", "version": "deconfusion-old",
+                       "updated_at": "2026-12-05T10:05:00.123456Z"}}
+    fields = publish.desired_fields(analysis, meanwhile, lambda i: "")[2]
+    assert fields["dc_candidate"] == 0 and fields["dc_unreviewed"] == 0 and fields["dc_reviewed"] == "relabeled_to_model"
+    before = {"2": {**meanwhile["2"], "updated_at": "2026-12-05T09:55:00Z"}}  # the analysis saw it, then a relabel back
+    assert publish.desired_fields(analysis, before, lambda i: "")[2]["dc_candidate"] == 1
+    del analysis.summary["labels_as_of"]  # an analysis that does not know when it read the labels
+    assert publish.desired_fields(analysis, meanwhile, lambda i: "")[2]["dc_candidate"] == 1
+
+
 def test_review_queue_comes_first_and_sorts_by_error_score():
     tabs = publish.data_manager_tabs(tiny_analysis(), max_tabs=5)
     assert tabs[0]["title"] == REVIEW_QUEUE_TAB and tabs[0]["ordering"] == "-dc_error_score"

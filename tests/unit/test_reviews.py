@@ -62,6 +62,20 @@ def test_short_rows_and_a_csv_saved_by_excel_are_read(tmp_path):
         "i2": Review("removed"), "i3": Review("ambiguous"), "i0": Review("confirmed", "cat")}
 
 
+def test_a_header_with_spaces_empty_spreadsheet_rows_and_decomposed_names_are_read(tmp_path):
+    data = dataset()
+    data.items[0], data.class_names = "Hündin/1.png", ["cat", "Hündin", "fox"]  # as typed (composed)
+    typed_on_a_mac = "H\u0075\u0308ndin"  # the same name, decomposed as macOS file names are
+    text = f"Item, Verdict, Label\n{typed_on_a_mac}/1.png,relabeled,{typed_on_a_mac}\n,,\ni2,removed,\n,,\n"
+    assert read_verdicts(write(tmp_path, text), data) == {"Hündin/1.png": Review("relabeled", "Hündin"),
+                                                           "i2": Review("removed")}
+
+
+def test_a_missing_verdicts_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(DatasetError, match=r"verdicts file .*nope.csv: No such file or directory"):
+        read_verdicts(tmp_path / "nope.csv", dataset())
+
+
 def test_a_file_that_is_not_utf8_says_how_to_save_it(tmp_path):
     with pytest.raises(DatasetError, match="not UTF-8 text; save it as CSV UTF-8"):
         read_verdicts(write(tmp_path, "item,verdict,label\nÄpfel/1.png,removed,\n", "cp1252"), dataset())
