@@ -113,6 +113,11 @@ class Analysis:
         idx = np.flatnonzero((self.labels == label) & (self.predicted == predicted))
         return idx[np.argsort(-self.error_score[idx], kind="stable")]
 
+    def together_members(self, cell: dict) -> np.ndarray:
+        """The part of a flagged cell to relabel at once (``overview_cells``' ``together``), most
+        likely errors first; empty for other cells."""
+        return self.cell_members(cell["label"], cell["predicted"])[:cell.get("together", 0)]
+
     def index_of_task(self) -> dict[int, int]:
         return {int(t): i for i, t in enumerate(self.task_ids) if t >= 0}
 
@@ -181,7 +186,7 @@ SCORES_COLUMNS = (
 )
 CELLS_COLUMNS = (
     "label", "predicted", "count", "share_of_row", "mean_mismatch", "score_wrong", "saturation",
-    "histogram", "interpretation_error", "has_duplicates", "row", "column",
+    "histogram", "interpretation_error", "together", "has_duplicates", "row", "column",
 )
 
 
@@ -215,7 +220,7 @@ def write_exports(analysis: Analysis, folder: str | os.PathLike) -> None:
                 names[cell["label"]], names[cell["predicted"]], cell["count"], f"{cell['share_of_row']:.6f}",
                 f"{cell['mean_mismatch']:.6f}", f"{cell['score_wrong']:.6f}", f"{cell['saturation']:.6f}",
                 " ".join(str(c) for c in cell["histogram"]), int(cell["interpretation_error"]),
-                int(cell["has_duplicates"]), cell["row"], cell["column"],
+                cell.get("together", 0), int(cell["has_duplicates"]), cell["row"], cell["column"],
             ])
     with open(folder / "duplicates.csv", "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)

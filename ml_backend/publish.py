@@ -34,7 +34,7 @@ OVERVIEW_MARKER = 'name="dc_cell_status"'  # a control only our overview config 
 
 NUMERIC_FIELDS = ("dc_error_score", "dc_candidate", "dc_unreviewed", "dc_duplicate", "dc_duplicate_group",
                   "dc_similarity", "dc_leakage", "dc_excluded", "dc_p_suggested", "dc_disagreement_rank",
-                  "dc_consensus_quality")
+                  "dc_consensus_quality", "dc_together")
 DISAGREEMENT_TAB = f"{TAB_PREFIX}: annotators disagree"
 DUPLICATE_ORDER = "dc_duplicate_group"  # groups numbered closest copies first (see duplicate_groups)
 REVIEW_LEAD = 100
@@ -64,16 +64,18 @@ def is_flagged(analysis: Analysis, i: int) -> bool:
 
 
 def task_fields(analysis: Analysis, i: int, *, leakage: set[int], groups: dict[int, tuple[int, float]],
-                evidence: str, verdict: dict | None) -> dict:
+                together: set[int], evidence: str, verdict: dict | None) -> dict:
     """Our ``dc_`` fields for image ``i``; the Data Manager tabs filter and sort on them.
     ``groups``: image index -> (duplicate group number, its highest SSIM with a copy), see
-    :func:`duplicate_groups`; 0 and 0.0 for images without a copy."""
+    :func:`duplicate_groups`; 0 and 0.0 for images without a copy. ``together``: the images of
+    flagged cells' parts to relabel at once (:func:`together_members`)."""
     group, similarity = groups.get(i, (0, 0.0))
     return {
         "dc_error_score": round(float(analysis.error_score[i]), 6),
         "dc_suggested": analysis.class_names[analysis.predicted[i]],
         "dc_p_suggested": round(float(analysis.pred_probs[i, analysis.predicted[i]]), 6),
         "dc_cell": analysis.cell_name(i),
+        "dc_together": int(i in together),
         **review_fields(analysis, i, verdict),
         "dc_duplicate": int(group > 0),
         "dc_duplicate_group": group,
@@ -94,6 +96,11 @@ def review_fields(analysis: Analysis, i: int, verdict: dict | None) -> dict:
 
 def leakage_members(analysis: Analysis) -> set[int]:
     return {idx for pair in analysis.duplicates if pair["cross_split"] for idx in (pair["a"], pair["b"])}
+
+
+def together_members(analysis: Analysis) -> set[int]:
+    """Every image in the part of a flagged cell offered to relabel at once."""
+    return {int(i) for cell in analysis.cells for i in analysis.together_members(cell)}
 
 
 def duplicate_groups(analysis: Analysis) -> dict[int, tuple[int, float]]:
@@ -121,7 +128,7 @@ def desired_fields(
     """task id -> the ``dc_`` fields it should carry now: flagged tasks, reviewed ones, and tasks
     whose annotators disagree (``crowd``, see ``service.crowd``: consensus label, its quality
     and the rank in the disagreement tab). ``tasks``: only these task ids (all when None)."""
-    leakage, groups = leakage_members(analysis), duplicate_groups(analysis)
+    leakage, groups, together = leakage_members(analysis), duplicate_groups(analysis), together_members(analysis)
     disagreements = (crowd or {}).get("disagreements", {})
     wanted = {}
     for i in range(len(analysis)):
@@ -131,8 +138,8 @@ def desired_fields(
         verdict = holding(analysis, i, verdicts.get(str(task_id)))
         disagreement = disagreements.get(str(task_id))
         if task_id >= 0 and (is_flagged(analysis, i) or verdict or disagreement):
-            wanted[task_id] = task_fields(analysis, i, leakage=leakage, groups=groups, evidence=evidence(i),
-                                           verdict=verdict)
+            wanted[task_id] = task_fields(analysis, i, leakage=leakage, groups=groups, together=together,
+                                          evidence=evidence(i), verdict=verdict)
             if disagreement:
                 wanted[task_id].update(dc_consensus=disagreement["consensus"],
                                        dc_consensus_quality=disagreement["quality"],
@@ -162,19 +169,26 @@ def saved_after_labels(analysis: Analysis, annotation: dict) -> bool:
 
 
 def cell_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
-    """Tabs for the leading cells, in the overview's reading order weighted by count."""
+    """Tabs for the leading cells, in the overview's reading order weighted by count. A flagged
+    cell's tab lists the part of it to relabel at once (its ``together`` images): "select all"
+    there breaks few correct labels, and the rest of the cell goes through the review queue."""
     leading = sorted(analysis.cells, key=lambda c: -c["count"])[:max_tabs]
-    return [{
-        "title": f"{TAB_PREFIX}: {analysis.class_names[c['label']]} → {analysis.class_names[c['predicted']]} "
-                 f"({c['count']})",
+    tabs = []
+    for c in leading:
+        together = c.get("together", 0)
         # Reviewed images leave the cell too (the paper's decluttering), so "select all" in a
         # cell tab never overrides a reviewer's verdict. A number, not "dc_reviewed is empty":
         # Label Studio's "empty" filter guesses the field's type from the first task it finds.
-        "filters": [("dc_cell", "equal", "String", analysis.cell_name_of(c["label"], c["predicted"])),
-                    ("dc_unreviewed", "equal", "Number", 1)],
-        "ordering": "-dc_error_score",
-        "cell": (c["label"], c["predicted"]),
-    } for c in leading]
+        filters = [("dc_cell", "equal", "String", analysis.cell_name_of(c["label"], c["predicted"])),
+                   ("dc_unreviewed", "equal", "Number", 1)]
+        if together:
+            filters.append(("dc_together", "equal", "Number", 1))
+        size = f"{together} of {c['count']}, relabel together" if together else str(c["count"])
+        tabs.append({
+            "title": f"{TAB_PREFIX}: {analysis.class_names[c['label']]} → {analysis.class_names[c['predicted']]} "
+                     f"({size})",
+            "filters": filters, "ordering": "-dc_error_score", "cell": (c["label"], c["predicted"])})
+    return tabs
 
 
 def data_manager_tabs(analysis: Analysis, *, max_tabs: int, crowd: dict | None = None) -> list[dict]:

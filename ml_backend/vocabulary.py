@@ -18,7 +18,7 @@ VERSION_FIELD = f"{FIELD_PREFIX}version"
 TASK_FIELDS = frozenset({
     "dc_error_score", "dc_suggested", "dc_p_suggested", "dc_cell", "dc_candidate", "dc_unreviewed",
     "dc_duplicate", "dc_duplicate_group", "dc_similarity", "dc_leakage", "dc_reviewed", "dc_excluded",
-    "dc_evidence", "dc_consensus", "dc_consensus_quality", "dc_disagreement_rank", VERSION_FIELD,
+    "dc_evidence", "dc_consensus", "dc_consensus_quality", "dc_disagreement_rank", "dc_together", VERSION_FIELD,
 })
 """Every task-data key the backend writes into a project's tasks, by name: only these are ever
 changed or removed (unpublish), so a user's own key stays even when it starts with ``dc_``."""

@@ -8,9 +8,10 @@ review rounds in which each round's verdicts go into the next analysis.
 The reviewer is an oracle that knows the true label of every image it looks at, and works
 only from what the published tabs show, in their order, within a budget of images looked at:
 1. the cell tabs flagged as class interpretation errors, in the overview's reading order:
-   it looks at 20 images of the cell and gives each its true label; if at least 90% are truly
-   the model's class it relabels the rest of the cell at once ("Create Annotations From
-   Predictions" on the tab), else it moves on;
+   each lists the part of its cell the model is surest about (``together``); it looks at 20
+   of them and gives each its true label; if at least 90% are truly the model's class it
+   relabels the rest of the tab at once ("Create Annotations From Predictions"), else it
+   moves on (the rest of the cell comes through the review queue);
 2. the review queue, most likely errors first: each image is kept or relabeled to its truth;
 3. the duplicates tab, closest copies first: one look per pair; it removes the second image
    of a true copy (pixel-identical or one of the planted copies) and keeps look-alikes.
@@ -81,9 +82,9 @@ def review(analysis, labels: np.ndarray, truth: np.ndarray, copies: set[tuple[in
         log["single_relabeled" if relabel else "kept"] += 1
 
     for cell in analysis.cells:
-        if not cell["interpretation_error"] or spent + CELL_SAMPLE > budget:
+        members = analysis.together_members(cell)  # the flagged cell's tab: its part to relabel together
+        if len(members) == 0 or spent + CELL_SAMPLE > budget:
             continue
-        members = analysis.cell_members(cell["label"], cell["predicted"])
         sample = rng.choice(members, size=min(CELL_SAMPLE, len(members)), replace=False)
         spent += len(sample)
         if (truth[sample] == cell["predicted"]).mean() >= CELL_AGREEMENT:
@@ -120,15 +121,15 @@ def val_accuracy(x, labels, truth, split, keep) -> float:
 
 
 def look(analysis, reviewed: np.ndarray, truth: np.ndarray, budget: int, rng) -> dict[int, int]:
-    """What an oracle reviewer decides within ``budget`` looks, in the project's order: flagged
-    interpretation cells (a sample, each image of it decided, then the rest of the cell at once if
-    it is truly the model's class), then unreviewed images by error score. Returns {image index:
-    the label it now has}."""
+    """What an oracle reviewer decides within ``budget`` looks, in the project's order: the tabs
+    of flagged interpretation cells (a sample of the part to relabel together, each image of it
+    decided, then the rest of that part at once if it is truly the model's class), then
+    unreviewed images by error score. Returns {image index: the label it now has}."""
     decided: dict[int, int] = {}
     for cell in analysis.cells:
-        members = analysis.cell_members(cell["label"], cell["predicted"])
+        members = analysis.together_members(cell)
         members = members[~reviewed[members]]
-        if not cell["interpretation_error"] or len(members) == 0 or CELL_SAMPLE > budget:
+        if len(members) == 0 or CELL_SAMPLE > budget:
             continue
         sample = rng.choice(members, size=min(CELL_SAMPLE, len(members)), replace=False)
         budget -= len(sample)

@@ -160,7 +160,8 @@ def _compute_representatives(probs: np.ndarray, labels: np.ndarray) -> np.ndarra
 def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.ndarray | None = None,
                    duplicate_group: np.ndarray | None = None, error_score: np.ndarray | None = None,
                    alpha: float = 0.01, min_interpretation_count: int = 10, min_interpretation_share: float = 0.01,
-                   min_interpretation_ratio: float = 2.0, min_interpretation_wrong: float = 0.5) -> list[dict]:
+                   min_interpretation_ratio: float = 2.0, min_interpretation_wrong: float = 0.5,
+                   together_wrong: float = 0.9) -> list[dict]:
     """The off-diagonal cells of the overview list, in the paper's reading order.
 
     Rows (labels a) are sorted by how many of their images the model puts in another class,
@@ -190,6 +191,8 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
         How many times the usual confusion rate a flagged cell's rate must significantly exceed.
     min_interpretation_wrong : float in [0, 1], default 0.5
         Smallest mean ``error_score`` of a flagged cell's images (ignored without ``error_score``).
+    together_wrong : float in [0, 1], default 0.9
+        Mean ``error_score`` of the part of a flagged cell offered to relabel together (see Notes).
 
     Returns
     -------
@@ -197,7 +200,8 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
         ``label`` (a), ``predicted`` (b), ``count`` (images labeled a that the model puts in b),
         ``share_of_row`` (count / images labeled a), ``mean_mismatch`` (mean eq. 1 score),
         ``score_wrong`` (eq. 2), ``saturation`` (eq. 3, in [0, 1]), ``histogram`` (eq. 4,
-        list of B ints), ``interpretation_error`` (bool), ``has_duplicates`` (bool),
+        list of B ints), ``interpretation_error`` (bool), ``together`` (int, see Notes),
+        ``has_duplicates`` (bool),
         ``row`` and ``column`` (0-based reading-order position; column 0 is a row's first
         off-diagonal cell).
 
@@ -241,6 +245,16 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
     is then expected to fix more labels than it breaks. On the saved benchmark analyses the
     mean separates the cells cleanly: truly swapped cells 0.59-0.97 (71-100% of their images
     truly the model's class), reverse and two-way cells 0.12-0.34 (0-73%).
+
+    Even a misread cell holds correct labels (those swapped cells: 71-83% truly the model's
+    class), and relabeling it at once would break them. ``together`` is how many of a flagged
+    cell's images, highest ``error_score`` first, have a mean error score of at least
+    ``together_wrong``: the part a reviewer can relabel at once after checking a sample (its
+    tab lists that part; the rest goes through the review queue one by one). On our
+    Fashion-MNIST corruption the four swapped cells' parts are 96-98% truly the model's class
+    and hold 77% of their errors; a reviewer who samples 20 images of each and relabels the
+    part when 18 agree fixes 88.7% of all wrong labels in 5% of the images, where sampling
+    the whole cell fixed 77-89% (80.1% on average over 20 draws; 0 without ``error_score``).
     """
     caller = "overview_cells"
     probs = pred_probs_checked(pred_probs, caller)
@@ -258,6 +272,7 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
     if error_score is not None:
         error_score = scores_checked("error_score", error_score, n, caller, low=0.0, high=1.0)
     test = {
+        "together_wrong": float_checked("together_wrong", together_wrong, caller, low=0.0, high=1.0),
         "alpha": float_checked("alpha", alpha, caller, low=0.0, high=1.0, low_open=True, high_open=True),
         "min_count": int_checked("min_interpretation_count", min_interpretation_count, caller, minimum=0),
         "min_share": float_checked("min_interpretation_share", min_interpretation_share, caller, low=0.0, high=1.0),
@@ -266,6 +281,13 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
         "min_wrong": float_checked("min_interpretation_wrong", min_interpretation_wrong, caller, low=0.0, high=1.0),
     }
     return _compute_cells(probs, labels, scores.astype(np.float64), groups.astype(np.int64), error_score, **test)
+
+
+def _together(scores: np.ndarray, mean_wrong: float) -> int:
+    """How many of ``scores``, highest first, have a mean of at least ``mean_wrong``."""
+    ordered = np.sort(scores)[::-1]
+    reach = np.flatnonzero(np.cumsum(ordered) >= mean_wrong * np.arange(1, len(ordered) + 1))
+    return int(reach[-1]) + 1 if len(reach) else 0
 
 
 def _confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
@@ -301,7 +323,7 @@ def _interpretation_p_values(counts: np.ndarray, ratio: float) -> np.ndarray:
 
 def _compute_cells(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray,
                    error_score: np.ndarray | None, *, alpha: float, min_count: int, min_share: float,
-                   ratio: float, min_wrong: float) -> list[dict]:
+                   ratio: float, min_wrong: float, together_wrong: float) -> list[dict]:
     n, k = probs.shape
     predicted = probs.argmax(axis=1)
     counts = _confusion(labels, predicted, k)
@@ -339,6 +361,8 @@ def _compute_cells(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, gr
                 "saturation": 0.0,  # set below, once every cell's score_wrong is known
                 "histogram": _compute_histogram(scores[members], k).tolist(),
                 "interpretation_error": bool(flagged[a, b]),
+                "together": _together(error_score[members], together_wrong)
+                if flagged[a, b] and error_score is not None else 0,
                 "has_duplicates": bool(len(member_groups) != len(np.unique(member_groups))),
                 "row": row, "column": column,
             })

@@ -291,16 +291,21 @@ def cell_task_html(analysis: Analysis, cell: dict, *, image_url: ImageUrl, tab_u
         for i in members[:16])
     explain = (f'The model looked at the <b>{labeled}</b> images labeled <b>{html.escape(names[a])}</b>. It agrees on '
                f'<b>{agree}</b>; for these <b>{int(cell["count"])}</b> it says <b>{html.escape(names[b])}</b>.')
+    together = int(cell.get("together", 0))
     if cell["interpretation_error"]:
         explain += (f' That is far more than its usual mix-ups: maybe <b>{html.escape(names[a])}</b> and '
                     f'<b>{html.escape(names[b])}</b> are understood differently by different people.')
+    if together:
+        explain += (f' The model is surest about <b>{together}</b> of them (at least 9 in 10 expected wrong): '
+                    'check a few, then relabel those together; the others come one by one in the review queue.')
     if cell["has_duplicates"]:
         explain += " Some of these images are near-identical copies of each other."
     cell_map = image_url("map", {"label": a, "predicted": b})
     link = ""
+    action = f"Relabel these {together} together" if together else f"Review these {int(cell['count'])} images"
     if tab_url is not None:
         link = (f'<p style="margin:8px 0"><a href="{html.escape(tab_url(cell))}" target="_blank" rel="noopener" '
-                f'style="font-weight:600;color:#0b3d91">Review these {int(cell["count"])} images →</a></p>')
+                f'style="font-weight:600;color:#0b3d91">{action} →</a></p>')
     return (f'<div style="{FONT};color:{INK};font-size:13px;line-height:1.45">'
             f'<div style="font-size:12px;color:#4b5563">overview row {int(cell["row"]) + 1}, cell '
             f'{int(cell["column"]) + 1}</div>'

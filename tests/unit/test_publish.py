@@ -67,6 +67,19 @@ def test_a_relabel_given_while_the_next_analysis_trained_keeps_its_task_out_of_t
     assert publish.desired_fields(analysis, meanwhile, lambda i: "")[2]["dc_candidate"] == 1
 
 
+def test_a_flagged_cells_tab_lists_the_part_to_relabel_together():
+    analysis = tiny_analysis()
+    analysis.cells[0].update(interpretation_error=True, together=1)  # task 2: labeled cat, the model says dog
+    tab = publish.cell_tabs(analysis, max_tabs=5)[0]
+    assert tab["title"] == f"{TAB_PREFIX}: cat → dog (1 of 1, relabel together)"
+    assert ("dc_together", "equal", "Number", 1) in tab["filters"] and "dc_together" in publish.NUMERIC_FIELDS
+    fields = publish.desired_fields(analysis, {}, lambda i: "")
+    assert fields[2]["dc_together"] == 1 and fields[4]["dc_together"] == 0
+    analysis.cells[0].update(interpretation_error=False, together=0)
+    tab = publish.cell_tabs(analysis, max_tabs=5)[0]
+    assert tab["title"] == f"{TAB_PREFIX}: cat → dog (1)" and all(f[0] != "dc_together" for f in tab["filters"])
+
+
 def test_review_queue_comes_first_and_sorts_by_error_score():
     tabs = publish.data_manager_tabs(tiny_analysis(), max_tabs=5)
     assert tabs[0]["title"] == REVIEW_QUEUE_TAB and tabs[0]["ordering"] == "-dc_error_score"
