@@ -170,8 +170,9 @@ def saved_after_labels(analysis: Analysis, annotation: dict) -> bool:
 
 def cell_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:
     """Tabs for the leading cells, in the overview's reading order weighted by count. A flagged
-    cell's tab lists the part of it to relabel at once (its ``together`` images): "select all"
-    there breaks few correct labels, and the rest of the cell goes through the review queue."""
+    cell's tab lists the part of it to relabel at once (its ``together`` images, each label
+    likelier wrong than right): "select all" there breaks few correct labels, and the rest of
+    the cell goes through the review queue."""
     leading = sorted(analysis.cells, key=lambda c: -c["count"])[:max_tabs]
     tabs = []
     for c in leading:

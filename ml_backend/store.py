@@ -20,7 +20,7 @@ import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from .analysis import Analysis, load
 
@@ -120,15 +120,22 @@ class ProjectStore:
 
     def record_verdict(self, task_id: int, verdict: dict) -> bool:
         """Store a task's verdict; returns False when nothing changed (idempotent webhooks)."""
+        return bool(self.record_verdicts({task_id: verdict}))
+
+    def record_verdicts(self, verdicts: Mapping[int, dict],
+                        replaces: Callable[[dict, dict], bool] = lambda stored, new: True) -> list[int]:
+        """Store several tasks' verdicts in one write (a batch of annotations from "select all");
+        a stored verdict is replaced only where ``replaces(stored, new)``. Returns the task ids
+        whose verdict changed."""
         path = self.root / "verdicts.json"
         with _locked(path):
-            verdicts = read_json(path, {})
-            key = str(int(task_id))
-            if verdicts.get(key) == verdict:
-                return False
-            verdicts[key] = verdict
-            write_json(path, verdicts)
-            return True
+            stored = read_json(path, {})
+            changed = [int(t) for t, v in verdicts.items()
+                       if stored.get(str(int(t))) != v and (str(int(t)) not in stored or replaces(stored[str(int(t))], v))]
+            if changed:
+                stored.update({str(t): verdicts[t] for t in changed})
+                write_json(path, stored)
+            return changed
 
     def forget_verdict(self, task_id: int) -> bool:
         path = self.root / "verdicts.json"

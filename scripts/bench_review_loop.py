@@ -222,8 +222,8 @@ def main() -> None:
         parser.error("--mnist is needed (or --rounds with at least one data set)")
 
     x, y, split = load_set(args.mnist)
-    x, noisy, truth, split, kind, planted = corrupt(x, y, split, MNIST_SWAPS, seed=0, limit=args.limit)
-    copies = {tuple(sorted(p)) for p in planted}
+    x, noisy, truth, split, _, exact, near = corrupt(x, y, split, MNIST_SWAPS, seed=0, limit=args.limit)
+    copies = {tuple(sorted(p)) for p in [*exact, *near]}
     start = time.perf_counter()
     analysis, _ = run_analysis(dataset_from_arrays(x, noisy, split), Settings.from_env({}))
     analysis_s = time.perf_counter() - start

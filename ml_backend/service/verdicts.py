@@ -249,7 +249,7 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
     annotations, tasks the analysis did not see and annotations without a label are skipped."""
     index, spec = analysis.index_of_task(), ClassSpec(**store.project_info()["spec"])
     names = analysis.class_names
-    changed, stored = [], store.verdicts()
+    decided: dict[int, dict] = {}
     for annotation in annotations:
         task_id = int(annotation["task"])
         i = index.get(task_id)
@@ -262,17 +262,15 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
         verdict = {"verdict": found[0], "label": found[1], "given": names[analysis.labels[i]],
                    "annotation_id": annotation["id"], "version": analysis.model_version,
                    "updated_at": annotation.get("updated_at") or annotation.get("created_at") or ""}
-        if _newer_verdict_stands(stored.get(str(task_id)), annotation):
-            continue  # events out of order: the task's label is its newest annotation's
-        if store.record_verdict(task_id, verdict):
-            stored[str(task_id)] = verdict
-            changed.append(task_id)
-    return changed
+        if task_id not in decided or _replaces(decided[task_id], verdict):
+            decided[task_id] = verdict
+    return store.record_verdicts(decided, replaces=_replaces)
 
 
-def _newer_verdict_stands(stored: dict | None, annotation: dict) -> bool:
-    return bool(stored) and stored.get("annotation_id") != annotation["id"] \
-        and annotation_time(stored) > annotation_time(annotation)
+def _replaces(stored: dict, new: dict) -> bool:
+    """Events come out of order: a verdict replaces another annotation's only if saved later
+    (the task's label is its newest annotation's)."""
+    return stored.get("annotation_id") == new["annotation_id"] or annotation_time(new) >= annotation_time(stored)
 
 
 def reviews_left(client: LabelStudioClient, analysis: Analysis, task_ids: list[int]) -> list[dict]:

@@ -296,8 +296,8 @@ def cell_task_html(analysis: Analysis, cell: dict, *, image_url: ImageUrl, tab_u
         explain += (f' That is far more than its usual mix-ups: maybe <b>{html.escape(names[a])}</b> and '
                     f'<b>{html.escape(names[b])}</b> are understood differently by different people.')
     if together:
-        explain += (f' The model is surest about <b>{together}</b> of them (at least 9 in 10 expected wrong): '
-                    'check a few, then relabel those together; the others come one by one in the review queue.')
+        explain += (f' For <b>{together}</b> of them a wrong label is likelier than a right one: check a few, '
+                    'then relabel those together; the others come one by one in the review queue.')
     if cell["has_duplicates"]:
         explain += " Some of these images are near-identical copies of each other."
     cell_map = image_url("map", {"label": a, "predicted": b})

@@ -98,8 +98,8 @@ def evidence_html(analysis: Analysis, i: int, *, image_url: ImageUrl) -> str:
     if cell is not None and cell["interpretation_error"]:
         parts.append(f'<div style="margin-top:4px;color:#a40000">⚠ Unusually many images labeled {_q(names[label])} '
                      f'look like {_q(names[model])} to the model ({int(cell["count"])}): maybe the two classes are '
-                     f'understood differently. If so, relabel the group: its tab lists the part the model is '
-                     f'surest about, to relabel together.</div>')
+                     f'understood differently. If so, relabel the group: its tab lists the images whose labels are '
+                     f'likelier wrong than right, to relabel together.</div>')
 
     parts.append('<div style="font-weight:600;margin-top:10px">How sure the model is, per class</div>'
                  f'<img src="{html.escape(image_url("prob", {"i": int(i)}))}" width="420" alt="class probabilities" '

@@ -215,7 +215,7 @@ def test_duplicate_and_interpretation_marks_only_where_flagged(analysis):
     flagged = {**analysis.cells[1], "interpretation_error": True}
     assert "class interpretation?" in cell_task_html(analysis, flagged, image_url=urls)
     page = cell_task_html(analysis, {**flagged, "together": 3}, image_url=urls, tab_url=lambda c: "http://ls/tab")
-    assert "Relabel these 3 together →" in page and "surest about <b>3</b>" in page
+    assert "Relabel these 3 together →" in page and "For <b>3</b> of them a wrong label is likelier" in page
     assert "Review these" in cell_task_html(analysis, flagged, image_url=urls, tab_url=lambda c: "http://ls/tab")
 
 
