@@ -65,6 +65,8 @@ class Analysis:
         Exported as scores.csv columns.
     reviewed : (N,) bool, a reviewer's verdict was an input (``reviews``); never a candidate.
         All False when not given (and in analyses saved before the field existed).
+    aspects : (N,) float32, each original image's width / height, so views undo the working
+        copy's squeeze; None (and in older analyses): the thumbnails' own shape.
     """
 
     model_version: str
@@ -91,6 +93,7 @@ class Analysis:
     params: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)
     reviewed: np.ndarray | None = None
+    aspects: np.ndarray | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -128,6 +131,7 @@ def save(analysis: Analysis, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "arrays.npz", **{name: getattr(analysis, name) for name in ARRAY_FIELDS},
                         reviewed=analysis.reviewed,
+                        **({} if analysis.aspects is None else {"aspects": analysis.aspects}),
                         **{EVIDENCE_KEY + name: values for name, values in analysis.evidence.items()})
     meta = {
         "schema_version": analysis.schema_version,
@@ -160,10 +164,11 @@ def load(folder: str | os.PathLike) -> Analysis:
         data = {name: arrays[name] for name in ARRAY_FIELDS}
         evidence = {key[len(EVIDENCE_KEY):]: arrays[key] for key in arrays.files if key.startswith(EVIDENCE_KEY)}
         reviewed = arrays["reviewed"] if "reviewed" in arrays.files else None
+        aspects = arrays["aspects"] if "aspects" in arrays.files else None
     return Analysis(
         model_version=meta["model_version"], items=meta["items"], class_names=meta["class_names"],
         cells=meta["cells"], duplicates=meta["duplicates"], summary=meta["summary"], params=meta["params"],
-        schema_version=version, evidence=evidence, reviewed=reviewed, **data)
+        schema_version=version, evidence=evidence, reviewed=reviewed, aspects=aspects, **data)
 
 
 def _jsonable(value: Any) -> Any:

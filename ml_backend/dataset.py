@@ -76,6 +76,8 @@ class ImageDataset:
     weights : ndarray (N,) float32, training weight per image (1.0 unless a reviewer confirmed it).
     skipped : list of SkippedItem, images that could not be used, with the reason.
     scratch_dir : folder for working copies over MEMMAP_ABOVE_BYTES (None: always in RAM).
+    aspects : ndarray (N,) float32, each original image's width / height (the working copy
+        squeezes every image to one shape; views show it as it was). None: the working shape's.
     """
 
     items: list[str]
@@ -88,6 +90,7 @@ class ImageDataset:
     weights: np.ndarray
     skipped: list[SkippedItem] = field(default_factory=list)
     scratch_dir: str | os.PathLike | None = None
+    aspects: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -115,7 +118,8 @@ class ImageDataset:
         return dataclasses.replace(
             self, items=[self.items[i] for i in rows], images=images, labels=self.labels[rows],
             splits=self.splits[rows], pixel_hashes=[self.pixel_hashes[i] for i in rows],
-            task_ids=self.task_ids[rows], weights=self.weights[rows])
+            task_ids=self.task_ids[rows], weights=self.weights[rows],
+            aspects=None if self.aspects is None else self.aspects[rows])
 
 
 def decode_image(data: bytes, *, name: str = "image") -> tuple[np.ndarray, str]:
@@ -291,6 +295,7 @@ def build_dataset(
     shape = working_shape(readable) if readable else (MIN_SIDE, MIN_SIDE, 1)
     images = _working_array(len(usable), shape, scratch_dir)
     kept: list[tuple[Record, str]] = []
+    aspects: list[float] = []
     for done, (rec, _) in enumerate(usable, 1):
         try:
             pixels, digest = decode_image(_read_source(rec.source), name=rec.item)
@@ -299,6 +304,7 @@ def build_dataset(
         else:
             images[len(kept)] = pixels if pixels.shape == shape else fit_to_shape(pixels, shape)
             kept.append((rec, digest))
+            aspects.append(pixels.shape[1] / pixels.shape[0])
         if progress and (done % PROGRESS_EVERY == 0 or done == len(usable)):
             progress(done, len(usable))
     for item in skipped:
@@ -318,6 +324,7 @@ def build_dataset(
         weights=np.ones(len(kept), dtype=np.float32),
         skipped=skipped,
         scratch_dir=scratch_dir,
+        aspects=np.array(aspects, dtype=np.float32),
     )
 
 

@@ -138,7 +138,7 @@ def run_analysis(
         representatives=representatives(probs, labels), thumbs=dataset.thumbnails(), cells=cells,
         duplicates=pairs, summary={**summary, "reviewed": int(reviewed.sum()),
                                    "verifier_weight": round(verifier_weight, 4)},
-        evidence=evidence, reviewed=reviewed,
+        evidence=evidence, reviewed=reviewed, aspects=dataset.aspects,
         params={**{k: v for k, v in asdict(settings).items() if k in ANALYSIS_PARAMS},
                 "backbone_used": "+".join(f.backbone for f in fits), "epochs_used": [f.epochs for f in fits]})
     return analysis, models

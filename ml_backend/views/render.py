@@ -83,13 +83,14 @@ def _png(img: Image.Image) -> bytes:
 
 
 def tile(analysis: Analysis, i: int, side: int) -> Image.Image:
-    """Image ``i`` as an RGB square of ``side`` pixels, aspect kept (white letterbox)."""
+    """Image ``i`` as an RGB square of ``side`` pixels, in its original aspect (white letterbox):
+    the working copy squeezed a portrait photo among landscape ones to their shape."""
     pixels = analysis.thumbs[i]
     img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels[:, :, :3]).convert("RGB")
     h, w = pixels.shape[:2]
-    scale = side / max(h, w, 1)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = img.resize(size, Image.NEAREST if scale >= 2 else Image.BILINEAR)
+    aspect = float(analysis.aspects[i]) if analysis.aspects is not None else w / max(h, 1)  # width / height
+    size = (side, max(1, round(side / aspect))) if aspect >= 1 else (max(1, round(side * aspect)), side)
+    img = img.resize(size, Image.NEAREST if min(size[0] / w, size[1] / h) >= 2 else Image.BILINEAR)
     if size == (side, side):
         return img
     square = Image.new("RGB", (side, side), "white")

@@ -37,6 +37,9 @@ def test_save_load_round_trip_is_lossless(tmp_path):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(original, name))
     assert (loaded.items, loaded.cells, loaded.duplicates) == (original.items, original.cells, original.duplicates)
     assert loaded.cell_name(1) == "cat → dog" and loaded.cell_name(0) == ""
+    assert loaded.aspects is None  # an analysis without them (as saved before they existed) shows thumbnails as they are
+    original.aspects = np.array([1.0, 0.75, 1.5, 1.0], np.float32)
+    np.testing.assert_array_equal(load(save(original, tmp_path / "run2")).aspects, original.aspects)
 
 
 def test_unknown_schema_or_missing_folder_is_a_clear_error(tmp_path):

@@ -50,6 +50,17 @@ def test_folder_names_stored_decomposed_become_the_names_users_type(tmp_path):
     assert ds.class_names == ["Hündin", "Katze"] and "Hündin/1.png" in ds.items
 
 
+def test_each_image_keeps_its_original_aspect_beside_the_working_copy(tmp_path):
+    write_image(tmp_path / "cat" / "wide.png", 10, size=(10, 20))
+    write_image(tmp_path / "dog" / "tall.png", 200, size=(20, 10))
+    write_image(tmp_path / "dog" / "square.png", 90, size=(16, 16))
+    ds = load_folder(tmp_path)
+    aspects = dict(zip(ds.items, ds.aspects.tolist()))
+    assert aspects == {"cat/wide.png": 2.0, "dog/tall.png": 0.5, "dog/square.png": 1.0}
+    dogs = ds.subset(ds.labels == 1)
+    assert dict(zip(dogs.items, dogs.aspects.tolist())) == {"dog/tall.png": 0.5, "dog/square.png": 1.0}
+
+
 def test_a_folder_without_a_readable_image_is_not_a_class(tmp_path):
     write_image(tmp_path / "cat" / "a.png", 10)
     write_image(tmp_path / "dog" / "b.png", 200)

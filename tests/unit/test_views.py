@@ -112,6 +112,15 @@ def test_fixture_has_two_cells_and_one_duplicate_cell(analysis):
 
 # --- render -------------------------------------------------------------------------------------
 
+def test_a_photo_squeezed_into_the_working_shape_is_shown_in_its_own_aspect(analysis):
+    analysis.thumbs[3] = 0  # a black photo
+    analysis.aspects = np.ones(len(analysis), np.float32)
+    analysis.aspects[3] = 0.5  # portrait, twice as tall as wide, among square ones
+    pixels = np.asarray(Image.open(io.BytesIO(thumbnail_png(analysis, 3, side=64))).convert("L"))
+    dark = pixels < 128
+    assert dark.any(axis=0).sum() == 32 and dark.any(axis=1).sum() == 64  # tall, white beside it
+
+
 def test_pngs_decode_with_the_expected_sizes(analysis):
     assert png_size(thumbnail_png(analysis, 3, side=64)) == (64, 64)  # 12x10 thumbs are letterboxed
     assert png_size(probability_bars_png(analysis, 0)) == (420, 30 + 22 * 3 + 8)
