@@ -128,14 +128,14 @@ class ProjectStore:
         a stored verdict is replaced only where ``replaces(stored, new)``. Returns the task ids
         whose verdict changed."""
         path = self.root / "verdicts.json"
+        new = {str(int(t)): v for t, v in verdicts.items()}
         with _locked(path):
             stored = read_json(path, {})
-            changed = [int(t) for t, v in verdicts.items()
-                       if stored.get(str(int(t))) != v and (str(int(t)) not in stored or replaces(stored[str(int(t))], v))]
+            changed = [k for k, v in new.items() if stored.get(k) != v and (k not in stored or replaces(stored[k], v))]
             if changed:
-                stored.update({str(t): verdicts[t] for t in changed})
+                stored.update({k: new[k] for k in changed})
                 write_json(path, stored)
-            return changed
+            return [int(k) for k in changed]
 
     def forget_verdict(self, task_id: int) -> bool:
         path = self.root / "verdicts.json"
