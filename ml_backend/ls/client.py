@@ -225,7 +225,8 @@ class LabelStudioClient:
                 wanted.append(LabeledImage(int(task["id"]), data.get(spec.image_key), label,
                                            split if split in SPLITS else "train", annotator_labels(annotations, spec)))
         downloads = self.media.records(wanted, spec.image_key, cache_dir, progress)
-        return downloads._replace(labels_as_of=max(saved).isoformat() if saved else "")
+        newest = max(saved, default=None)  # the earliest datetime stands for "no timestamp": not known
+        return downloads._replace(labels_as_of=newest.isoformat() if newest and newest.year > 1 else "")
 
     def fetch_image(self, task: dict, spec: ClassSpec) -> bytes:
         """Bytes of a task's image (see Media.fetch_image)."""
