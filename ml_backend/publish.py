@@ -19,7 +19,7 @@ import numpy as np
 
 from .analysis import Analysis
 from .config import Settings
-from .ls.client import LabelStudioClient, annotation_time
+from .ls.client import LabelStudioClient, annotation_time, timestamp
 from .ls.schema import ClassSpec
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
@@ -165,7 +165,7 @@ def saved_after_labels(analysis: Analysis, annotation: dict) -> bool:
     """Whether ``annotation`` (or a verdict, which keeps its annotation's times) was saved after
     the labels the analysis read from Label Studio; False where that time is not known."""
     labels_as_of = analysis.summary.get("labels_as_of")
-    return bool(labels_as_of) and annotation_time(annotation) > annotation_time({"updated_at": labels_as_of})
+    return bool(labels_as_of) and annotation_time(annotation) > timestamp(labels_as_of)
 
 
 def cell_tabs(analysis: Analysis, *, max_tabs: int) -> list[dict]:

@@ -287,8 +287,6 @@ def overview_cells(pred_probs: np.ndarray, labels: np.ndarray, *, mismatch: np.n
     return _compute_cells(probs, labels, scores.astype(np.float64), groups.astype(np.int64), error_score, **test)
 
 
-
-
 def _confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
 

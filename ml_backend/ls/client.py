@@ -461,10 +461,10 @@ def _choice(result: list[dict], spec: ClassSpec) -> str | None:
 
 def annotation_time(annotation: Mapping[str, Any]) -> datetime:
     """When Label Studio last saved ``annotation`` (updated_at, else created_at; its own clock)."""
-    return _when(annotation.get("updated_at") or annotation.get("created_at"))
+    return timestamp(annotation.get("updated_at") or annotation.get("created_at"))
 
 
-def _when(stamp: Any) -> datetime:
+def timestamp(stamp: Any) -> datetime:
     """An ISO timestamp as an aware datetime; the earliest one for a missing or bad stamp."""
     try:
         when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
