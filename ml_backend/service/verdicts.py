@@ -21,7 +21,7 @@ from ..errors import LabelStudioRejected
 from ..ls.client import LabelStudioClient, annotation_time
 from ..ls.schema import ClassSpec
 from ..pipeline import rerank
-from ..publish import is_flagged, review_fields, saved_after_labels
+from ..publish import holding, is_flagged, review_fields, saved_after_labels
 from ..reviews import Review
 from ..store import ProjectStore
 from ..vocabulary import VERDICT_CONTROL, Verdict
@@ -197,7 +197,9 @@ def rerank_published(store: ProjectStore, analysis: Analysis,
     verdicts = store.verdicts()
     known = verdicts_on_labels(analysis, verdicts)
     verified, weight = rerank(analysis, known, seed=seed)
-    reviewed = np.isin(analysis.task_ids, [int(t) for t in verdicts])
+    # the queue as publishing left it: a stale verdict (the label changed since) put its task back
+    reviewed = np.array([holding(analysis, i, verdicts.get(str(int(t)))) is not None
+                         for i, t in enumerate(analysis.task_ids)], dtype=bool)
     flagged = np.array([is_flagged(analysis, i) for i in range(len(analysis))], dtype=bool) & ~reviewed
     scores = analysis.error_score.copy()
     for group in (flagged & analysis.is_candidate, flagged & ~analysis.is_candidate):

@@ -119,6 +119,20 @@ def test_a_rerank_rewrites_unreviewed_flagged_scores_highest_first_and_once(stor
     assert [r["tasks_rewritten"] for r in store.reranks()] == [len(written), 0]
 
 
+def test_a_task_whose_old_verdict_no_longer_holds_stays_in_the_reranked_queue(store):
+    # These tasks were kept as "dog" on an older version; their label is "wolf" now (changed in
+    # Label Studio since), so publishing put them back in the queue, and a re-rank re-orders them too.
+    analysis = store.load_analysis()
+    for task, verdict in verdicts_on(analysis, ERRORS[:40], CONFUSION[:40]).items():
+        store.record_verdict(int(task), verdict)
+    stale = {int(analysis.task_ids[i]) for i in CONFUSION[40:]}
+    for task in stale:
+        store.record_verdict(task, {"verdict": "kept", "label": "dog", "version": "deconfusion-v0-old"})
+    writes = []
+    rerank_published(store, analysis, writes.append)
+    assert len(set(writes[0]) & stale) > 0.9 * len(stale)
+
+
 def test_a_rerank_made_while_publishing_is_made_again_once_published(store):
     # Publishing writes the analysis' own scores over what a re-rank during it wrote.
     analysis = store.load_analysis()
