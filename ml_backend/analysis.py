@@ -4,7 +4,9 @@ Symbols: N images, K classes, S similar images kept per image.
 
 On disk a run is one folder:
 - ``analysis.json``: schema version, model version, class names, cells, duplicates, summary, params;
-- ``arrays.npz``: the per-image arrays listed on :class:`Analysis`;
+- ``arrays.npz``: the per-image arrays listed on :class:`Analysis` but the thumbnails;
+- ``thumbs.npy``: the thumbnails, memory-mapped when loaded: an annotation webhook reads no pixel
+  and an evidence image reads the few it draws (older runs keep them in ``arrays.npz``);
 - readable exports (``scores.csv``, ``cells.csv``, ``duplicates.csv``, ``embedding/``,
   ``summary.json``) written by :func:`write_exports`.
 """
@@ -24,9 +26,10 @@ from .errors import ArtefactError
 
 SCHEMA_VERSION = 1
 EVIDENCE_KEY = "evidence__"  # arrays.npz prefix of Analysis.evidence entries (absent in older runs)
+THUMBS_FILE = "thumbs.npy"
 ARRAY_FIELDS = (
     "task_ids", "splits", "labels", "pred_probs", "predicted", "mismatch", "error_score", "is_candidate",
-    "knn_disagreement", "consensus", "duplicate_group", "neighbors", "map_xy", "representatives", "thumbs",
+    "knn_disagreement", "consensus", "duplicate_group", "neighbors", "map_xy", "representatives",
 )
 
 
@@ -126,9 +129,12 @@ class Analysis:
 
 
 def save(analysis: Analysis, folder: str | os.PathLike) -> Path:
-    """Write ``analysis.json`` and ``arrays.npz`` atomically enough: arrays first, json last."""
+    """Write ``analysis.json``, ``arrays.npz`` and ``thumbs.npy`` atomically enough: arrays first, json last."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / (THUMBS_FILE + ".tmp"), "wb") as out:
+        np.save(out, analysis.thumbs)
+    (folder / (THUMBS_FILE + ".tmp")).replace(folder / THUMBS_FILE)
     np.savez_compressed(folder / "arrays.npz", **{name: getattr(analysis, name) for name in ARRAY_FIELDS},
                         reviewed=analysis.reviewed,
                         **({} if analysis.aspects is None else {"aspects": analysis.aspects}),
@@ -165,10 +171,11 @@ def load(folder: str | os.PathLike) -> Analysis:
         evidence = {key[len(EVIDENCE_KEY):]: arrays[key] for key in arrays.files if key.startswith(EVIDENCE_KEY)}
         reviewed = arrays["reviewed"] if "reviewed" in arrays.files else None
         aspects = arrays["aspects"] if "aspects" in arrays.files else None
+        thumbs = arrays["thumbs"] if "thumbs" in arrays.files else np.load(folder / THUMBS_FILE, mmap_mode="r")
     return Analysis(
         model_version=meta["model_version"], items=meta["items"], class_names=meta["class_names"],
         cells=meta["cells"], duplicates=meta["duplicates"], summary=meta["summary"], params=meta["params"],
-        schema_version=version, evidence=evidence, reviewed=reviewed, aspects=aspects, **data)
+        schema_version=version, evidence=evidence, reviewed=reviewed, aspects=aspects, thumbs=thumbs, **data)
 
 
 def _jsonable(value: Any) -> Any:

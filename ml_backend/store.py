@@ -4,7 +4,7 @@ version, reviewers' verdicts and the iteration history. Standard library + our a
 Layout::
 
     current.json            {"model_version": ..., "iteration": n, "input_fingerprint": ... once published}
-    versions/<version>/     analysis.json, arrays.npz, model.pt (one folder per analysis;
+    versions/<version>/     analysis.json, arrays.npz, thumbs.npy, model.pt (one folder per analysis;
                             written as <version>.partial/ and renamed when complete)
     verdicts.json           {task_id: {"verdict", "label", "annotation_id", "updated_at", "version"}}
     history.json            one entry per iteration (see views.report)
