@@ -271,8 +271,12 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
 
 def _replaces(stored: dict, new: dict) -> bool:
     """Events come out of order: a verdict replaces another annotation's only if saved later
-    (the task's label is its newest annotation's)."""
-    return stored.get("annotation_id") == new["annotation_id"] or annotation_time(new) >= annotation_time(stored)
+    (the task's label is its newest annotation's). The same annotation saved again with the same
+    answer decides nothing new: its verdict keeps the iteration it was given on (else a relabel
+    re-saved later would count as a "kept" of the next iteration)."""
+    if stored.get("annotation_id") == new["annotation_id"]:
+        return not (stored.get("label") == new["label"] and new["verdict"] in (stored["verdict"], Verdict.KEPT))
+    return annotation_time(new) >= annotation_time(stored)
 
 
 def reviews_left(client: LabelStudioClient, analysis: Analysis, task_ids: list[int]) -> list[dict]:

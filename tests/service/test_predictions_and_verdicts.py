@@ -158,6 +158,19 @@ def test_an_older_annotation_whose_event_comes_late_does_not_replace_the_newer_v
     assert record_verdicts(store, analysis, [{**earlier, "updated_at": "2026-12-05T10:09:00Z"}]) == [2]  # updated
 
 
+def test_an_annotation_saved_again_unchanged_on_a_later_iteration_keeps_its_verdict(store):
+    # Task 2 was relabeled dog on an older iteration; the next analysis read "dog". Saving that
+    # annotation again (Update without a change) is no "kept" on the new iteration.
+    older = {"verdict": "relabeled_to_model", "label": "dog", "given": "cat", "annotation_id": 11,
+             "version": "deconfusion-older", "updated_at": "2026-12-05T10:00:00Z"}
+    store.record_verdict(2, older)
+    analysis = dataclasses.replace(store.load_analysis(), labels=np.array([0, 1, 1, 1]))
+    assert record_verdicts(store, analysis, [annotation(11, 2, "dog", saved="2026-12-05T11:00:00Z")]) == []
+    assert store.verdicts()["2"] == older
+    assert record_verdicts(store, analysis, [annotation(11, 2, "cat", saved="2026-12-05T11:05:00Z")]) == [2]
+    assert store.verdicts()["2"]["version"] == analysis.model_version  # a changed answer is a new verdict
+
+
 class TaskAnnotations:
     """Label Studio's side of reviews_left: a task and the annotations it holds."""
 
