@@ -190,6 +190,13 @@ def test_class_smaller_than_folds_still_works(caplog):
     assert "fewer images than folds" in caplog.text
 
 
+def test_a_project_of_copies_of_one_picture_is_refused_naming_the_reason():
+    blank_scans = np.zeros((12, 8, 8, 1), np.uint8)
+    labels = np.array([0, 1] * 6)
+    with pytest.raises(ValueError, match="copies of too few distinct pictures"):
+        cross_fit(blank_scans, labels, 2, folds=4, epochs=1, backbone="small_cnn", groups=np.array(["h"] * 12))
+
+
 def test_stratified_folds_with_tiny_classes_stay_balanced():
     labels = np.array([0] * 7 + [1] * 1 + [2] * 2)
     fold_of = stratified_folds(labels, 4, seed=0)
