@@ -205,8 +205,12 @@ class LocalRunner:
 
 # Take the project if free (or if its holder is the stale one the caller checked), else flag a
 # follow-up. KEYS: active, again. ARGV: our token, the holder the caller saw, '1' if it is stale.
+# Our own token is ours: a retry after a lost reply must not read it as another job's.
 _CLAIM_LUA = """
 local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  return 'claimed'
+end
 if (not cur) or (cur == ARGV[2] and ARGV[3] == '1') then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('DEL', KEYS[2])
@@ -327,7 +331,7 @@ def settings_from_payload(payload: dict) -> Settings:
     values = {k: v for k, v in payload.items() if k in names and k not in SECRET_SETTINGS}
     wanted = list(payload.get("_secrets") or [])
     own = Settings.from_env()  # the worker's environment, read once per job
-    values.update({name: getattr(own, name) for name in MACHINE_SETTINGS if os.environ.get(ENV_NAMES[name])})
+    values.update(_machine_values(own))
     if wanted:
         missing = [name for name in wanted if not getattr(own, name, "")]
         if missing:
@@ -340,12 +344,29 @@ def settings_from_payload(payload: dict) -> Settings:
     return settings
 
 
+def _machine_values(own: Settings) -> dict:
+    """The machine settings the worker's own environment sets."""
+    return {name: getattr(own, name) for name in MACHINE_SETTINGS if os.environ.get(ENV_NAMES[name])}
+
+
+def _failure_settings(payload: dict) -> Settings:
+    """Settings to report a worker's failure with: the web service's, but where this worker mounts
+    the shared MODEL_DIR, so the failure reaches the web service's job.json."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    base = Settings(**{k: v for k, v in payload.items() if k in names and k not in SECRET_SETTINGS})
+    try:
+        return dataclasses.replace(base, **_machine_values(Settings.from_env()))
+    except Exception:  # a malformed environment: its error is the one being reported
+        return base
+
+
 def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str) -> JobState:
     """RQ job function (module level, so workers import it): run the project's analysis, then the
-    follow-up runs requested meanwhile, then release the project. Never raises an analysis error."""
+    follow-up runs requested meanwhile, then release the project. Never raises an analysis error.
+    Its heartbeat and the project's lock use the worker's own Redis connection (the web service
+    may reach Redis at another address)."""
     project_id = int(project_id)
-    names = {f.name for f in dataclasses.fields(Settings)}
-    base = Settings(**{k: v for k, v in settings_dict.items() if k in names and k not in SECRET_SETTINGS})
+    base = _failure_settings(settings_dict)
     current = get_current_job()
     job_id = current.id if current is not None else None
     state: JobState = {}
@@ -359,7 +380,7 @@ def run_analysis_job(project_id: int, settings_dict: dict, analyze_fn_path: str)
         settings, analyze_fn = base, None
     if job_id is None:  # called directly, not by a worker: no project lock to release
         return execute(project_id, settings, analyze_fn) if analyze_fn is not None else state
-    redis = _redis(settings)
+    redis = current.connection
     with _heartbeat(redis, _redis_keys(settings.queue_name, project_id).alive, job_id):
         return _run_and_follow_up(project_id, settings, analyze_fn, redis, job_id, state)
 
@@ -445,11 +466,14 @@ class RQRunner:
                            message=f"queued on RQ queue '{self.settings.queue_name}'; waiting for a worker "
                                    "(python -m ml_backend worker)")
         payload = settings_payload(self.settings)
+
+        def enqueue_once() -> None:  # a retry after a lost reply must not queue the job twice
+            if not Job.exists(job_id, connection=self.redis):
+                self.queue.enqueue(run_analysis_job, project_id, payload, self.analyze_fn_path, job_id=job_id,
+                                   job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S,
+                                   description=f"De-Confusion analysis of project {project_id}")
         try:
-            self._retry(lambda: self.queue.enqueue(
-                run_analysis_job, project_id, payload, self.analyze_fn_path, job_id=job_id,
-                job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S,
-                description=f"De-Confusion analysis of project {project_id}"), "queueing the analysis")
+            self._retry(enqueue_once, "queueing the analysis")
         except JobQueueUnavailable as exc:
             update_job(self.settings, project_id, status=JobStatus.FAILED.value, finished_at=now(), message=str(exc))
             try:  # free the project now; if Redis is down, the next submit finds the job missing and takes over
@@ -472,8 +496,17 @@ class RQRunner:
                 return time.time() - float(queued) > ENQUEUE_GRACE_S
             except ValueError:
                 return True
-        return job.get_status(refresh=False) in _DEAD_RQ_STATES or \
-            _lost_worker(self.redis, job, project_id, self.settings.queue_name)
+        return job.get_status(refresh=False) in _DEAD_RQ_STATES or self._worker_gone(job, project_id)
+
+    def _worker_gone(self, job: Job, project_id: int) -> bool:
+        """A started job whose worker beats no more and whose progress in job.json (on the shared
+        MODEL_DIR) stands still: when Redis missed its beats for a while, the job.json it goes on
+        writing says it is alive, and a second press must not start a second analysis beside it."""
+        if not _lost_worker(self.redis, job, project_id, self.settings.queue_name):
+            return False
+        state = read_job(self.settings, project_id) or {}
+        return state.get("rq_job_id") != job.id or state.get("status") not in ACTIVE \
+            or age_seconds(state.get("updated_at")) > HEARTBEAT_TTL_S
 
     def status(self, project_id: int) -> JobState | None:
         """job.json, reconciled with RQ (one quick Redis look-up; never retried, never raises)."""
@@ -498,10 +531,7 @@ class RQRunner:
             if age_seconds(job.get("queued_at")) <= ENQUEUE_GRACE_S:
                 return job
             rq_job = rq_status = None
-        # Its progress in job.json (on the shared MODEL_DIR) can still say it is alive when Redis missed
-        # its beats for a while: then a second press must not start a second analysis.
-        lost = (rq_job is not None and _lost_worker(self.redis, rq_job, project_id, self.settings.queue_name)
-                and age_seconds(job.get("updated_at")) > HEARTBEAT_TTL_S)
+        lost = rq_job is not None and self._worker_gone(rq_job, project_id)
         if rq_status is not None and rq_status not in _DEAD_RQ_STATES and not lost:
             return job
         latest = read_job(self.settings, project_id) or job  # the worker may have just finished

@@ -305,9 +305,61 @@ def test_a_worker_whose_beats_redis_missed_but_that_reports_progress_stays_runni
     rq_job.save()  # started long ago, no heartbeat in Redis
     update_job(settings, 9, status="running", stage="train", done=3, total=10)
     assert runner.status(9)["status"] == "running"
+    again = runner.submit(9)  # a press now asks for a follow-up; it does not take the project over
+    assert again["requested_again"] is True and again["rq_job_id"] == rq_job.id
     old = (datetime.now(timezone.utc) - timedelta(seconds=runners.HEARTBEAT_TTL_S + 5)).isoformat()
     job_path(settings, 9).write_text(json.dumps({**read_job(settings, 9), "updated_at": old}))
     assert runner.status(9)["status"] == "interrupted"
+
+
+def test_a_press_whose_redis_replies_are_lost_queues_one_analysis(settings, redis_url, monkeypatch):
+    """The claim and the enqueue ran, but their replies timed out: the retries take the claim as
+    ours and do not queue the job a second time (it would analyse and publish twice)."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+    settings = settings.replace(redis_url=redis_url)
+    runner = RQRunner(settings, OK_PATH, retry_delays=(0.01, 0.01))
+
+    def reply_lost(action):
+        lost = []
+
+        def run(*args, **kwargs):
+            result = action(*args, **kwargs)
+            if not lost:
+                lost.append(result)
+                raise RedisTimeout("Timeout reading from socket")
+            return result
+        return run
+
+    runner._claim = reply_lost(runner._claim)
+    monkeypatch.setattr(runner.queue, "enqueue", reply_lost(runner.queue.enqueue))
+    first = runner.submit(5)
+    assert first["status"] == "queued" and first["requested_again"] is False
+    assert Queue(settings.queue_name, connection=Redis.from_url(redis_url)).job_ids == [first["rq_job_id"]]
+    work(settings)
+    assert [c[0] for c in conftest.RQ_CALLS] == [5] and runner.status(5)["status"] == "done"
+
+
+def test_a_worker_that_reaches_redis_and_the_volume_at_its_own_addresses_beats_releases_and_reports(
+        settings, redis_url, monkeypatch, tmp_path):
+    """A GPU box: the web service's REDIS_URL and MODEL_DIR mean nothing there. The worker keeps
+    the project's lock on its own Redis connection, and writes a failure where it mounts the volume."""
+    settings = settings.replace(redis_url=redis_url, label_studio_api_key="s3cret-token")
+    runner = RQRunner(settings, OK_PATH)
+    web_only = runners.settings_payload
+    monkeypatch.setattr(runners, "settings_payload", lambda s: {
+        **web_only(s), "redis_url": f"redis://127.0.0.1:{free_port()}/0", "model_dir": str(tmp_path / "web-mount")})
+    monkeypatch.setenv("MODEL_DIR", settings.model_dir)  # where the worker mounts the shared volume
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    runner.submit(3)
+    work(settings)
+    job = runner.status(3)
+    assert job["status"] == "failed" and "LABEL_STUDIO_API_KEY" in job["message"]
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "s3cret-token")
+    runner.submit(3)
+    assert runner.submit(3)["requested_again"] is True
+    work(settings)
+    assert [c[0] for c in conftest.RQ_CALLS] == [3, 3]  # the follow-up ran: the lock was on the worker's Redis
+    assert runner.status(3)["status"] == "done" and runner.submit(3)["status"] == "queued"  # and is released
 
 
 def test_redis_down_is_retried_then_reported_clearly(settings):
