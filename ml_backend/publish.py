@@ -19,6 +19,7 @@ import numpy as np
 
 from .analysis import Analysis
 from .config import Settings
+from .errors import LabelStudioError
 from .ls.client import LabelStudioClient, annotation_time, timestamp
 from .ls.schema import ClassSpec
 from .store import ProjectStore
@@ -237,8 +238,9 @@ def image_url(settings: Settings, project_id: int, version: str) -> Callable[[st
 
 def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, spec: ClassSpec,
                      analysis: Analysis, settings: Settings, store: ProjectStore, progress: Progress, *,
-                     crowd: dict | None = None) -> None:
-    """Predictions, task fields, tabs and the overview project for ``analysis``; replaces older versions'.
+                     crowd: dict | None = None) -> str:
+    """Predictions, task fields, tabs and the overview project for ``analysis``; replaces older versions'
+    (returns what kept them from being removed, '' when they were: :func:`remove_older_predictions`).
     ``crowd``: the annotators' disagreements (``service.crowd``), published as fields and a tab.
 
     What a reviewer needs comes first (stage ``publish``): predictions of the tasks that get
@@ -294,11 +296,25 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     client.create_predictions(project_id, [prediction(analysis, i, spec) for i in others])
     progress("predictions", 1, 1)
     progress("old predictions", 0, 1)  # Label Studio takes minutes to delete 70,000 (BULK_TIMEOUT)
-    client.delete_predictions(project_id, keep_version=analysis.model_version)
+    left = remove_older_predictions(client, project_id, analysis.model_version)
     progress("old predictions", 1, 1)
     if client.refused_writes:
         log.warning("project %s: Label Studio refused the fields of %d task(s) (e.g. task %s); the report lists them",
                     project_id, len(client.refused_writes), next(iter(client.refused_writes)))
+    return left
+
+
+def remove_older_predictions(client: LabelStudioClient, project_id: int, keep_version: str) -> str:
+    """Remove our older versions' predictions, the last step of publishing. The new version is
+    live by then, so a failure (Label Studio not done deleting 70,000 within BULK_TIMEOUT) does
+    not fail the job: returns what went wrong ('' when done); the next Start Training removes them."""
+    try:
+        client.delete_predictions(project_id, keep_version=keep_version)
+        return ""
+    except LabelStudioError as exc:
+        log.warning("project %s: older versions' predictions not removed (%s); the next Start Training removes "
+                    "them", project_id, exc)
+        return str(exc)
 
 
 def fields_since(analysis: Analysis, now: dict[str, dict], seen: dict[str, dict], evidence: Callable[[int], str],

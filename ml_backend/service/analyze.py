@@ -23,6 +23,7 @@ from ..reviews import apply_reviews
 from ..store import ProjectStore, write_json
 from ..vocabulary import VERSION_PREFIX, Progress, Verdict
 from .crowd import CROWD_FILE, crowd_summary
+from .jobs import update_job
 from .verdicts import rerank_after_publishing, reviews_from_verdicts
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     fingerprint = input_fingerprint(dataset, verdicts, settings)
     if _still_published(client, project_id, store, fingerprint, len(dataset)):
         log.info("project %s: nothing changed since %s; it stays published", project_id, store.current_version())
+        _say_if_left(settings, project_id, publish.remove_older_predictions(client, project_id, store.current_version()))
         return str(store.current_version())
 
     iteration = store.next_iteration()
@@ -70,13 +72,22 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
         ensemble.save(folder / "model.pt")
     # /setup reports the current version; it must equal the published predictions' version.
     store.set_current(version, iteration)
-    publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress, crowd=crowd)
+    left = publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress,
+                                    crowd=crowd)
     rerank_after_publishing(store, analysis, lambda updates: client.merge_task_fields(project_id, updates),
                             after_verdicts=settings.rerank_after_verdicts, seed=settings.seed)
     store.append_history(history_entry(analysis, iteration, store.verdicts(), crowd, refused=client.refused_writes))
     store.mark_published(fingerprint)
+    _say_if_left(settings, project_id, left)
     log.info("project %s: published %s (%d candidates)", project_id, version, int(analysis.is_candidate.sum()))
     return version
+
+
+def _say_if_left(settings: Settings, project_id: int, error: str) -> None:
+    """The job's status says when older versions' predictions are still in Label Studio."""
+    if error:
+        update_job(settings, project_id, warning=f"older versions' predictions are not all removed yet ({error}); "
+                                                 "the next Start Training removes them")
 
 
 def input_fingerprint(dataset: ImageDataset, verdicts: dict[str, dict], settings: Settings) -> str:

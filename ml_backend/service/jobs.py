@@ -94,6 +94,7 @@ class JobState(TypedDict, total=False):
     rq_job_id: str | None        # RQ job id when runner is "rq"
     worker: str | None           # host:pid that runs or ran the analysis
     queue_error: str             # set by RQRunner.status when Redis did not answer
+    warning: str | None          # something the finished job could not do, and what will do it
 
 
 class JobQueueUnavailable(DeConfusionError):
@@ -310,7 +311,7 @@ def execute(project_id: int, settings: Settings, analyze_fn: AnalyzeFn) -> JobSt
     started = time.monotonic()
     update_job(settings, project_id, status=JobStatus.RUNNING.value, started_at=now(), finished_at=None,
                duration_seconds=None, stage="starting", done=0, total=0, eta_seconds=None,
-               message=ANALYSIS_MESSAGE, requested_again=False, worker=worker_name())
+               message=ANALYSIS_MESSAGE, requested_again=False, worker=worker_name(), warning=None)
     previous = (read_job(settings, project_id) or {}).get("model_version")
     log.info("project %s: analysis started", project_id)
     try:

@@ -4,6 +4,7 @@ and the removal of old versions follow. (The writes
 themselves are exercised against a real Label Studio in tests/integration.)"""
 
 from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioUnavailable
 from ml_backend.ls.schema import ClassSpec
 from ml_backend.publish import publish_analysis
 from ml_backend.store import ProjectStore
@@ -76,6 +77,18 @@ def test_the_review_is_ready_before_the_other_predictions_and_the_old_version_go
     assert stages.index(("publish", 4, 4)) < stages.index(("more fields", 1, 1)) < stages.index(("predictions", 0, 1))
     # every task has this version's prediction before the old version's are removed
     assert stages.index(("predictions", 1, 1)) < stages.index(("old predictions", 0, 1))
+
+
+def test_old_predictions_label_studio_does_not_remove_in_time_do_not_fail_the_live_version(tmp_path):
+    class SlowToDelete(RecordingClient):
+        def delete_predictions(self, project_id, keep_version=None):
+            raise LabelStudioUnavailable("Label Studio did not answer DELETE /api/projects/5/model-versions/ in 600 s")
+
+    left = publish_analysis(SlowToDelete(), 5, {"title": "Pets"}, SPEC, tiny_analysis(),
+                            Settings(model_dir=str(tmp_path)), ProjectStore(tmp_path, 5), lambda *args: None)
+    assert "did not answer DELETE" in left
+    assert publish_analysis(RecordingClient(), 5, {"title": "Pets"}, SPEC, tiny_analysis(),
+                            Settings(model_dir=str(tmp_path)), ProjectStore(tmp_path, 5), lambda *args: None) == ""
 
 
 def test_the_rest_of_a_long_queue_follows_the_tabs_in_rank_order(tmp_path, monkeypatch):
