@@ -30,7 +30,7 @@ from .detectors.maps import cell_map, saliency_features
 from .detectors.overview import mismatch_score, overview_cells, representatives
 from .detectors.verifier import cells_of, enough_verdicts, reordered_within, verified_scores, verifier_evidence
 from .model import ModelSet, choose_views, cross_fit
-from .model.ensemble import is_pretrained
+from .model.ensemble import is_pretrained, view_weight
 from .model.fit import PRETRAINED_PAIR, CrossFitResult
 from .reviews import ReviewOutcome
 from .vocabulary import VERSION_PREFIX, Progress
@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 
 SIMILAR_PER_IMAGE = 5
 MAPS_BATCH = 256  # misclassified images whose saliency is computed and reduced together
-# Weight of each view in the combined probabilities and label quality: on CIFAR-10N photos the
-# pretrained view alone ranks errors with AP 0.60 and the small CNN 0.43; 2:1 ranked better
-# than 1:1 (0.628 vs 0.619, measured offline with self-confidence as the label quality).
-VIEW_WEIGHT = {"pretrained": 2.0, "small_cnn": 1.0}
 VOTE_WEIGHT = 1.0  # each pretrained space's neighbour votes (label_errors.neighbour_votes) in the score
 # A lone small CNN (grey images) gets the pretrained views (Lite0 and Lite2 at 64 px) when it
 # misclassifies this share of the images beyond the labels confident learning counts as wrong:
@@ -206,7 +202,7 @@ def _combine_views(fits: list[CrossFitResult], labels: np.ndarray, knn_index: np
     scores (with the neighbour votes over ``vote_index``, one per pretrained view), consensus
     and kNN disagreement over ``knn_index`` (neighbours in :func:`_neighbour_space`).
     ``given``: the labels before review, which tell how the annotators err (``error_scores``)."""
-    view_weights = [VIEW_WEIGHT["pretrained" if is_pretrained(f.backbone) else "small_cnn"] for f in fits]
+    view_weights = [view_weight(f.backbone) for f in fits]
     probs = sum(w * f.pred_probs for w, f in zip(view_weights, fits)) / sum(view_weights)
     knn = knn_disagreement(knn_index, labels)
     agreement = consensus(np.concatenate([f.fold_probs for f in fits]), labels)
