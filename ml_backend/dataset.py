@@ -165,7 +165,18 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
         img = Image.alpha_composite(background, rgba)
     if grey:  # r == g == b here, so L keeps the grey values exactly
         return np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    # a grey picture saved as RGB is grey: one such file must not make a grey data set colour,
+    # and it is the exact copy of the same picture saved grey
+    return rgb[:, :, :1].copy() if _all_grey(rgb) else rgb
+
+
+def _all_grey(rgb: np.ndarray) -> bool:
+    """Whether r == g == b everywhere; a strided sample first, so a colour photo costs little."""
+    sample = rgb[::7, ::7]
+    if not ((sample[..., 0] == sample[..., 1]).all() and (sample[..., 1] == sample[..., 2]).all()):
+        return False
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def _channels(img: Image.Image) -> int:
@@ -296,6 +307,7 @@ def build_dataset(
     images = _working_array(len(usable), shape, scratch_dir)
     kept: list[tuple[Record, str]] = []
     aspects: list[float] = []
+    colour = False
     for done, (rec, _) in enumerate(usable, 1):
         try:
             pixels, digest = decode_image(_read_source(rec.source), name=rec.item)
@@ -304,18 +316,22 @@ def build_dataset(
         else:
             images[len(kept)] = pixels if pixels.shape == shape else fit_to_shape(pixels, shape)
             kept.append((rec, digest))
+            colour = colour or pixels.shape[2] == 3
             aspects.append(pixels.shape[1] / pixels.shape[0])
         if progress and (done % PROGRESS_EVERY == 0 or done == len(usable)):
             progress(done, len(usable))
     for item in skipped:
         log.warning("skipped %s: %s", item.item, item.reason)
     _check_usable([rec for rec, _ in kept])
+    images = images[:len(kept)]
+    if shape[2] == 3 and not colour:  # the colour headers were grey pictures saved as RGB, or files skipped
+        images = _first_channel(images, scratch_dir)
     if class_names is None:  # a folder none of whose files could be read is not a class
         known = sorted({rec.label for rec, _ in kept})
         index = {name: k for k, name in enumerate(known)}
     return ImageDataset(
         items=[rec.item for rec, _ in kept],
-        images=images[:len(kept)],
+        images=images,
         labels=np.array([index[rec.label] for rec, _ in kept], dtype=np.int64),
         class_names=list(known),
         splits=np.array([rec.split for rec, _ in kept], dtype="<U5"),
@@ -326,6 +342,15 @@ def build_dataset(
         scratch_dir=scratch_dir,
         aspects=np.array(aspects, dtype=np.float32),
     )
+
+
+def _first_channel(images: np.ndarray, scratch_dir: str | os.PathLike | None) -> np.ndarray:
+    """(N, H, W, 1) copy of the first channel, a chunk at a time (``images`` may be a file)."""
+    grey = _working_array(len(images), (*images.shape[1:3], 1), scratch_dir)
+    step = max(1, COPY_CHUNK_BYTES // max(1, int(np.prod(images.shape[1:]))))
+    for start in range(0, len(images), step):
+        grey[start:start + step] = images[start:start + step, :, :, :1]
+    return grey
 
 
 def _printable(name: str) -> str:

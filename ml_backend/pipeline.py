@@ -93,7 +93,9 @@ def run_analysis(
     # Searched once: the verifier scores the labels before review on the same neighbours.
     space, space_dims = _neighbour_space(dataset, fits)
     knn_index = knn_neighbours(space, fits[0].fold_of, k=settings.knn_k, dims=space_dims)
-    vote_index = [vote_neighbours(f.embeddings[0], k=settings.knn_k) for f in fits if is_pretrained(f.backbone)]
+    copies = np.asarray(dataset.pixel_hashes)
+    vote_index = [vote_neighbours(f.embeddings[0], k=settings.knn_k, groups=copies)
+                  for f in fits if is_pretrained(f.backbone)]
     given = None if reviews is None else np.asarray(reviews.given_labels, dtype=np.int64)
     probs, scores, agreement, knn = _combine_views(fits, labels, knn_index, vote_index, given)
     evidence = _view_doubts(fits, labels, given)

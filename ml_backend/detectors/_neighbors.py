@@ -23,6 +23,7 @@ EXACT_PCA_SIDE = 512  # larger matrices get a randomized PCA
 # 70,000 queries on 16-d isotropic noise (the k-d tree's worst case): 37 s with eps = 1,
 # 13 s with eps = 2; on clustered data the kNN label disagreement moves by <= 0.02 against exact.
 APPROX_EPS = 2.0
+MAX_COPIES_SKIPPED = 50  # an image's exact copies searched past; a picture copied more often loses neighbours
 
 
 def pca_reduce(x: np.ndarray, dims: int = NEIGHBOUR_DIMS, *, seed: int = 0, sample: int = PCA_SAMPLE,
@@ -87,15 +88,17 @@ def _top_components(rows: np.ndarray, dims: int, rng: np.random.Generator) -> np
 
 
 def neighbours(space: np.ndarray, queries: np.ndarray, k: int, *, eps: float = APPROX_EPS,
-               tree: cKDTree | None = None) -> tuple[np.ndarray, np.ndarray]:
+               tree: cKDTree | None = None, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(Q, k) distances and indices of the k nearest rows of ``space`` other than the query itself.
 
     space : (N, d) float32. queries : (Q,) int64 row indices into ``space``. Rows with fewer
     than k others are padded with index -1 and distance inf. ``tree`` reuses a k-d tree
-    already built on ``space``.
+    already built on ``space``. groups : (N,) int64, optional: rows of the query's group (its
+    exact copies, up to MAX_COPIES_SKIPPED of them) are not its neighbours either.
     """
     queries = np.asarray(queries, dtype=np.int64)
-    k_eff = min(k + 1, len(space))
+    copies = 0 if groups is None or len(space) == 0 else min(int(np.bincount(groups).max()) - 1, MAX_COPIES_SKIPPED)
+    k_eff = min(k + 1 + copies, len(space))
     if len(queries) == 0 or k_eff < 1:
         return np.full((len(queries), k), np.inf), np.full((len(queries), k), -1, dtype=np.int64)
     tree = cKDTree(space) if tree is None else tree
@@ -103,6 +106,8 @@ def neighbours(space: np.ndarray, queries: np.ndarray, k: int, *, eps: float = A
     dist, idx = dist.reshape(len(queries), k_eff), idx.reshape(len(queries), k_eff)
     # Drop the query itself (not always in column 0 when exact duplicates tie at distance 0).
     is_self = idx == queries[:, None]
+    if groups is not None:
+        is_self |= (idx < len(space)) & (groups[np.minimum(idx, len(space) - 1)] == groups[queries][:, None])
     keep = ~is_self & (np.cumsum(~is_self, axis=1) <= k) & (idx < len(space))
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept columns first, in distance order
     taken = np.take_along_axis(keep, order, axis=1)

@@ -179,13 +179,15 @@ def _neighbour_index_checked(neighbour_index, caller: str) -> np.ndarray:
     return index
 
 
-def vote_neighbours(features: np.ndarray, *, k: int = 10, dims: int = VOTE_DIMS) -> np.ndarray:
+def vote_neighbours(features: np.ndarray, *, k: int = 10, dims: int = VOTE_DIMS,
+                    groups: np.ndarray | None = None) -> np.ndarray:
     """Each image's k nearest neighbours in a pretrained feature space, for :func:`neighbour_votes`.
 
     Features are standardised, reduced to ``dims`` dimensions by PCA and compared by angle
     (rows scaled to unit length), searched with the same approximate k-d tree as
-    :func:`knn_neighbours`. An image is never its own neighbour. The search does not depend
-    on the labels, so one search serves every labeling scored (given and reviewed labels).
+    :func:`knn_neighbours`. An image is never its own neighbour, nor are its exact copies
+    (``groups``): a copy carrying the same wrong label would vote for it. The search does not
+    depend on the labels, so one search serves every labeling scored (given and reviewed labels).
 
     Parameters
     ----------
@@ -194,6 +196,7 @@ def vote_neighbours(features: np.ndarray, *, k: int = 10, dims: int = VOTE_DIMS)
         embedding places images by the very labels under test).
     k : int >= 1, default 10
     dims : int >= 1, default 64
+    groups : ndarray of shape (N,), optional: ids of exact copies (e.g. pixel hashes)
 
     Returns
     -------
@@ -206,7 +209,11 @@ def vote_neighbours(features: np.ndarray, *, k: int = 10, dims: int = VOTE_DIMS)
     dims = int_checked("dims", dims, caller)
     space = pca_reduce(features, dims, standardise=True)
     space = space / np.maximum(np.linalg.norm(space, axis=1, keepdims=True), 1e-12)  # never the caller's array
-    return neighbours(space, np.arange(len(space)), min(k, max(len(space) - 1, 1)))[1]
+    if groups is not None:
+        if np.shape(groups) != (len(space),):
+            fail("groups", caller, f"one id per image, shape ({len(space)},)", f"shape {np.shape(groups)}")
+        groups = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    return neighbours(space, np.arange(len(space)), min(k, max(len(space) - 1, 1)), groups=groups)[1]
 
 
 def neighbour_votes(neighbour_index: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_16_bit_cmyk_palette_and_alpha_images_decode():
     assert pixels.shape == (16, 16, 3) and pixels[..., 0].mean() > 200 and pixels[..., 1].mean() < 60
     rgba = np.zeros((16, 16, 4), np.uint8)  # fully transparent -> white background
     pixels, _ = decode_image(png_bytes(rgba, "RGBA"), name="alpha.png")
-    assert pixels.shape == (16, 16, 3) and pixels.min() == 255
+    assert pixels.shape[:2] == (16, 16) and pixels.min() == 255
 
 
 def test_mixed_grey_and_colour_become_colour_and_equal_pixels_share_a_hash():
@@ -166,6 +166,19 @@ def test_grey_alpha_and_grey_palette_images_keep_a_grey_data_set_grey_a_colour_p
     assert np.array_equal(ds.images[2], np.repeat(grey[..., None], 3, axis=2))
 
 
+def test_a_grey_picture_saved_as_rgb_and_a_broken_colour_upload_keep_a_grey_data_set_grey():
+    # The views follow the working copy's channels: a colour one sends digits down the photo path.
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (10, 10), dtype=np.uint8)
+    colour = png_bytes(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8), "RGB")
+    records = [Record("grey", png_bytes(grey), "x"), Record("grey-as-rgb", png_bytes(np.stack([grey] * 3, -1), "RGB"), "y"),
+               Record("broken", colour[:len(colour) // 2], "x"), Record("other", png_bytes(grey[::-1].copy()), "y")]
+    ds = build_dataset(records)
+    assert [s.item for s in ds.skipped] == ["broken"] and ds.images.shape == (3, 10, 10, 1)
+    assert ds.pixel_hashes[0] == ds.pixel_hashes[1]  # one picture: exact copies, which share a fold
+    assert np.array_equal(ds.images[1, ..., 0], grey)
+
+
 def test_one_class_or_no_images_gets_a_clear_message(tmp_path):
     write_image(tmp_path / "only" / "1.png", 1)
     with pytest.raises(DatasetError, match="at least two classes"):
@@ -186,7 +199,7 @@ def test_unknown_label_and_split_are_skipped_with_reasons():
 
 def rotated_jpeg(h: int, w: int) -> bytes:
     """A JPEG stored w x h whose EXIF orientation (6: rotate 90°) shows it as h x w."""
-    img = Image.fromarray(np.full((w, h, 3), 90, np.uint8))
+    img = Image.fromarray(np.full((w, h, 3), (90, 140, 40), np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 6
     buf = io.BytesIO()
@@ -196,7 +209,8 @@ def rotated_jpeg(h: int, w: int) -> bytes:
 
 def test_an_unreadable_exif_block_leaves_a_photo_its_shape_and_colour():
     buf = io.BytesIO()
-    Image.fromarray(np.full((30, 20, 3), 90, dtype=np.uint8)).save(buf, format="JPEG", exif=b"Exif\x00\x00garbage")
+    Image.fromarray(np.full((30, 20, 3), (90, 140, 40), dtype=np.uint8)).save(buf, format="JPEG",
+                                                                               exif=b"Exif\x00\x00garbage")
     records = [Record(item=f"{i}.jpg", source=buf.getvalue(), label=label, split="train")
                for i, label in enumerate(["a", "b"])]
     assert build_dataset(records).images.shape == (2, 30, 20, 3)

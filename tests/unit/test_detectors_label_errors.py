@@ -125,6 +125,21 @@ def test_neighbour_votes_read_the_labels_around_an_image_whatever_the_scale_of_a
 
 
 
+def test_an_exact_copy_carrying_the_same_wrong_label_does_not_vote_for_it():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 1, (60, 8)), rng.normal(4, 1, (60, 8))]).astype(np.float32)
+    x[120 - 1] = x[3]  # image 119 is a copy of image 3
+    labels = np.array([0] * 60 + [1] * 60)
+    labels[3] = 1  # wrong, and its copy is labeled 1 too, among the ones
+    copies = np.arange(120).astype(str)
+    copies[119] = copies[3]
+    index = vote_neighbours(x, k=10, groups=copies)
+    assert 119 not in index[3] and 3 not in index[119] and (index[3] >= 0).all()
+    assert neighbour_votes(index, labels, 2)[3, 0] == pytest.approx(10.1 / 10.2)  # all ten around it say 0
+    with pytest.raises(ValueError, match="vote_neighbours.*groups"):
+        vote_neighbours(x, groups=copies[:5])
+
+
 def test_vote_neighbours_leave_narrow_features_unchanged_and_still_standardise_them():
     rng = np.random.default_rng(4)
     clusters = np.concatenate([rng.normal(0, 1, (60, 8)), rng.normal(4, 1, (60, 8))])
