@@ -145,6 +145,21 @@ def test_copies_resaved_with_noise_or_shifted_are_near_duplicates_distinct_image
         assert pair["kind"] == "near" and pair["measure"] == "aligned_pixels" and pair["similarity"] >= 0.99
 
 
+def test_a_plain_part_with_a_small_defect_is_no_copy_of_one_without():
+    # Inspection photos: 99.4% of the pixels agree, but a 5 x 5 scratch is content, not noise.
+    rng = np.random.default_rng(0)
+    parts = np.clip(200 + rng.normal(0, 2, (6, 64, 64, 1)), 0, 255).astype(np.uint8)
+    for i, (y, x) in zip(range(3, 6), [(5, 40), (30, 12), (50, 50)]):
+        parts[i, y:y + 5, x:x + 5] = 40
+    resaved = np.clip(parts[4].astype(float) + rng.normal(0, 3, parts[4].shape), 0, 255).astype(np.uint8)
+    parts = np.concatenate([parts, resaved[None]])
+    labels = np.array(["ok"] * 3 + ["defect"] * 4)
+    pairs, _ = find_duplicates(parts, [str(i) for i in range(7)], parts.reshape(7, -1).astype(np.float32),
+                               np.array(["train", "val"] * 3 + ["train"]))
+    assert not [p for p in pairs if labels[p["a"]] != labels[p["b"]]]
+    assert (4, 6) in {(p["a"], p["b"]) for p in pairs}  # the defect photo saved again is still its copy
+
+
 def test_exact_copies_do_not_hide_a_near_copy_and_every_copy_gets_its_leakage():
     # A (image 3) has five exact copies, its noisy re-save B (20) three: with k = 3 each image's
     # neighbours would be its own copies alone. One copy of B is in val.
