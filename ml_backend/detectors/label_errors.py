@@ -374,6 +374,8 @@ def error_scores(pred_probs: np.ndarray, labels: np.ndarray, *, fold_probs=None,
         estimate, while the labels nobody reviewed still carry exactly that noise (our
         Fashion-MNIST corruption, round 2 of review after 5% was reviewed: 86.9% of the wrong
         labels fixed with the matrix of the corrected labels, 92.9% with that of the given ones).
+        When review emptied a class or gave one the annotators never used, the two labelings
+        do not share their classes, and the matrix comes from ``labels`` after all.
 
     Returns
     -------
