@@ -152,10 +152,7 @@ def decode_image(data: bytes, *, name: str = "image") -> tuple[np.ndarray, str]:
 
 def _to_uint8(img: Image.Image) -> np.ndarray:
     if img.mode in DEEP_MODES:
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return arr.astype(np.uint8)[:, :, None]
+        return _deep_to_uint8(np.asarray(img))[:, :, None]
     grey = _channels(img) == 1
     if img.mode == "La":  # premultiplied alpha (TIFF): Pillow converts it to LA only
         img = img.convert("LA")
@@ -177,6 +174,22 @@ def _all_grey(rgb: np.ndarray) -> bool:
     if not ((sample[..., 0] == sample[..., 1]).all() and (sample[..., 1] == sample[..., 2]).all()):
         return False
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _deep_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """16-bit and float grey to 8 bits on one scale for every image, so exposure differences
+    stay and an 8-bit copy (x 257 is the standard widening) decodes to the same pixels: 16-bit
+    values / 257; an image whose values stay under 4,096 is taken for 12-bit data (a scanner's
+    or camera's, stored in 16 bits) and scaled / 16.06; floats in [0, 1] x 255. Other floats
+    (no scale to go by) are stretched to their own range."""
+    if np.issubdtype(arr.dtype, np.integer):
+        top = 65535.0 if arr.max() >= 4096 else 4095.0
+        return np.round(np.clip(arr, 0, top).astype(np.float32) * np.float32(255.0 / top)).astype(np.uint8)
+    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return np.round(arr * 255.0).astype(np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8) if hi > lo else np.zeros(arr.shape, np.uint8)
 
 
 def _channels(img: Image.Image) -> int:

@@ -126,6 +126,17 @@ def test_16_bit_cmyk_palette_and_alpha_images_decode():
     assert pixels.shape[:2] == (16, 16) and pixels.min() == 255
 
 
+def test_16_bit_images_keep_their_exposure_and_equal_their_8_bit_copies():
+    picture = np.tile(np.arange(20, 120, 10, dtype=np.uint8), (10, 1))
+    eight, _ = decode_image(png_bytes(picture))
+    sixteen, _ = decode_image(png_bytes(picture.astype(np.uint16) * 257))  # the standard widening
+    dim, _ = decode_image(png_bytes(picture.astype(np.uint16) * 257 // 4))  # a quarter of the exposure
+    assert np.array_equal(eight, sixteen)
+    assert dim.max() < sixteen.max() // 2  # not stretched to look like the bright one
+    twelve_bit, _ = decode_image(png_bytes(picture.astype(np.uint16) * 16))  # a 12-bit scanner's values
+    assert np.abs(twelve_bit.astype(int) - eight).max() <= 1
+
+
 def test_mixed_grey_and_colour_become_colour_and_equal_pixels_share_a_hash():
     grey = png_bytes(np.full((10, 10), 128, np.uint8))
     colour = png_bytes(np.full((10, 10, 3), (200, 0, 0), np.uint8))
