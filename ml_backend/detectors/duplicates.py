@@ -171,10 +171,11 @@ def find_duplicates(images: np.ndarray, pixel_hashes, embeddings: np.ndarray, sp
     tree: ~N log N, never all pairs) are confirmed when their SSIM (:func:`ssim_pairs`,
     identical to scikit-image's) is at least ``ssim_threshold``; its COARSE_K nearest
     neighbours in 8 x 8 block means of the pixels when their aligned pixel share (see the
-    module docstring) is at least ALIGNED_SHARE and no 3 x 3 block of them differs. A near pair found then extends to the exact
-    copies of both images: each copy of one pairs with the first copy of the other in each
-    split (same pixels, same measures), so every copy is in a near pair, one across train/val
-    when the other image has a copy there, in O(copies) pairs rather than all combinations.
+    module docstring) is at least ALIGNED_SHARE and no 3 x 3 block of them differs. A near
+    pair found then extends to the exact copies of both images: each copy of one pairs with
+    the first copy of the other in each split (same pixels, same measures), so every copy is in
+    a near pair, one across train/val when the other image has a copy there, in O(copies)
+    pairs rather than all combinations.
 
     Parameters
     ----------

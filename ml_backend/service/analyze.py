@@ -55,8 +55,9 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     fingerprint = input_fingerprint(dataset, verdicts, settings)
     if _still_published(client, project_id, store, fingerprint, len(dataset)):
         log.info("project %s: nothing changed since %s; it stays published", project_id, store.current_version())
-        _say_if_left(settings, project_id, publish.remove_older_predictions(client, project_id, store.current_version()))
-        return str(store.current_version())
+        current = str(store.current_version())
+        _say_if_left(settings, project_id, publish.remove_older_predictions(client, project_id, current))
+        return current
 
     iteration = store.next_iteration()
     version = new_model_version(f"{VERSION_PREFIX}-v{iteration}")
