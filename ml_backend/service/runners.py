@@ -63,6 +63,8 @@ HEARTBEAT_TTL_S = 10.0
 this lifetime; a started job without it has lost its worker."""
 SECRET_SETTINGS = ("label_studio_api_key", "basic_auth_pass")
 """Settings never put into Redis: RQ workers take them from their own environment."""
+WEB_ONLY_SECRETS = ("webhook_secret",)
+"""Secrets a worker never uses: left out of Redis and not asked of the worker either."""
 
 
 # --- local runner --------------------------------------------------------------------------------
@@ -318,6 +320,8 @@ def settings_payload(settings: Settings) -> dict:
     """Settings for an RQ job: everything but secrets, plus the names of the secrets that were set."""
     values = dataclasses.asdict(settings)
     secrets = [name for name in SECRET_SETTINGS if values.pop(name, "")]
+    for name in WEB_ONLY_SECRETS:
+        values.pop(name)
     return {**values, "_secrets": secrets}
 
 

@@ -236,10 +236,12 @@ def test_rq_failure_is_recorded_by_the_worker(settings, redis_url):
 
 
 def test_rq_secrets_stay_out_of_redis_and_come_from_the_workers_environment(settings, redis_url, monkeypatch):
-    settings = settings.replace(redis_url=redis_url, label_studio_api_key="s3cret-token")
+    settings = settings.replace(redis_url=redis_url, label_studio_api_key="s3cret-token",
+                                webhook_secret="hook-s3cret")
     runner = RQRunner(settings, OK_PATH)
     job_id = runner.submit(3)["rq_job_id"]
-    assert "s3cret-token" not in repr(Job.fetch(job_id, connection=Redis.from_url(redis_url)).args)
+    sent = repr(Job.fetch(job_id, connection=Redis.from_url(redis_url)).args)
+    assert "s3cret-token" not in sent and "hook-s3cret" not in sent  # workers never need the webhook's
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     work(settings)
     job = runner.status(3)

