@@ -182,6 +182,9 @@ def main() -> None:
     parser.add_argument("--servers-only", action="store_true",
                         help="start Label Studio and the backend, without the demo project")
     args = parser.parse_args()
+    # Label Studio compares a local storage's path with its document root as given: both absolute
+    args.workdir = args.workdir.resolve()
+    args.mnist = args.mnist.resolve() if args.mnist else None
     stop_on_signals()
 
     print(f"starting Label Studio (:{args.ls_port}) and the backend (:{args.backend_port}) on 127.0.0.1",

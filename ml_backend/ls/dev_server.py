@@ -160,10 +160,14 @@ GUNICORN_OPTIONS = ("--workers", "1", "--threads", "8", "--timeout", "120")  # a
 @contextlib.contextmanager
 def start_backend(settings, *, extra_env: dict[str, str] | None = None, server: str = "serve") -> Iterator[str]:
     """Run the backend with ``settings``: ``python -m ml_backend serve``, or with ``server='gunicorn'``
-    gunicorn as the Docker image runs it; yields its URL."""
+    gunicorn as the Docker image runs it; yields its URL. The guards and the job queue come from
+    ``settings`` too, not from the caller's shell (an operator's exported BASIC_AUTH_* or
+    REDIS_URL would leave the demo's backend unreachable, or its jobs waiting for a worker)."""
     env = {**os.environ, "LABEL_STUDIO_URL": settings.label_studio_url,
            "LABEL_STUDIO_API_KEY": settings.label_studio_api_key, "MODEL_DIR": settings.model_dir,
            "PORT": str(settings.port), "HOST": "127.0.0.1", "BACKEND_PUBLIC_URL": settings.backend_url,
+           "REDIS_URL": settings.redis_url, "BASIC_AUTH_USER": settings.basic_auth_user,
+           "BASIC_AUTH_PASS": settings.basic_auth_pass, "WEBHOOK_SECRET": settings.webhook_secret,
            **(extra_env or {})}
     Path(settings.model_dir).mkdir(parents=True, exist_ok=True)
     log = Path(settings.model_dir) / "backend.log"

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,17 +89,19 @@ def group_alive(pgid: int) -> bool:
 
 
 @contextlib.contextmanager
-def background_demo(workdir: Path, *, ignore_sigint: bool = False):
-    """``scripts/demo.py --servers-only`` started like ``scripts/demo &``; yields (process,
-    Label Studio URL, backend settings) once both servers answer, and finally kills whatever of
-    it is left."""
+def background_demo(workdir: Path, *, ignore_sigint: bool = False, from_its_parent: bool = False):
+    """``scripts/demo.py --servers-only`` started like ``scripts/demo &`` (``from_its_parent``: in
+    the workdir's parent folder, the workdir given relative to it); yields (process, Label Studio
+    URL, backend settings) once both servers answer, and finally kills whatever of it is left."""
     ls_port, backend_port = free_port(), free_port()
     log = workdir / "demo.out"
     with open(log, "ab") as out:
         demo = subprocess.Popen(
-            [sys.executable, "scripts/demo.py", "--servers-only", "--workdir", str(workdir),
+            [sys.executable, str(ROOT / "scripts" / "demo.py"), "--servers-only",
+             "--workdir", workdir.name if from_its_parent else str(workdir),
              "--ls-port", str(ls_port), "--backend-port", str(backend_port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=workdir.parent if from_its_parent else ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
             preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None)
     groups: set[int] = set()
     try:
@@ -148,3 +151,18 @@ def test_background_demo_stops_on_sigint(demo_workdir):
     workdir, _ = demo_workdir
     with background_demo(workdir, ignore_sigint=True) as (demo, groups, _settings):
         assert_stops(demo, groups, signal.SIGINT)
+
+
+def test_a_demo_started_elsewhere_beside_an_operators_exported_settings_runs_on_its_own(demo_workdir, monkeypatch):
+    # An operator who exported the production settings (README, step 1) then tries the demo.
+    workdir, _ = demo_workdir
+    for name, value in {"BASIC_AUTH_USER": "ops", "BASIC_AUTH_PASS": "s3cret", "WEBHOOK_SECRET": "hook"}.items():
+        monkeypatch.setenv(name, value)
+    with background_demo(workdir, from_its_parent=True) as (demo, groups, settings):  # /health answered, no auth
+        assert (workdir / "model_dir" / "backend.log").exists()  # the workdir named relative to where it started
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 999}, "annotation": {"id": 1}}
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{settings.backend_url}/webhook", data=json.dumps(event).encode(),
+                headers={"Content-Type": "application/json"}), timeout=30) as answer:
+            assert json.loads(answer.read())["status"] == "ignored"  # no secret asked: the demo's webhook has none
+        assert_stops(demo, groups, signal.SIGTERM)
