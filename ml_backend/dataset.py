@@ -111,10 +111,7 @@ class ImageDataset:
         into a working copy made like the loader's (a file when large): ``images[keep]`` on a
         memory-mapped copy would read every kept image into RAM at once."""
         rows = np.flatnonzero(keep)
-        images = _working_array(len(rows), self.images.shape[1:], self.scratch_dir)
-        step = max(1, COPY_CHUNK_BYTES // max(1, int(np.prod(self.images.shape[1:]))))
-        for start in range(0, len(rows), step):
-            images[start:start + step] = self.images[rows[start:start + step]]
+        images = _copied_rows(self.images, rows, self.scratch_dir)
         return dataclasses.replace(
             self, items=[self.items[i] for i in rows], images=images, labels=self.labels[rows],
             splits=self.splits[rows], pixel_hashes=[self.pixel_hashes[i] for i in rows],
@@ -338,7 +335,7 @@ def build_dataset(
     _check_usable([rec for rec, _ in kept])
     images = images[:len(kept)]
     if shape[2] == 3 and not colour:  # the colour headers were grey pictures saved as RGB, or files skipped
-        images = _first_channel(images, scratch_dir)
+        images = _copied_rows(images, np.arange(len(images)), scratch_dir, channels=1)
     if class_names is None:  # a folder none of whose files could be read is not a class
         known = sorted({rec.label for rec, _ in kept})
         index = {name: k for k, name in enumerate(known)}
@@ -357,13 +354,17 @@ def build_dataset(
     )
 
 
-def _first_channel(images: np.ndarray, scratch_dir: str | os.PathLike | None) -> np.ndarray:
-    """(N, H, W, 1) copy of the first channel, a chunk at a time (``images`` may be a file)."""
-    grey = _working_array(len(images), (*images.shape[1:3], 1), scratch_dir)
+def _copied_rows(images: np.ndarray, rows: np.ndarray, scratch_dir: str | os.PathLike | None, *,
+                 channels: int | None = None) -> np.ndarray:
+    """``images[rows]`` (its first ``channels`` only, if given) copied a chunk at a time into a
+    working array made like the loader's (a file when large): ``images[rows]`` on a
+    memory-mapped copy would read every row into RAM at once."""
+    channels = images.shape[3] if channels is None else channels
+    out = _working_array(len(rows), (*images.shape[1:3], channels), scratch_dir)
     step = max(1, COPY_CHUNK_BYTES // max(1, int(np.prod(images.shape[1:]))))
-    for start in range(0, len(images), step):
-        grey[start:start + step] = images[start:start + step, :, :, :1]
-    return grey
+    for start in range(0, len(rows), step):
+        out[start:start + step] = images[rows[start:start + step]][..., :channels]
+    return out
 
 
 def _printable(name: str) -> str:

@@ -87,38 +87,42 @@ def _compute_ssim_pairs(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
     return out
 
 
-def _aligned_share(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _overlap(shift: int, h: int, w: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(rows, columns) of a first and a second image that overlap when aligned by SHIFTS[shift]."""
+    dy, dx = SHIFTS[shift]
+    return ((slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))),
+            (slice(max(-dy, 0), h + min(-dy, 0)), slice(max(-dx, 0), w + min(-dx, 0))))
+
+
+def _aligned_share(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P,) best share, over the nine one-pixel alignments (SHIFTS), of the overlapping pixel
-    values of images[a] and images[b] that lie within PIXEL_TOLERANCE of each other."""
+    values of images[a] and images[b] that lie within PIXEL_TOLERANCE of each other, and (P,)
+    the index in SHIFTS of the alignment that gave it (the first, on a tie)."""
     h, w = images.shape[1:3]
-    best = np.zeros(len(a))
+    best, best_shift = np.zeros(len(a)), np.zeros(len(a), dtype=np.int64)
     chunk = max(1, SSIM_PIXELS_PER_CHUNK // int(np.prod(images.shape[1:])))
-    for dy, dx in SHIFTS:
-        rows_a, cols_a = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
-        rows_b, cols_b = slice(max(-dy, 0), h + min(-dy, 0)), slice(max(-dx, 0), w + min(-dx, 0))
+    for shift in range(len(SHIFTS)):
+        (rows_a, cols_a), (rows_b, cols_b) = _overlap(shift, h, w)
         for start in range(0, len(a), chunk):
             x = images[a[start:start + chunk]][:, rows_a, cols_a].astype(np.int16)
             y = images[b[start:start + chunk]][:, rows_b, cols_b].astype(np.int16)
             share = (np.abs(x - y) <= PIXEL_TOLERANCE).mean(axis=(1, 2, 3))
-            best[start:start + chunk] = np.maximum(best[start:start + chunk], share)
-    return best
+            better = share > best[start:start + chunk]
+            best[start:start + chunk][better] = share[better]
+            best_shift[start:start + chunk][better] = shift
+    return best, best_shift
 
 
-def _differ_in_a_region(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(P,) bool: at the best of the nine alignments, some 3 x 3 block of pixels of images[a]
-    and images[b] differs by more than PIXEL_TOLERANCE throughout. Called on the few pairs whose
-    aligned share passed, one pair at a time."""
+def _differ_in_a_region(images: np.ndarray, a: np.ndarray, b: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(P,) bool: aligned by ``shifts`` (indices into SHIFTS, :func:`_aligned_share`'s best), some
+    3 x 3 block of pixels of images[a] and images[b] differs by more than PIXEL_TOLERANCE
+    throughout. Called on the few pairs whose aligned share passed, one pair at a time."""
     h, w = images.shape[1:3]
     out = np.zeros(len(a), dtype=bool)
-    for m, (i, j) in enumerate(zip(a, b)):
-        best, differs = -1.0, None
-        for dy, dx in SHIFTS:
-            x = images[i, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)].astype(np.int16)
-            y = images[j, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)].astype(np.int16)
-            off = (np.abs(x - y) > PIXEL_TOLERANCE).any(axis=2)
-            if 1.0 - off.mean() > best:
-                best, differs = 1.0 - off.mean(), off
-        out[m] = binary_erosion(differs, np.ones((3, 3), dtype=bool)).any()
+    for m, (i, j, shift) in enumerate(zip(a, b, shifts)):
+        (rows_a, cols_a), (rows_b, cols_b) = _overlap(int(shift), h, w)
+        x, y = images[i, rows_a, cols_a].astype(np.int16), images[j, rows_b, cols_b].astype(np.int16)
+        out[m] = binary_erosion((np.abs(x - y) > PIXEL_TOLERANCE).any(axis=2), np.ones((3, 3), dtype=bool)).any()
     return out
 
 
@@ -248,9 +252,9 @@ def _compute_duplicates(images, hashes, embeddings, splits, threshold: float, k:
         by_ssim = ssim >= threshold
         by_pixels = _candidate_pairs(pca_reduce(_coarse_pixels(images)), firsts, COARSE_K)
         by_pixels = by_pixels[~_rows_in(by_pixels, by_embedding[by_ssim])]
-        share = _aligned_share(images, by_pixels[:, 0], by_pixels[:, 1])
+        share, shift = _aligned_share(images, by_pixels[:, 0], by_pixels[:, 1])
         aligned = share >= ALIGNED_SHARE
-        aligned[aligned] = ~_differ_in_a_region(images, *by_pixels[aligned].T)
+        aligned[aligned] = ~_differ_in_a_region(images, *by_pixels[aligned].T, shift[aligned])
         found = np.concatenate([by_embedding[by_ssim], by_pixels[aligned]])
         found_ssim = np.concatenate([ssim[by_ssim], _compute_ssim_pairs(images, *by_pixels[aligned].T)])
         found_similarity = np.concatenate([ssim[by_ssim], share[aligned]])

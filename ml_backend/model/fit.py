@@ -478,11 +478,11 @@ def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, s
                        batch_size, progress, backbone_weights, groups) -> tuple[CrossFitResult, Ensemble]:
     """cross_fit on validated inputs."""
     fold_of = stratified_folds(labels, folds, seed, groups)
-    if np.bincount(fold_of).max() == len(images):  # its model would train on nothing
+    n_train = len(images) - int(np.bincount(fold_of).max())  # the smallest fold model's training set
+    if n_train == 0:
         raise ValueError(f"all {len(images)} images fall in one fold: they are exact copies of too few distinct "
                          f"pictures for {folds}-fold training (copies share a fold); add distinct images")
     _warn_small_classes(labels, folds, num_classes)
-    n_train = len(images) - int(np.bincount(fold_of).max())  # the smallest fold model's training set
     epochs = epochs or auto_epochs(backbone, n_train)
     if backbone == "small_cnn":
         rows = [np.flatnonzero(fold_of != f) for f in range(folds)]

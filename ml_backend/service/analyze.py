@@ -54,8 +54,8 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     dataset, outcome = apply_reviews(dataset, reviews_from_verdicts(verdicts, dataset), settings.confirmed_weight)
     fingerprint = input_fingerprint(dataset, verdicts, settings)
     if _still_published(client, project_id, store, fingerprint, len(dataset)):
-        log.info("project %s: nothing changed since %s; it stays published", project_id, store.current_version())
         current = str(store.current_version())
+        log.info("project %s: nothing changed since %s; it stays published", project_id, current)
         _say_if_left(settings, project_id, publish.remove_older_predictions(client, project_id, current))
         return current
 
