@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime, timezone
+from functools import partial
 
 import cleanlab
 import numpy as np
@@ -155,22 +156,36 @@ def rerank(analysis: Analysis, verdicts: np.ndarray, *, seed: int = 0) -> tuple[
 
 
 def _cross_fit_views(dataset: ImageDataset, settings: Settings, progress: Progress):
-    """One cross-fit per view (:func:`choose_views`), all on the same folds; with ``auto``, the
-    pretrained views join a lone small CNN that confuses classes beyond the label noise."""
-    fits, ensembles = [], []
+    """One cross-fit per view (:func:`choose_views`), all on the same folds, and the fold models.
+
+    With ``auto`` and automatic epochs a lone small CNN (grey images) first trains a third of its
+    epochs: if it already tells the classes apart (confusion beyond the label noise at most
+    CONFUSION_FOR_PRETRAINED), that is the analysis' view; otherwise the data is hard, and the CNN
+    trains its full epochs with the pretrained views beside it. The paper's MNIST swaps: one epoch
+    instead of three (AP 0.9904 against 0.9920) for half the time; Fashion-MNIST is trained as before.
+    """
     views = choose_views(dataset.images.shape[1:], settings.backbone)
-    while views:
-        backbone = views.pop(0)
-        fit, ensemble = cross_fit(
-            dataset.images, dataset.labels, dataset.num_classes, folds=settings.folds, epochs=settings.epochs,
-            seed=settings.seed, backbone=backbone, device=settings.device, batch_size=settings.batch_size,
-            weights=dataset.weights, progress=progress, class_names=list(dataset.class_names),
-            backbone_weights=settings.backbone_weights, groups=np.asarray(dataset.pixel_hashes))
+    fit_view = partial(
+        cross_fit, dataset.images, dataset.labels, dataset.num_classes, folds=settings.folds, epochs=settings.epochs,
+        seed=settings.seed, device=settings.device, batch_size=settings.batch_size, weights=dataset.weights,
+        progress=progress, class_names=list(dataset.class_names), backbone_weights=settings.backbone_weights,
+        groups=np.asarray(dataset.pixel_hashes))
+    fits, ensembles = [], []
+    if settings.backbone == "auto" and views == ["small_cnn"]:
+        first_look = not settings.epochs
+        fit, ensemble = fit_view(backbone="small_cnn", first_look=first_look)
+        if _confusion_beyond_noise(fit, dataset.labels) <= CONFUSION_FOR_PRETRAINED:
+            return [fit], [ensemble]
+        if first_look:
+            log.info("the small CNN confuses classes beyond the label noise: it trains again for its full "
+                     "epochs, and the pretrained views join it")
+            views = ["small_cnn", *PRETRAINED_PAIR]
+        else:
+            fits, ensembles, views = [fit], [ensemble], list(PRETRAINED_PAIR)
+    for backbone in views:
+        fit, ensemble = fit_view(backbone=backbone)
         fits.append(fit)
         ensembles.append(ensemble)
-        if settings.backbone == "auto" and [f.backbone for f in fits] == ["small_cnn"] and not views \
-                and _confusion_beyond_noise(fit, dataset.labels) > CONFUSION_FOR_PRETRAINED:
-            views.extend(PRETRAINED_PAIR)
     return fits, ensembles
 
 

@@ -53,6 +53,9 @@ DEFAULT_PRETRAINED = "efficientnet_lite0"  # Lite1/Lite2 alone cost 1.5x the tim
 PRETRAINED_PAIR = (DEFAULT_PRETRAINED, "efficientnet_lite2")  # what 'auto' adds to a small CNN
 SMALL_CNN_SAMPLES = 150_000  # training images seen per fold model (auto epochs)
 SMALL_CNN_EPOCHS = (3, 40)
+# A first look (the pipeline's question: does a lone CNN already tell grey images apart?) trains a
+# third of those epochs, at least one: MNIST's 3 -> 1.
+FIRST_LOOK_SHARE = 1 / 3
 SMALL_CNN_LR = 3e-3
 SMALL_CNN_WEIGHT_DECAY = 5e-4
 MAX_SHIFT = 2  # random translation (pixels) used as augmentation
@@ -119,14 +122,16 @@ def choose_backbone(num_images: int, image_shape: tuple[int, int, int], requeste
     return choose_views(image_shape, requested)[0]
 
 
-def auto_epochs(backbone: str, n_train: int) -> int:
+def auto_epochs(backbone: str, n_train: int, *, first_look: bool = False) -> int:
     """Epochs per fold model for ``n_train`` training images: for the small CNN enough passes
     for small sets, few for large ones (a fixed budget of samples, clipped), so label noise is
-    not memorised; for a pretrained view's heads HEAD_ITERATIONS L-BFGS iterations."""
+    not memorised; for a pretrained view's heads HEAD_ITERATIONS L-BFGS iterations.
+    first_look: FIRST_LOOK_SHARE of the small CNN's epochs, at least one."""
     if is_pretrained(backbone):
         return HEAD_ITERATIONS
     low, high = SMALL_CNN_EPOCHS
-    return int(np.clip(math.ceil(SMALL_CNN_SAMPLES / max(n_train, 1)), low, high))
+    epochs = int(np.clip(math.ceil(SMALL_CNN_SAMPLES / max(n_train, 1)), low, high))
+    return max(1, round(epochs * FIRST_LOOK_SHARE)) if first_look else epochs
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -435,7 +440,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
               seed: int = 0, backbone: str = "auto", device: str = "cpu", batch_size: int = 128,
               weights: np.ndarray | None = None, progress: Progress | None = None,
               class_names: list[str] | None = None, backbone_weights: str = "",
-              groups: np.ndarray | None = None) -> tuple[CrossFitResult, Ensemble]:
+              groups: np.ndarray | None = None, first_look: bool = False) -> tuple[CrossFitResult, Ensemble]:
     """Train ``folds`` models, each on all images but one stratified fold, and score every image.
 
     images : (N, H, W, C) uint8, C in {1, 3}. labels : (N,) int in [0, K). num_classes : K >= 2.
@@ -446,6 +451,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
     backbone_weights : state-dict file of a ``torchvision:<arch>`` backbone ('' = torch cache).
     weights : (N,) float32 >= 0 per-image loss weight (default all 1).
     groups : (N,) ids of images that must share a fold (exact copies), see :func:`stratified_folds`.
+    first_look : with automatic epochs, train the small CNN a third as long (:func:`auto_epochs`).
     progress : called from the caller's thread as ``progress(stage, done, total)`` with stage in
         {'features', 'train', 'classify'}; done counts batches (heads for pretrained views), reported at
         least every POLL_S seconds while it moves, and always at the end of a stage.
@@ -465,7 +471,8 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
         result, ensemble = _compute_cross_fit(images, labels, weights, int(num_classes), folds=int(folds),
                                               epochs=int(epochs), seed=int(seed), backbone=backbone, device=dev,
                                               batch_size=int(batch_size), progress=progress,
-                                              backbone_weights=backbone_weights, groups=groups)
+                                              backbone_weights=backbone_weights, groups=groups,
+                                              first_look=first_look)
     result.seconds = time.perf_counter() - start
     if class_names is not None:
         ensemble.class_names = list(class_names)
@@ -475,7 +482,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
 
 
 def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, seed, backbone, device,
-                       batch_size, progress, backbone_weights, groups) -> tuple[CrossFitResult, Ensemble]:
+                       batch_size, progress, backbone_weights, groups, first_look) -> tuple[CrossFitResult, Ensemble]:
     """cross_fit on validated inputs."""
     fold_of = stratified_folds(labels, folds, seed, groups)
     n_train = len(images) - int(np.bincount(fold_of).max())  # the smallest fold model's training set
@@ -483,7 +490,7 @@ def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, s
         raise ValueError(f"all {len(images)} images fall in one fold: they are exact copies of too few distinct "
                          f"pictures for {folds}-fold training (copies share a fold); add distinct images")
     _warn_small_classes(labels, folds, num_classes)
-    epochs = epochs or auto_epochs(backbone, n_train)
+    epochs = epochs or auto_epochs(backbone, n_train, first_look=first_look)
     if backbone == "small_cnn":
         rows = [np.flatnonzero(fold_of != f) for f in range(folds)]
         models, fold_probs, embeddings = _cross_fit_small_cnn(

@@ -37,3 +37,13 @@ def test_an_explicit_backbone_is_never_extended(monkeypatch):
     monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", -1.0)
     analysis, _ = pipeline.run_analysis(grey_squares(), Settings(folds=2, epochs=2, backbone="small_cnn"))
     assert analysis.params["backbone_used"] == "small_cnn"
+
+
+@pytest.mark.parametrize("threshold, used", [(1.0, [13]), (-1.0, [40, 50, 50])])
+def test_a_cnn_that_tells_the_classes_apart_after_a_first_look_is_not_trained_further(monkeypatch, threshold, used):
+    # 30 training images per fold: automatic epochs 40, a first look a third of them; a CNN that
+    # still confuses the classes trains all 40 beside the pretrained views (50 L-BFGS iterations)
+    monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", threshold)
+    analysis, models = pipeline.run_analysis(grey_squares(), Settings(folds=2))
+    assert analysis.params["epochs_used"] == used
+    assert len(models.views) == len(used)
