@@ -53,9 +53,10 @@ DEFAULT_PRETRAINED = "efficientnet_lite0"  # Lite1/Lite2 alone cost 1.5x the tim
 PRETRAINED_PAIR = (DEFAULT_PRETRAINED, "efficientnet_lite2")  # what 'auto' adds to a small CNN
 SMALL_CNN_SAMPLES = 150_000  # training images seen per fold model (auto epochs)
 SMALL_CNN_EPOCHS = (3, 40)
-# A first look (the pipeline's question: does a lone CNN already tell grey images apart?) trains a
-# third of those epochs, at least one: MNIST's 3 -> 1.
-FIRST_LOOK_SHARE = 1 / 3
+# A first look (the pipeline's question: does a lone CNN already tell grey images apart?) sees a
+# third of those images, at least one epoch: MNIST 3 epochs -> 1; sets under 1,250 training images
+# train their 40 epochs either way.
+FIRST_LOOK_SAMPLES = SMALL_CNN_SAMPLES // 3
 SMALL_CNN_LR = 3e-3
 SMALL_CNN_WEIGHT_DECAY = 5e-4
 MAX_SHIFT = 2  # random translation (pixels) used as augmentation
@@ -126,12 +127,18 @@ def auto_epochs(backbone: str, n_train: int, *, first_look: bool = False) -> int
     """Epochs per fold model for ``n_train`` training images: for the small CNN enough passes
     for small sets, few for large ones (a fixed budget of samples, clipped), so label noise is
     not memorised; for a pretrained view's heads HEAD_ITERATIONS L-BFGS iterations.
-    first_look: FIRST_LOOK_SHARE of the small CNN's epochs, at least one."""
+    first_look: the small CNN's epochs for FIRST_LOOK_SAMPLES images, at least one."""
     if is_pretrained(backbone):
         return HEAD_ITERATIONS
-    low, high = SMALL_CNN_EPOCHS
-    epochs = int(np.clip(math.ceil(SMALL_CNN_SAMPLES / max(n_train, 1)), low, high))
-    return max(1, round(epochs * FIRST_LOOK_SHARE)) if first_look else epochs
+    low, high = (1, SMALL_CNN_EPOCHS[1]) if first_look else SMALL_CNN_EPOCHS
+    samples = FIRST_LOOK_SAMPLES if first_look else SMALL_CNN_SAMPLES
+    return int(np.clip(math.ceil(samples / max(n_train, 1)), low, high))
+
+
+def training_size(fold_of: np.ndarray) -> int:
+    """Training images of the smallest fold model (the one whose fold is largest): what automatic
+    epochs are counted for."""
+    return len(fold_of) - int(np.bincount(fold_of).max())
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -451,7 +458,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, *, folds
     backbone_weights : state-dict file of a ``torchvision:<arch>`` backbone ('' = torch cache).
     weights : (N,) float32 >= 0 per-image loss weight (default all 1).
     groups : (N,) ids of images that must share a fold (exact copies), see :func:`stratified_folds`.
-    first_look : with automatic epochs, train the small CNN a third as long (:func:`auto_epochs`).
+    first_look : with automatic epochs, the small CNN sees a third as many images (:func:`auto_epochs`).
     progress : called from the caller's thread as ``progress(stage, done, total)`` with stage in
         {'features', 'train', 'classify'}; done counts batches (heads for pretrained views), reported at
         least every POLL_S seconds while it moves, and always at the end of a stage.
@@ -485,7 +492,7 @@ def _compute_cross_fit(images, labels, weights, num_classes, *, folds, epochs, s
                        batch_size, progress, backbone_weights, groups, first_look) -> tuple[CrossFitResult, Ensemble]:
     """cross_fit on validated inputs."""
     fold_of = stratified_folds(labels, folds, seed, groups)
-    n_train = len(images) - int(np.bincount(fold_of).max())  # the smallest fold model's training set
+    n_train = training_size(fold_of)
     if n_train == 0:
         raise ValueError(f"all {len(images)} images fall in one fold: they are exact copies of too few distinct "
                          f"pictures for {folds}-fold training (copies share a fold); add distinct images")

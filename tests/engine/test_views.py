@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from ml_backend import pipeline
+from ml_backend.model import fit
 from ml_backend.config import Settings
 from ml_backend.dataset import Record, build_dataset
 from tests.unit.test_model import make_squares
@@ -39,11 +40,21 @@ def test_an_explicit_backbone_is_never_extended(monkeypatch):
     assert analysis.params["backbone_used"] == "small_cnn"
 
 
-@pytest.mark.parametrize("threshold, used", [(1.0, [13]), (-1.0, [40, 50, 50])])
+@pytest.mark.parametrize("threshold, used", [(1.0, [10]), (-1.0, [40, 50, 50])])
 def test_a_cnn_that_tells_the_classes_apart_after_a_first_look_is_not_trained_further(monkeypatch, threshold, used):
-    # 30 training images per fold: automatic epochs 40, a first look a third of them; a CNN that
-    # still confuses the classes trains all 40 beside the pretrained views (50 L-BFGS iterations)
+    # 30 training images per fold: automatic epochs 40; a first look at 300 images 10 epochs. A CNN
+    # that still confuses the classes trains all 40 beside the pretrained views (50 L-BFGS iterations)
+    monkeypatch.setattr(fit, "FIRST_LOOK_SAMPLES", 300)
     monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", threshold)
     analysis, models = pipeline.run_analysis(grey_squares(), Settings(folds=2))
     assert analysis.params["epochs_used"] == used
     assert len(models.views) == len(used)
+
+
+def test_a_small_set_trains_its_full_epochs_at_the_first_look(monkeypatch):
+    trained = []
+    monkeypatch.setattr(pipeline, "cross_fit", lambda *a, **kw: trained.append(kw["backbone"]) or fit.cross_fit(*a, **kw))
+    monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", -1.0)
+    analysis, _ = pipeline.run_analysis(grey_squares(), Settings(folds=2))
+    assert analysis.params["epochs_used"] == [40, 50, 50]
+    assert trained == ["small_cnn", "efficientnet_lite0", "efficientnet_lite2"]  # the CNN trained once
