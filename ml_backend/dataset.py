@@ -51,8 +51,8 @@ class SkippedItem:
 @dataclass
 class Record:
     """One labeled image before decoding. ``source`` is a file path or raw bytes; ``annotations``
-    (Label Studio tasks) holds (annotation id, annotator id or None, class name) of each
-    annotator's newest labeling annotation."""
+    (Label Studio tasks) holds (annotation id, annotator id or None, class name) of every
+    labeling annotation, oldest first."""
 
     item: str
     source: str | os.PathLike | bytes

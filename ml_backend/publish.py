@@ -87,11 +87,13 @@ def task_fields(analysis: Analysis, i: int, *, leakage: set[int], groups: dict[i
     }
 
 
-def review_fields(analysis: Analysis, i: int, verdict: dict | None) -> dict:
+def review_fields(analysis: Analysis, i: int | None, verdict: dict | None) -> dict:
     """The fields that put image ``i``'s task in the review queue and the cell tabs, or, once
-    reviewed (``verdict``), out of them and into the reviewed (and excluded) ones."""
+    reviewed (``verdict``), out of them and into the reviewed (and excluded) ones. ``i`` None: a
+    task the analysis left out (an image a reviewer removed), never a candidate."""
     reviewed = verdict["verdict"] if verdict else ""
-    return {"dc_candidate": int(bool(analysis.is_candidate[i]) and not reviewed), "dc_unreviewed": int(not reviewed),
+    candidate = i is not None and bool(analysis.is_candidate[i])
+    return {"dc_candidate": int(candidate and not reviewed), "dc_unreviewed": int(not reviewed),
             "dc_reviewed": reviewed, "dc_excluded": int(reviewed == Verdict.REMOVED)}
 
 
@@ -128,7 +130,8 @@ def desired_fields(
 ) -> dict[int, dict]:
     """task id -> the ``dc_`` fields it should carry now: flagged tasks, reviewed ones, and tasks
     whose annotators disagree (``crowd``, see ``service.crowd``: consensus label, its quality
-    and the rank in the disagreement tab). ``tasks``: only these task ids (all when None)."""
+    and the rank in the disagreement tab). ``tasks``: only these task ids (all when None).
+    Images a reviewer removed, which the analysis left out, keep their mark (``dc_excluded``)."""
     leakage, groups, together = leakage_members(analysis), duplicate_groups(analysis), together_members(analysis)
     disagreements = (crowd or {}).get("disagreements", {})
     wanted = {}
@@ -145,6 +148,11 @@ def desired_fields(
                 wanted[task_id].update(dc_consensus=disagreement["consensus"],
                                        dc_consensus_quality=disagreement["quality"],
                                        dc_disagreement_rank=disagreement["rank"])
+    analysed = set(analysis.index_of_task())
+    for task, verdict in verdicts.items():
+        task_id = int(task)
+        if verdict["verdict"] == Verdict.REMOVED and task_id not in analysed and (tasks is None or task_id in tasks):
+            wanted[task_id] = {**review_fields(analysis, None, verdict), VERSION_FIELD: analysis.model_version}
     return wanted
 
 

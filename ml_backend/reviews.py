@@ -49,10 +49,13 @@ class ReviewOutcome:
 @dataclass(frozen=True)
 class Review:
     """One reviewer's verdict on one image; ``label`` is the label after review ('' when the
-    verdict needs none: removed, ambiguous)."""
+    verdict needs none: removed, ambiguous); ``given`` the label the reviewer judged, when the
+    data set already carries the label after review (Label Studio's newest annotation is the
+    reviewer's); '' when the data set's label is the one judged (a folder and a verdicts file)."""
 
     verdict: str
     label: str = ""
+    given: str = ""
 
 
 def read_verdicts(path: str | os.PathLike, dataset: ImageDataset) -> dict[str, Review]:
@@ -70,7 +73,8 @@ def read_verdicts(path: str | os.PathLike, dataset: ImageDataset) -> dict[str, R
 
 
 def _read_rows(path: str | os.PathLike, reader: csv.DictReader, dataset: ImageDataset) -> dict[str, Review]:
-    known, classes = set(dataset.items), set(dataset.class_names)
+    classes = set(dataset.class_names)
+    label_of = {item: dataset.class_names[k] for item, k in zip(dataset.items, dataset.labels)}
     skipped = {s.item: s.reason for s in dataset.skipped}
     reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]  # "item, verdict, label"
     missing = [c for c in COLUMNS if c not in reader.fieldnames]
@@ -83,7 +87,7 @@ def _read_rows(path: str | os.PathLike, reader: csv.DictReader, dataset: ImageDa
         item, verdict, label = (unicodedata.normalize("NFC", (row[c] or "").strip()) for c in COLUMNS)  # short: None
         if not (item or verdict or label):
             continue  # ",," rows: what a spreadsheet writes for formatted empty rows
-        if item not in known and item not in skipped:
+        if item not in label_of and item not in skipped:
             raise DatasetError(f"{where}: item {item!r} is not in the data set (use the item names of scores.csv)")
         if item in seen:
             raise DatasetError(f"{where}: item {item!r} has a verdict already; keep one row per item")
@@ -94,6 +98,9 @@ def _read_rows(path: str | os.PathLike, reader: csv.DictReader, dataset: ImageDa
             found = f"label {label!r} is not a class of the data set" if label else "no label"
             raise DatasetError(f"{where}: {found}; {verdict} needs the label after review, "
                                f"one of {', '.join(dataset.class_names)}")
+        if verdict == "confirmed" and item in label_of and label != label_of[item]:
+            raise DatasetError(f"{where}: {item!r} is labeled {label_of[item]!r}, not {label!r}; a label the "
+                               "review changed is 'relabeled'")
         if item in skipped:
             log.warning("%s: %s was skipped when loading (%s); its verdict is left out", where, item, skipped[item])
             continue
@@ -107,9 +114,10 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
 
     Removed images are left out; relabeled ones take their new label; confirmed and relabeled
     ones train with ``confirmed_weight``, ambiguous ones with 0. A confirmed label that is not
-    the image's label raises DatasetError (the label changed after the review).
+    the image's label raises DatasetError (the label changed after the review), and so do
+    verdicts that leave fewer than two classes to train on.
     """
-    labels, weights = dataset.labels.copy(), dataset.weights.copy()
+    labels, weights, given = dataset.labels.copy(), dataset.weights.copy(), dataset.labels.copy()
     reviewed, keep = np.zeros(len(dataset), bool), np.ones(len(dataset), bool)
     verdicts = np.full(len(dataset), -1, dtype=np.int8)
     index_of = {name: k for k, name in enumerate(dataset.class_names)}
@@ -126,15 +134,18 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
             if review.verdict == "confirmed" and index_of[review.label] != labels[i]:
                 raise DatasetError(f"{item}: confirmed as {review.label!r} but labeled "
                                    f"{dataset.class_names[labels[i]]!r}; give it as relabeled")
-            verdicts[i] = int(index_of[review.label] != labels[i])
+            given[i] = index_of.get(review.given, labels[i])
+            verdicts[i] = int(index_of[review.label] != given[i])
             labels[i], weights[i] = index_of[review.label], confirmed_weight
     if not keep.any():
         raise DatasetError("every image is marked removed; nothing is left to analyse")
-    left = np.unique(labels[keep])
+    left = np.unique(labels[keep & (weights > 0)])
     if left.size < 2:  # the same rule as for the labels as given (dataset._check_usable)
-        raise DatasetError(f"after the verdicts only class {dataset.class_names[left[0]]!r} has images left; "
-                           "keep or relabel images of at least two classes so the model can disagree with a label")
-    outcome = ReviewOutcome(reviewed[keep], verdicts[keep], dataset.labels[keep])
+        found = f"only class {dataset.class_names[left[0]]!r} has" if left.size else "no class has"
+        raise DatasetError(f"after the verdicts {found} images to train on (removed and ambiguous ones train on "
+                           "nothing); keep or relabel images of at least two classes so the model can disagree "
+                           "with a label")
+    outcome = ReviewOutcome(reviewed[keep], verdicts[keep], given[keep])
     if keep.all():  # the images stay shared: copying them would double the largest array for nothing
         return dataclasses.replace(dataset, labels=labels, weights=weights), outcome
     return dataclasses.replace(dataset.subset(keep), labels=labels[keep], weights=weights[keep]), outcome

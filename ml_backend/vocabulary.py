@@ -70,9 +70,15 @@ class Verdict(str, Enum):
         return _DESCRIPTIONS[self]
 
     @property
+    def judges_label(self) -> bool:
+        """Whether the verdict says if the given label was right: kept or relabeled. A removal (a
+        duplicate, an unusable image) and an ambiguity do not, as in ``reviews.apply_reviews``."""
+        return self not in (Verdict.REMOVED, Verdict.AMBIGUOUS)
+
+    @property
     def found_wrong(self) -> bool:
-        """Whether the reviewer found the given label wrong (relabeled it or removed the image)."""
-        return self in (Verdict.RELABELED_TO_MODEL, Verdict.RELABELED_OTHER, Verdict.REMOVED)
+        """Whether the reviewer found the given label wrong: relabeled it (see :attr:`judges_label`)."""
+        return self in (Verdict.RELABELED_TO_MODEL, Verdict.RELABELED_OTHER)
 
     @classmethod
     def from_choice(cls, text: str | None) -> "Verdict | None":

@@ -209,7 +209,7 @@ class LabelStudioClient:
         A task is labeled when it has a non-cancelled annotation whose result picks a class in
         ``spec.choices_name``; the newest such annotation (updated_at, then id) gives the label.
         ``split`` comes from task data ('train' or 'val', anything else counts as 'train');
-        ``annotations`` holds each annotator's newest label (:func:`annotator_labels`).
+        ``annotations`` holds every labeling annotation (:func:`labeling_annotations`).
         ``labels_as_of``: when the newest annotation the export held was saved (Label Studio's
         clock, ISO); an annotation saved later was not seen (a reviewer's verdict meanwhile).
         progress : called as progress(done, total) after each download.
@@ -223,7 +223,7 @@ class LabelStudioClient:
                 data = task.get("data") or {}
                 split = str(data.get("split", "train")).strip().lower()
                 wanted.append(LabeledImage(int(task["id"]), data.get(spec.image_key), label,
-                                           split if split in SPLITS else "train", annotator_labels(annotations, spec)))
+                                           split if split in SPLITS else "train", labeling_annotations(annotations, spec)))
         downloads = self.media.records(wanted, spec.image_key, cache_dir, progress)
         newest = max(saved, default=None)  # the earliest datetime stands for "no timestamp": not known
         return downloads._replace(labels_as_of=newest.isoformat() if newest and newest.year > 1 else "")
@@ -427,17 +427,17 @@ class LabelStudioClient:
 
 def newest_label(annotations: list[dict], spec: ClassSpec) -> str | None:
     """The class chosen in the newest non-cancelled annotation that picks one, or None.
-    Newest: latest updated_at (created_at if missing), then highest id; it is the newest of
-    the annotators' own newest (:func:`annotator_labels`, oldest first)."""
-    labels = annotator_labels(annotations, spec)
+    Newest: latest updated_at (created_at if missing), then highest id (:func:`labeling_annotations`)."""
+    labels = labeling_annotations(annotations, spec)
     return labels[-1][2] if labels else None
 
 
-def annotator_labels(annotations: list[dict], spec: ClassSpec) -> tuple[tuple[int, int | None, str], ...]:
-    """(annotation id, annotator id or None, class) of each annotator's newest non-cancelled
-    annotation that picks a class; ``completed_by`` as Label Studio exports it (an id, or a user
-    object with ``id``); oldest first, so the last gives the task's label (:func:`newest_label`)."""
-    newest: dict[int | None, tuple] = {}
+def labeling_annotations(annotations: list[dict], spec: ClassSpec) -> tuple[tuple[int, int | None, str], ...]:
+    """(annotation id, annotator id or None, class) of every non-cancelled annotation that picks a
+    class, oldest first (updated_at, else created_at, then id), so the last gives the task's label;
+    ``completed_by`` as Label Studio exports it (an id, or a user object with ``id``). All of them,
+    not each author's newest: which of them are reviews only the service knows."""
+    found = []
     for annotation in annotations:
         label = None if annotation.get("was_cancelled") else _choice(annotation.get("result") or [], spec)
         if label is None:
@@ -446,9 +446,8 @@ def annotator_labels(annotations: list[dict], spec: ClassSpec) -> tuple[tuple[in
         author = author.get("id") if isinstance(author, dict) else author
         author = int(author) if isinstance(author, int) and not isinstance(author, bool) else None
         key = (annotation_time(annotation), int(annotation.get("id") or 0))
-        if author not in newest or key > newest[author][0]:
-            newest[author] = (key, (int(annotation.get("id") or 0), author, label))
-    return tuple(entry for _, entry in sorted(newest.values(), key=lambda kv: kv[0]))
+        found.append((key, (int(annotation.get("id") or 0), author, label)))
+    return tuple(entry for _, entry in sorted(found, key=lambda kv: kv[0]))
 
 
 def _choice(result: list[dict], spec: ClassSpec) -> str | None:

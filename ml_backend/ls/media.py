@@ -93,7 +93,7 @@ class LabeledImage(NamedTuple):
     url: Any
     label: str
     split: str
-    annotations: tuple = ()  # (annotation id, annotator id or None, class) per annotator
+    annotations: tuple = ()  # (annotation id, annotator id or None, class), oldest first
 
 
 class Media:

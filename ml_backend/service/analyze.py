@@ -76,7 +76,7 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     left = publish.publish_analysis(client, project_id, project, spec, analysis, settings, store, progress,
                                     crowd=crowd)
     rerank_after_publishing(store, analysis, lambda updates: client.merge_task_fields(project_id, updates),
-                            after_verdicts=settings.rerank_after_verdicts, seed=settings.seed)
+                            after_verdicts=settings.rerank_every, seed=settings.seed)
     store.append_history(history_entry(analysis, iteration, store.verdicts(), crowd, refused=client.refused_writes))
     store.mark_published(fingerprint)
     _say_if_left(settings, project_id, left)
@@ -131,10 +131,18 @@ def check_project_exists(settings: Settings, project_id: int) -> None:
 
 
 def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> dict[int, list[tuple[int | None, str]]]:
-    """task id -> (annotator, label) of each labeling annotation, reviewers' verdict annotations left out."""
-    reviewers = {v.get("annotation_id") for v in verdicts.values()}
-    return {r.task_id: [(annotator, label) for annotation_id, annotator, label in r.annotations
-                        if annotation_id not in reviewers] for r in records}
+    """task id -> (annotator, label) of each annotator's newest labeling annotation. Reviewers'
+    verdict annotations are left out first, so a labeler who later reviews the task keeps the label
+    they gave as a labeler."""
+    reviews = {v.get("annotation_id") for v in verdicts.values()}
+    labelers = {}
+    for record in records:
+        newest: dict[int | None, str] = {}
+        for annotation_id, annotator, label in record.annotations:  # oldest first: the last one stays
+            if annotation_id not in reviews:
+                newest[annotator] = label
+        labelers[record.task_id] = list(newest.items())
+    return labelers
 
 
 def history_entry(analysis: Analysis, iteration: int, verdicts: dict[str, dict], crowd: dict | None = None, *,

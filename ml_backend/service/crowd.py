@@ -73,7 +73,7 @@ def annotator_report(summary: dict, verdicts: Mapping[str, dict], user_names: Ma
     for task, _, _, _, candidate in rows:
         flagged[image[task]] |= candidate
     for task, verdict in verdicts.items():
-        if int(task) in image and verdict["verdict"] != Verdict.AMBIGUOUS:
+        if int(task) in image and Verdict(verdict["verdict"]).judges_label:
             judged[image[int(task)]] = int(Verdict(verdict["verdict"]).found_wrong)
     # A verdict judges the label the reviewer saw ("given"), which a later relabel replaced.
     gave_judged = [label == verdicts[str(task)]["given"] if "given" in verdicts.get(str(task), {}) else analysed

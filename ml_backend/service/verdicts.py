@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 def reviews_from_verdicts(verdicts: dict[str, dict], dataset: ImageDataset) -> dict[str, Review]:
     """The verdicts the backend stored (by task id) as reviews of ``dataset``'s images: kept ->
     confirmed, relabeled_to_model / relabeled_other -> relabeled, removed and ambiguous as they
-    are. A kept or relabeled verdict whose label is no longer the task's label (changed in Label
-    Studio since) is stale and left out: the image is unreviewed again."""
+    are; each with the label the reviewer judged (``given``: the data set already carries the
+    reviewer's label), so a relabel teaches the verifier what a wrong label looks like, as
+    ``analyze --verdicts`` does. A kept or relabeled verdict whose label is no longer the task's
+    label (changed in Label Studio since) is stale and left out: the image is unreviewed again."""
     reviews = {}
     for item, task_id, label in zip(dataset.items, dataset.task_ids, dataset.labels):
         verdict = verdicts.get(str(int(task_id)))
@@ -42,7 +44,8 @@ def reviews_from_verdicts(verdicts: dict[str, dict], dataset: ImageDataset) -> d
         if verdict["verdict"] in (Verdict.REMOVED, Verdict.AMBIGUOUS):
             reviews[item] = Review(verdict["verdict"])
         elif verdict.get("label") == dataset.class_names[label]:
-            reviews[item] = Review("confirmed" if verdict["verdict"] == Verdict.KEPT else "relabeled", verdict["label"])
+            reviews[item] = Review("confirmed" if verdict["verdict"] == Verdict.KEPT else "relabeled", verdict["label"],
+                                   verdict.get("given", ""))
     return reviews
 
 
@@ -98,7 +101,7 @@ class VerdictHandler:
             if changed:
                 if self.submit is not None and retrain_due(store, self.settings.retrain_after_verdicts):
                     self._submit_retraining(store, project_id)
-                elif rerank_due(store, self.settings.rerank_after_verdicts):
+                elif rerank_due(store, self.settings.rerank_every):
                     self.reranks.run(project_id, lambda: self.rerank(project_id))
         unknown = len(found) - len(genuine)
         if unknown:
@@ -170,13 +173,13 @@ class Coalescing:
 def verdicts_on_labels(analysis: Analysis, verdicts: Mapping[str, dict]) -> np.ndarray:
     """(N,) int8 verdicts on the labels ``analysis`` scored: 1 = found wrong, 0 = right, -1 = none.
     A verdict counts when it was made on this analysis (the reviewer saw its label), or is an
-    older "kept" of the same label; ambiguous ones say nothing about the label."""
+    older "kept" of the same label; removals and ambiguities say nothing about the label."""
     known = np.full(len(analysis.items), -1, dtype=np.int8)
     index, names = analysis.index_of_task(), analysis.class_names
     for task, verdict in verdicts.items():
         i = index.get(int(task))
         kind = Verdict(verdict["verdict"])
-        if i is None or kind == Verdict.AMBIGUOUS:
+        if i is None or not kind.judges_label:
             continue
         if verdict.get("version") == analysis.model_version:
             known[i] = int(kind.found_wrong)
@@ -248,20 +251,20 @@ def rerank_due(store: ProjectStore, after_verdicts: int) -> bool:
 def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[dict]) -> list[int]:
     """Store the verdict each annotation gives on a task of ``analysis``; returns the ids of the
     tasks whose verdict changed (the same annotation twice changes nothing). Cancelled
-    annotations, tasks the analysis did not see and annotations without a label are skipped."""
+    annotations, tasks the analysis did not see (but removed ones: a removal can be undone) and
+    annotations without a label are skipped."""
     index, spec = analysis.index_of_task(), ClassSpec(**store.project_info()["spec"])
-    names = analysis.class_names
+    stored = store.verdicts()
     decided: dict[int, dict] = {}
     for annotation in annotations:
         task_id = int(annotation["task"])
-        i = index.get(task_id)
-        if i is None or annotation.get("was_cancelled"):
+        judged = _judged_labels(analysis, index.get(task_id), stored.get(str(task_id)))
+        if judged is None or annotation.get("was_cancelled"):
             continue
-        found = classify_verdict(annotation.get("result"), spec, names[analysis.labels[i]],
-                                 names[analysis.predicted[i]])
+        found = classify_verdict(annotation.get("result"), spec, *judged)
         if found is None:
             continue
-        verdict = {"verdict": found[0], "label": found[1], "given": names[analysis.labels[i]],
+        verdict = {"verdict": found[0], "label": found[1], "given": judged[0],
                    "annotation_id": annotation["id"], "version": analysis.model_version,
                    "updated_at": annotation.get("updated_at") or annotation.get("created_at") or ""}
         if task_id not in decided or _replaces(decided[task_id], verdict):
@@ -269,13 +272,26 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
     return store.record_verdicts(decided, replaces=_replaces)
 
 
+def _judged_labels(analysis: Analysis, i: int | None, stored: dict | None) -> tuple[str, str] | None:
+    """(the label a reviewer judges, the model's label) on a task: image ``i`` of ``analysis``, or
+    a removed image the analysis left out (``stored``: its verdict), whose label is the one it was
+    removed with and which has no model label; None for any other task."""
+    if i is not None:
+        return analysis.class_names[analysis.labels[i]], analysis.class_names[analysis.predicted[i]]
+    if stored is not None and stored["verdict"] == Verdict.REMOVED:
+        return stored.get("given", ""), ""
+    return None
+
+
 def _replaces(stored: dict, new: dict) -> bool:
     """Events come out of order: a verdict replaces another annotation's only if saved later
     (the task's label is its newest annotation's). The same annotation saved again with the same
     answer decides nothing new: its verdict keeps the iteration it was given on (else a relabel
-    re-saved later would count as a "kept" of the next iteration)."""
+    re-saved later would count as a "kept" of the next iteration). A removal or an ambiguity taken
+    back in the same annotation is a new answer."""
     if stored.get("annotation_id") == new["annotation_id"]:
-        return not (stored.get("label") == new["label"] and new["verdict"] in (stored["verdict"], Verdict.KEPT))
+        resaved_relabel = new["verdict"] == Verdict.KEPT and Verdict(stored["verdict"]).found_wrong
+        return not (stored.get("label") == new["label"] and (new["verdict"] == stored["verdict"] or resaved_relabel))
     return annotation_time(new) >= annotation_time(stored)
 
 
@@ -329,10 +345,11 @@ def _in_project(client: LabelStudioClient, annotation: dict, project_id: int) ->
 def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectStore, analysis: Analysis,
                    task_ids: list[int]) -> None:
     """Reviewed tasks leave the review queue at once, removed ones go to the excluded tab; a task
-    whose verdict was forgotten comes back (``publish.review_fields`` as the verdicts stand now).
-    Tasks that already carry those fields are not written again."""
+    whose verdict was forgotten comes back (``publish.review_fields`` as the verdicts stand now),
+    and so does a removed image the analysis left out whose removal was undone, until the next
+    analysis ranks it. Tasks that already carry those fields are not written again."""
     verdicts, index = store.verdicts(), analysis.index_of_task()
-    updates = {t: review_fields(analysis, index[t], verdicts.get(str(t))) for t in task_ids if t in index}
+    updates = {t: review_fields(analysis, index.get(t), verdicts.get(str(t))) for t in task_ids}
     try:
         client.merge_task_fields(project_id, updates)
     except Exception as exc:  # the verdict is stored; a repeated event or the next analysis writes the fields

@@ -23,8 +23,8 @@
 For the latest iteration the service recomputes ``candidates``, ``verdicts`` and the resolved
 pairs from the verdicts as they are now (``service.analyze.review_progress``).
 - ``reviewed``, ``found_wrong``, ``queue_precision``, ``reranks`` : optional, added by
-  :func:`with_review_outcomes`: verdicts given on this iteration's ranking (ambiguous ones left
-  out), how many of them found the label wrong, their ratio (the queue's precision as the
+  :func:`with_review_outcomes`: verdicts given on this iteration's ranking (removals and ambiguities,
+  which judge no label, left out), how many of them found the label wrong, their ratio (the queue's precision as the
   reviewers saw it), and the re-ranks made from verdicts before the next analysis
 
 Missing optional values show as "–"; charts: :data:`CHARTS`.
@@ -57,9 +57,9 @@ def with_review_outcomes(history: list[dict], verdicts: dict[str, dict], reranks
     store's re-rank log."""
     out = []
     for h in history:
-        kinds = [v["verdict"] for v in verdicts.values() if v.get("version") == h.get("model_version")
-                 and v["verdict"] != Verdict.AMBIGUOUS]
-        wrong = sum(1 for kind in kinds if kind in {v.value for v in Verdict if v.found_wrong})
+        kinds = [Verdict(v["verdict"]) for v in verdicts.values() if v.get("version") == h.get("model_version")]
+        kinds = [kind for kind in kinds if kind.judges_label]  # removals and ambiguities judge no label
+        wrong = sum(kind.found_wrong for kind in kinds)
         out.append({**h, "reviewed": len(kinds), "found_wrong": wrong,
                     "queue_precision": round(wrong / len(kinds), 4) if kinds else None,
                     "reranks": [r for r in reranks if r.get("model_version") == h.get("model_version")]})

@@ -2,6 +2,8 @@
 report's per-annotator table."""
 
 from ml_backend import publish
+from ml_backend.dataset import Record
+from ml_backend.service.analyze import labelers_annotations
 from ml_backend.service.crowd import annotator_report, crowd_summary
 from ml_backend.views.report import report_html
 from tests.unit.test_analysis import tiny_analysis
@@ -46,3 +48,18 @@ def test_the_report_names_who_labeled_what_was_flagged_and_found_wrong():
     assert annotator_report({}, verdicts, {}) == []
     page = report_html([{"iteration": 1, "model_version": "v"}], chart_url=str, annotators=list(table.values()))
     assert "ann@example.org" in page and "1 (50.0%)" in page
+
+
+def test_removing_a_copy_does_not_count_against_who_labeled_it():
+    crowd = crowd_summary(tiny_analysis(), ANNOTATIONS)
+    removed = {"3": {"verdict": "removed", "label": "dog", "given": "dog"}}  # user 10's dog on task 3: a copy
+    table = {row["annotator"]: row for row in annotator_report(crowd, removed, {})}
+    assert table[10]["judged"] == 0 and table[10]["wrong"] == 0
+
+
+def test_a_labeler_who_later_reviews_the_task_keeps_the_label_they_gave():
+    # user 10 labeled cat, user 20 cat; user 10, reviewing later, relabeled it dog in a new annotation
+    record = Record("t1.png", b"", "dog", task_id=1, annotations=((5, 10, "cat"), (6, 20, "cat"), (9, 10, "dog")))
+    review = {"1": {"verdict": "relabeled_other", "label": "dog", "given": "cat", "annotation_id": 9}}
+    assert labelers_annotations([record], review) == {1: [(10, "cat"), (20, "cat")]}
+    assert labelers_annotations([record], {}) == {1: [(10, "dog"), (20, "cat")]}  # each one's newest

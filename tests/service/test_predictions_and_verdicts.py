@@ -15,7 +15,7 @@ from ml_backend.model.ensemble import ModelSet
 from ml_backend.service.predictions import Predictor
 from ml_backend.service.jobs import JobQueueUnavailable
 from ml_backend.service.verdicts import (
-    VerdictHandler, forget_verdicts, record_verdicts, retrain_due, reviews_left)
+    VerdictHandler, _mark_reviewed, forget_verdicts, record_verdicts, retrain_due, reviews_left)
 from ml_backend.analysis import save
 from ml_backend.store import ProjectStore
 from ml_backend.vocabulary import UNTRAINED_VERSION, VERDICT_CONTROL, Verdict
@@ -140,6 +140,8 @@ def test_verdicts_are_recorded_once_per_decision_and_name_what_the_reviewer_did(
     assert kinds == {"2": Verdict.RELABELED_TO_MODEL, "1": Verdict.KEPT, "3": Verdict.REMOVED}
     assert record_verdicts(store, analysis, [annotation(16, 1, "dog")]) == [1]  # a changed mind is recorded
     assert store.verdicts()["1"]["verdict"] == Verdict.RELABELED_OTHER  # the model said cat too
+    assert record_verdicts(store, analysis, [annotation(13, 3, "dog")]) == [3]  # the removal taken back
+    assert store.verdicts()["3"]["verdict"] == Verdict.KEPT
 
 
 def test_deleted_annotations_take_their_verdicts_with_them(store):
@@ -169,6 +171,29 @@ def test_an_annotation_saved_again_unchanged_on_a_later_iteration_keeps_its_verd
     assert store.verdicts()["2"] == older
     assert record_verdicts(store, analysis, [annotation(11, 2, "cat", saved="2026-12-05T11:05:00Z")]) == [2]
     assert store.verdicts()["2"]["version"] == analysis.model_version  # a changed answer is a new verdict
+
+
+class MergedFields:
+    """Label Studio's side of marking reviewed tasks: the fields merged into each task."""
+
+    def __init__(self):
+        self.merged = {}
+
+    def merge_task_fields(self, project_id, updates):
+        self.merged.update(updates)
+
+
+def test_a_removal_the_next_analysis_left_out_can_be_undone(store):
+    # task 9 was removed on an older iteration, so the current analysis (tasks 1-4) left it out
+    store.record_verdict(9, {"verdict": "removed", "label": "cat", "given": "cat", "annotation_id": 31,
+                             "version": "deconfusion-older", "updated_at": "2026-12-05T10:00:00Z"})
+    analysis = store.load_analysis()
+    assert record_verdicts(store, analysis, [annotation(31, 9, "cat", saved="2026-12-05T11:00:00Z")]) == [9]
+    assert store.verdicts()["9"]["verdict"] == Verdict.KEPT and store.verdicts()["9"]["given"] == "cat"
+    assert record_verdicts(store, analysis, [annotation(32, 8, "cat")]) == []  # a task never analysed: skipped
+    client = MergedFields()
+    _mark_reviewed(client, PROJECT, store, analysis, [9])
+    assert client.merged[9]["dc_excluded"] == 0 and client.merged[9]["dc_reviewed"] == "kept"
 
 
 class TaskAnnotations:

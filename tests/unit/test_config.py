@@ -63,3 +63,8 @@ def test_an_rq_worker_runs_its_jobs_on_its_own_machine_settings(monkeypatch, tmp
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))  # the shared volume, mounted elsewhere on the worker
     job = settings_from_payload(service)
     assert (job.model_dir, job.batch_size, job.folds) == (str(tmp_path), 128, 5)
+
+
+def test_turning_the_verifier_off_turns_the_live_re_rank_off_too():
+    assert Settings(rerank_after_verdicts=25).rerank_every == 25
+    assert Settings(rerank_after_verdicts=25, verifier=0).rerank_every == 0  # the verifier is what re-ranks

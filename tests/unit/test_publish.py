@@ -53,6 +53,18 @@ def test_a_verdict_on_a_label_changed_since_leaves_the_task_in_the_queue():
     assert publish.desired_fields(analysis, gone, lambda i: "")[2]["dc_excluded"] == 1
 
 
+def test_an_image_removed_and_so_left_out_of_the_next_analysis_stays_excluded():
+    analysis = tiny_analysis()  # tasks 1-4; task 9 was removed on an older iteration, so it is not analysed
+    removed = {"9": {"verdict": "removed", "label": "cat", "given": "cat", "version": "deconfusion-old"}}
+    fields = publish.desired_fields(analysis, removed, lambda i: "")
+    assert fields[9] == {"dc_candidate": 0, "dc_unreviewed": 0, "dc_reviewed": "removed", "dc_excluded": 1,
+                         "dc_version": analysis.model_version}  # an export filtered on dc_excluded still leaves it out
+    assert 9 not in publish.desired_fields(analysis, removed, lambda i: "", tasks={2})
+    undone = {"9": {**removed["9"], "verdict": "kept"}}  # its removal undone: back until the next analysis ranks it
+    assert 9 not in publish.desired_fields(analysis, undone, lambda i: "")
+    assert publish.review_fields(analysis, None, undone["9"])["dc_excluded"] == 0
+
+
 def test_a_relabel_given_while_the_next_analysis_trained_keeps_its_task_out_of_the_queue():
     # the analysis read task 2 labeled cat at 10:00; a reviewer relabeled it dog on the version before, at 10:05
     analysis = tiny_analysis()

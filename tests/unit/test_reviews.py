@@ -48,6 +48,7 @@ def test_a_verdicts_csv_gives_one_review_per_item(tmp_path):
     ("i0,relabeled,wolf", "row 2: label 'wolf' is not a class"),
     ("i0,confirmed,", "row 2: no label; confirmed needs the label after review, one of cat, dog, fox"),
     ("i0,relabeled", "row 2: no label; relabeled needs the label after review"),  # the label field left out
+    ("i1,confirmed,cat", "row 2: 'i1' is labeled 'dog', not 'cat'; a label the review changed is 'relabeled'"),
     ("\n\ni0,confirmed,cat\ni9,removed,", "row 5: item 'i9'"),  # the line in the file: blank lines count
 ])
 def test_bad_rows_name_the_row_and_what_to_change(tmp_path, rows, words):
@@ -134,18 +135,39 @@ def test_a_confirmed_label_that_changed_since_and_an_all_removed_set_are_refused
         apply_reviews(dataset(2), {"i0": Review("removed"), "i1": Review("removed")}, confirmed_weight=2.0)
 
 
-def test_verdicts_that_leave_one_class_are_refused_naming_it():
+def test_verdicts_that_leave_one_class_to_train_on_are_refused_naming_it():
     removed = {f"i{k}": Review("removed") for k in (1, 2, 4)}
-    with pytest.raises(DatasetError, match=f"only class {CLASSES[0]!r} has images left"):
+    with pytest.raises(DatasetError, match=f"only class {CLASSES[0]!r} has images to train on"):
         apply_reviews(dataset(), {**removed, "i5": Review("relabeled", CLASSES[0])}, confirmed_weight=2.0)
+    ambiguous = {f"i{k}": Review("ambiguous") for k in (1, 2, 4, 5)}  # kept, but out of training
+    with pytest.raises(DatasetError, match=f"only class {CLASSES[0]!r} has images to train on"):
+        apply_reviews(dataset(), ambiguous, confirmed_weight=2.0)
+    with pytest.raises(DatasetError, match="no class has images to train on"):
+        apply_reviews(dataset(), {f"i{k}": Review("ambiguous") for k in range(6)}, confirmed_weight=2.0)
 
 
 def test_the_service_turns_its_stored_verdicts_into_the_same_reviews():
     from ml_backend.service.verdicts import reviews_from_verdicts
-    stored = {"10": {"verdict": "kept", "label": "cat"}, "11": {"verdict": "relabeled_to_model", "label": "dog"},
+    stored = {"10": {"verdict": "kept", "label": "cat", "given": "cat"},
+              "11": {"verdict": "relabeled_to_model", "label": "dog", "given": "fox"},
               "12": {"verdict": "relabeled_other", "label": "cat"},  # the label changed again since: stale
               "13": {"verdict": "removed", "label": "cat"}, "14": {"verdict": "ambiguous", "label": "dog"},
               "99": {"verdict": "kept", "label": "cat"}}  # a task no longer in the data set
     assert reviews_from_verdicts(stored, dataset()) == {
-        "i0": Review("confirmed", "cat"), "i1": Review("relabeled", "dog"), "i3": Review("removed"),
+        "i0": Review("confirmed", "cat", "cat"), "i1": Review("relabeled", "dog", "fox"), "i3": Review("removed"),
         "i4": Review("ambiguous")}
+
+
+def test_a_relabel_tells_the_next_analysis_the_same_through_the_service_as_through_a_verdicts_file():
+    from ml_backend.service.verdicts import reviews_from_verdicts
+    # a folder holds the label as given (i1: fox) and the file the decision; Label Studio already
+    # holds the reviewer's label (dog) as the task's newest annotation, the stored verdict the rest
+    as_given = dataset()
+    as_given.labels[1] = 2
+    _, from_file = apply_reviews(as_given, {"i1": Review("relabeled", "dog")}, confirmed_weight=2.0)
+    stored = {"11": {"verdict": "relabeled_other", "label": "dog", "given": "fox"}}
+    data = dataset()
+    trained, from_service = apply_reviews(data, reviews_from_verdicts(stored, data), confirmed_weight=2.0)
+    assert from_service.verdicts[1] == from_file.verdicts[1] == 1  # the label was wrong: the verifier learns it
+    assert from_service.given_labels[1] == from_file.given_labels[1] == 2  # how the annotators err: fox
+    assert trained.labels[1] == 1 and trained.weights[1] == 2.0
