@@ -72,8 +72,8 @@ def annotator_table(annotators: np.ndarray, images: np.ndarray, matches_given: n
     is_candidate : ndarray of shape (N,), bool
         From ``label_errors.find_candidates``.
     verdicts : ndarray of shape (N,), int in {-1, 0, 1}
-        1 = a reviewer found the given label wrong (relabeled or removed), 0 = right
-        (confirmed), -1 = no verdict.
+        1 = a reviewer found the given label wrong (relabeled), 0 = right (confirmed),
+        -1 = no verdict on the label (none, removed or ambiguous).
 
     Returns
     -------

@@ -134,7 +134,7 @@ def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> di
     """task id -> (annotator, label) of each annotator's newest labeling annotation. Reviewers'
     verdict annotations are left out first, so a labeler who later reviews the task keeps the label
     they gave as a labeler."""
-    reviews = {v.get("annotation_id") for v in verdicts.values()}
+    reviews = {a for v in verdicts.values() for a in (v.get("annotation_id"), *v.get("earlier_annotations", []))}
     labelers = {}
     for record in records:
         newest: dict[int | None, str] = {}

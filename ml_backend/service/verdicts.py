@@ -96,7 +96,7 @@ class VerdictHandler:
             genuine = [a for a in found.values() if a is not None and _in_project(client, a, project_id)]
             changed = record_verdicts(store, analysis, genuine)
             # every reviewed task of the event, not only changed ones: a repeated event retries a failed mark
-            reviewed = {int(a["task"]) for a in genuine} & {int(t) for t in store.verdicts()}
+            reviewed = {int(a["task"]) for a in genuine} & {int(t) for t in store.verdicts()} | set(changed)
             _mark_reviewed(client, project_id, store, analysis, sorted(reviewed))
             if changed:
                 if self.submit is not None and retrain_due(store, self.settings.retrain_after_verdicts):
@@ -251,36 +251,42 @@ def rerank_due(store: ProjectStore, after_verdicts: int) -> bool:
 def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[dict]) -> list[int]:
     """Store the verdict each annotation gives on a task of ``analysis``; returns the ids of the
     tasks whose verdict changed (the same annotation twice changes nothing). Cancelled
-    annotations, tasks the analysis did not see (but removed ones: a removal can be undone) and
-    annotations without a label are skipped."""
+    annotations and annotations without a label are skipped, and so are tasks the analysis did
+    not see, but for removals: a removal counts on any task (an image the analysis left out
+    because it was removed stays out), and one the task's newer annotation no longer makes is
+    taken back (its verdict forgotten: the next analysis ranks the image)."""
     index, spec = analysis.index_of_task(), ClassSpec(**store.project_info()["spec"])
-    stored = store.verdicts()
+    names, stored = analysis.class_names, store.verdicts()
     decided: dict[int, dict] = {}
     for annotation in annotations:
         task_id = int(annotation["task"])
-        judged = _judged_labels(analysis, index.get(task_id), stored.get(str(task_id)))
-        if judged is None or annotation.get("was_cancelled"):
-            continue
-        found = classify_verdict(annotation.get("result"), spec, *judged)
+        i = index.get(task_id)
+        judged = (names[analysis.labels[i]], names[analysis.predicted[i]]) if i is not None else ("", "")
+        found = None if annotation.get("was_cancelled") else classify_verdict(annotation.get("result"), spec, *judged)
         if found is None:
             continue
-        verdict = {"verdict": found[0], "label": found[1], "given": judged[0],
+        verdict = {"verdict": found[0], "label": found[1], "given": judged[0] or found[1],
                    "annotation_id": annotation["id"], "version": analysis.model_version,
-                   "updated_at": annotation.get("updated_at") or annotation.get("created_at") or ""}
+                   "updated_at": annotation.get("updated_at") or annotation.get("created_at") or "",
+                   **_earlier_reviews(stored.get(str(task_id)), annotation["id"])}
         if task_id not in decided or _replaces(decided[task_id], verdict):
             decided[task_id] = verdict
-    return store.record_verdicts(decided, replaces=_replaces)
+    taken_back = []
+    for task_id in [t for t, v in decided.items() if t not in index and v["verdict"] != Verdict.REMOVED]:
+        new, old = decided.pop(task_id), stored.get(str(task_id))
+        if old is not None and old["verdict"] == Verdict.REMOVED and _replaces(old, new) \
+                and store.forget_verdict(task_id):
+            taken_back.append(task_id)
+    return store.record_verdicts(decided, replaces=_replaces) + taken_back
 
 
-def _judged_labels(analysis: Analysis, i: int | None, stored: dict | None) -> tuple[str, str] | None:
-    """(the label a reviewer judges, the model's label) on a task: image ``i`` of ``analysis``, or
-    a removed image the analysis left out (``stored``: its verdict), whose label is the one it was
-    removed with and which has no model label; None for any other task."""
-    if i is not None:
-        return analysis.class_names[analysis.labels[i]], analysis.class_names[analysis.predicted[i]]
-    if stored is not None and stored["verdict"] == Verdict.REMOVED:
-        return stored.get("given", ""), ""
-    return None
+def _earlier_reviews(stored: dict | None, annotation_id: int) -> dict:
+    """The ids of the annotations whose verdicts a new one on the task replaces (reviews, never a
+    labeler's label: ``service.analyze.labelers_annotations``), as the verdict's own field."""
+    earlier = set(stored.get("earlier_annotations", [])) if stored else set()
+    if stored and stored.get("annotation_id") != annotation_id:
+        earlier.add(stored["annotation_id"])
+    return {"earlier_annotations": sorted(earlier)} if earlier else {}
 
 
 def _replaces(stored: dict, new: dict) -> bool:
@@ -346,8 +352,8 @@ def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectSto
                    task_ids: list[int]) -> None:
     """Reviewed tasks leave the review queue at once, removed ones go to the excluded tab; a task
     whose verdict was forgotten comes back (``publish.review_fields`` as the verdicts stand now),
-    and so does a removed image the analysis left out whose removal was undone, until the next
-    analysis ranks it. Tasks that already carry those fields are not written again."""
+    and so does a removed image the analysis left out whose removal was taken back, unranked until
+    the next analysis. Tasks that already carry those fields are not written again."""
     verdicts, index = store.verdicts(), analysis.index_of_task()
     updates = {t: review_fields(analysis, index.get(t), verdicts.get(str(t))) for t in task_ids}
     try:

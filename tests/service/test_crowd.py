@@ -63,3 +63,7 @@ def test_a_labeler_who_later_reviews_the_task_keeps_the_label_they_gave():
     review = {"1": {"verdict": "relabeled_other", "label": "dog", "given": "cat", "annotation_id": 9}}
     assert labelers_annotations([record], review) == {1: [(10, "cat"), (20, "cat")]}
     assert labelers_annotations([record], {}) == {1: [(10, "dog"), (20, "cat")]}  # each one's newest
+    # user 30 reviewed twice, in two annotations: the first, replaced, is a review too
+    record = Record("t1.png", b"", "cat", task_id=1, annotations=((5, 10, "cat"), (7, 30, "dog"), (8, 30, "cat")))
+    twice = {"1": {"verdict": "kept", "label": "cat", "given": "cat", "annotation_id": 8, "earlier_annotations": [7]}}
+    assert labelers_annotations([record], twice) == {1: [(10, "cat")]}

@@ -140,6 +140,7 @@ def test_verdicts_are_recorded_once_per_decision_and_name_what_the_reviewer_did(
     assert kinds == {"2": Verdict.RELABELED_TO_MODEL, "1": Verdict.KEPT, "3": Verdict.REMOVED}
     assert record_verdicts(store, analysis, [annotation(16, 1, "dog")]) == [1]  # a changed mind is recorded
     assert store.verdicts()["1"]["verdict"] == Verdict.RELABELED_OTHER  # the model said cat too
+    assert store.verdicts()["1"]["earlier_annotations"] == [12]  # a review too: never counted as a labeler's label
     assert record_verdicts(store, analysis, [annotation(13, 3, "dog")]) == [3]  # the removal taken back
     assert store.verdicts()["3"]["verdict"] == Verdict.KEPT
 
@@ -183,17 +184,23 @@ class MergedFields:
         self.merged.update(updates)
 
 
-def test_a_removal_the_next_analysis_left_out_can_be_undone(store):
+def test_a_removal_the_next_analysis_left_out_can_be_taken_back_and_given_again(store):
     # task 9 was removed on an older iteration, so the current analysis (tasks 1-4) left it out
     store.record_verdict(9, {"verdict": "removed", "label": "cat", "given": "cat", "annotation_id": 31,
                              "version": "deconfusion-older", "updated_at": "2026-12-05T10:00:00Z"})
     analysis = store.load_analysis()
-    assert record_verdicts(store, analysis, [annotation(31, 9, "cat", saved="2026-12-05T11:00:00Z")]) == [9]
-    assert store.verdicts()["9"]["verdict"] == Verdict.KEPT and store.verdicts()["9"]["given"] == "cat"
-    assert record_verdicts(store, analysis, [annotation(32, 8, "cat")]) == []  # a task never analysed: skipped
     client = MergedFields()
+    assert record_verdicts(store, analysis, [annotation(31, 9, "cat", saved="2026-12-05T11:00:00Z")]) == [9]
+    assert "9" not in store.verdicts()  # taken back: the next analysis ranks the image
     _mark_reviewed(client, PROJECT, store, analysis, [9])
-    assert client.merged[9]["dc_excluded"] == 0 and client.merged[9]["dc_reviewed"] == "kept"
+    assert client.merged[9]["dc_excluded"] == 0 and client.merged[9]["dc_unreviewed"] == 1
+    assert record_verdicts(store, analysis, [annotation(31, 9, "cat", Verdict.REMOVED,
+                                                        saved="2026-12-05T11:05:00Z")]) == [9]  # removed again
+    assert store.verdicts()["9"]["verdict"] == Verdict.REMOVED
+    _mark_reviewed(client, PROJECT, store, analysis, [9])
+    assert client.merged[9]["dc_excluded"] == 1
+    assert record_verdicts(store, analysis, [annotation(32, 8, "cat")]) == []  # no verdict on a task never analysed
+    assert record_verdicts(store, analysis, [annotation(33, 8, "cat", Verdict.REMOVED)]) == [8]  # but a removal
 
 
 class TaskAnnotations:

@@ -171,3 +171,6 @@ def test_a_relabel_tells_the_next_analysis_the_same_through_the_service_as_throu
     assert from_service.verdicts[1] == from_file.verdicts[1] == 1  # the label was wrong: the verifier learns it
     assert from_service.given_labels[1] == from_file.given_labels[1] == 2  # how the annotators err: fox
     assert trained.labels[1] == 1 and trained.weights[1] == 2.0
+    renamed = {"11": {"verdict": "relabeled_other", "label": "dog", "given": "kitty"}}  # a class renamed since
+    _, outcome = apply_reviews(data, reviews_from_verdicts(renamed, data), confirmed_weight=2.0)
+    assert outcome.verdicts[1] == -1 and outcome.reviewed[1]  # reviewed, but no lesson on a label that is gone
