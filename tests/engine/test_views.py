@@ -40,10 +40,12 @@ def test_an_explicit_backbone_is_never_extended(monkeypatch):
     assert analysis.params["backbone_used"] == "small_cnn"
 
 
-@pytest.mark.parametrize("threshold, used", [(1.0, [10]), (-1.0, [40, 50, 50])])
+@pytest.mark.parametrize("threshold, used", [(1.0, [10]), (-1.0, [30, 50, 50])])
 def test_a_cnn_that_tells_the_classes_apart_after_a_first_look_is_not_trained_further(monkeypatch, threshold, used):
-    # 30 training images per fold: automatic epochs 40; a first look at 300 images 10 epochs. A CNN
-    # that still confuses the classes trains all 40 beside the pretrained views (50 L-BFGS iterations)
+    # 30 training images per fold, a budget of 900: automatic epochs 30; a first look at 300 images
+    # 10 epochs. A CNN that still confuses the classes trains all 30 beside the pretrained views
+    # (50 L-BFGS iterations)
+    monkeypatch.setattr(fit, "SMALL_CNN_SAMPLES", 900)
     monkeypatch.setattr(fit, "FIRST_LOOK_SAMPLES", 300)
     monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", threshold)
     analysis, models = pipeline.run_analysis(grey_squares(), Settings(folds=2))
