@@ -135,8 +135,8 @@ def apply_reviews(dataset: ImageDataset, reviews: Mapping[str, Review],
                 raise DatasetError(f"{item}: confirmed as {review.label!r} but labeled "
                                    f"{dataset.class_names[labels[i]]!r}; give it as relabeled")
             given[i] = index_of.get(review.given, labels[i])
-            # a label judged that is no class now (renamed in the labeling config since) teaches nothing
-            verdicts[i] = -1 if review.given and review.given not in index_of else int(index_of[review.label] != given[i])
+            judged_gone = review.given and review.given not in index_of  # a class renamed since: no lesson
+            verdicts[i] = -1 if judged_gone else int(index_of[review.label] != given[i])
             labels[i], weights[i] = index_of[review.label], confirmed_weight
     if not keep.any():
         raise DatasetError("every image is marked removed; nothing is left to analyse")

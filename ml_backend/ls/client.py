@@ -222,8 +222,8 @@ class LabelStudioClient:
             if label is not None:
                 data = task.get("data") or {}
                 split = str(data.get("split", "train")).strip().lower()
-                wanted.append(LabeledImage(int(task["id"]), data.get(spec.image_key), label,
-                                           split if split in SPLITS else "train", labeling_annotations(annotations, spec)))
+                wanted.append(LabeledImage(int(task["id"]), data.get(spec.image_key), label, split if split in SPLITS
+                                           else "train", labeling_annotations(annotations, spec)))
         downloads = self.media.records(wanted, spec.image_key, cache_dir, progress)
         newest = max(saved, default=None)  # the earliest datetime stands for "no timestamp": not known
         return downloads._replace(labels_as_of=newest.isoformat() if newest and newest.year > 1 else "")

@@ -96,7 +96,7 @@ class VerdictHandler:
             genuine = [a for a in found.values() if a is not None and _in_project(client, a, project_id)]
             changed = record_verdicts(store, analysis, genuine)
             # every reviewed task of the event, not only changed ones: a repeated event retries a failed mark
-            reviewed = {int(a["task"]) for a in genuine} & {int(t) for t in store.verdicts()} | set(changed)
+            reviewed = ({int(a["task"]) for a in genuine} & {int(t) for t in store.verdicts()}) | set(changed)
             _mark_reviewed(client, project_id, store, analysis, sorted(reviewed))
             if changed:
                 if self.submit is not None and retrain_due(store, self.settings.retrain_after_verdicts):

@@ -23,9 +23,10 @@
 For the latest iteration the service recomputes ``candidates``, ``verdicts`` and the resolved
 pairs from the verdicts as they are now (``service.analyze.review_progress``).
 - ``reviewed``, ``found_wrong``, ``queue_precision``, ``reranks`` : optional, added by
-  :func:`with_review_outcomes`: verdicts given on this iteration's ranking (removals and ambiguities,
-  which judge no label, left out), how many of them found the label wrong, their ratio (the queue's precision as the
-  reviewers saw it), and the re-ranks made from verdicts before the next analysis
+  :func:`with_review_outcomes`: verdicts given on this iteration's ranking (removals and
+  ambiguities, which judge no label, left out), how many of them found the label wrong, their
+  ratio (the queue's precision as the reviewers saw it), and the re-ranks made from verdicts
+  before the next analysis
 
 Missing optional values show as "–"; charts: :data:`CHARTS`.
 """

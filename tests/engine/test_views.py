@@ -55,7 +55,11 @@ def test_a_cnn_that_tells_the_classes_apart_after_a_first_look_is_not_trained_fu
 
 def test_a_small_set_trains_its_full_epochs_at_the_first_look(monkeypatch):
     trained = []
-    monkeypatch.setattr(pipeline, "cross_fit", lambda *a, **kw: trained.append(kw["backbone"]) or fit.cross_fit(*a, **kw))
+    def counted(*args, **kwargs):
+        trained.append(kwargs["backbone"])
+        return fit.cross_fit(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "cross_fit", counted)
     monkeypatch.setattr(pipeline, "CONFUSION_FOR_PRETRAINED", -1.0)
     analysis, _ = pipeline.run_analysis(grey_squares(), Settings(folds=2))
     assert analysis.params["epochs_used"] == [40, 50, 50]
