@@ -306,6 +306,10 @@ def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, 
     progress("old predictions", 0, 1)  # Label Studio takes minutes to delete 70,000 (BULK_TIMEOUT)
     left = remove_older_predictions(client, project_id, analysis.model_version)
     progress("old predictions", 1, 1)
+    # a removed task deleted since keeps no verdict: its image is gone, and its fields would be asked for again
+    forgotten = [t for t in sorted(client.deleted_tasks) if store.forget_verdict(t)]
+    if forgotten:
+        log.info("project %s: forgot the verdicts of %d task(s) deleted in Label Studio", project_id, len(forgotten))
     if client.refused_writes:
         log.warning("project %s: Label Studio refused the fields of %d task(s) (e.g. task %s); the report lists them",
                     project_id, len(client.refused_writes), next(iter(client.refused_writes)))

@@ -54,6 +54,7 @@ class LabelStudioClient:
         self.media = Media(settings, self.transport.auth_headers)
         # task id -> why Label Studio refused our fields for it (see _rewrite_data); read by publishing
         self.refused_writes: dict[int, str] = {}
+        self.deleted_tasks: set[int] = set()  # tasks a field write found deleted (404)
 
     def request(self, method: str, path: str, **options: Any) -> Any:
         """JSON of one Label Studio API call; options and errors as Transport.request."""
@@ -354,6 +355,7 @@ class LabelStudioClient:
         except LabelStudioRejected as exc:
             if exc.status == 404:
                 log.info("task %s was deleted while we published; its fields are skipped", task_id)
+                self.deleted_tasks.add(int(task_id))
             else:
                 log.warning("Label Studio refused the De-Confusion fields of task %s (%s); the other tasks go on",
                             task_id, exc)

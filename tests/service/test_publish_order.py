@@ -22,6 +22,8 @@ class RecordingClient:
         self.written = {}  # task id -> the fields its last write gave it
         self.batches = []  # each write's fields
         self.refused_writes = {}  # as LabelStudioClient: task id -> why a write was refused
+        self.deleted = set()  # tasks deleted in Label Studio: a write finds them gone
+        self.deleted_tasks = set()  # as LabelStudioClient: the deleted tasks its writes found
 
     def create_predictions(self, project_id, predictions):
         self.calls.append(("predictions", sorted(p["task"] for p in predictions)))
@@ -34,6 +36,7 @@ class RecordingClient:
         return {t: self.fields_now.get(t, {}) for t in tasks if self.fields_now.get(t, {}) != wanted.get(t, {})}
 
     def write_task_fields(self, project_id, fields, progress=None):
+        self.deleted_tasks |= self.deleted & set(fields)
         self.calls.append(("fields", sorted(fields)))
         self.written.update(fields)
         self.batches.append(dict(fields))
@@ -126,3 +129,19 @@ def test_a_verdict_given_while_publishing_is_not_undone(tmp_path):
     assert final["dc_version"] == analysis.model_version  # all its fields, not only the review marks
     # task 3 (a duplicate) is written after the verdict: with it, not from the verdicts publishing began with
     assert all(batch[3]["dc_excluded"] == 1 for batch in client.batches if 3 in batch)
+
+
+def test_a_removed_task_deleted_in_label_studio_is_not_written_again_and_again(tmp_path):
+    store, removed = ProjectStore(tmp_path, 5), {"verdict": "removed", "label": "cat", "given": "cat",
+                                                 "version": "deconfusion-old"}
+    store.record_verdict(9, removed)  # removed, so not analysed; then the user deleted the task
+    store.record_verdict(2, {**removed, "version": tiny_analysis().model_version})  # removed, task still there
+    client = RecordingClient()
+    client.deleted = {9}
+    publish_analysis(client, 5, {"title": "Pets"}, SPEC, tiny_analysis(), Settings(model_dir=str(tmp_path)), store,
+                     lambda *args: None)
+    assert 9 in client.written and set(store.verdicts()) == {"2"}  # tried once, found gone: forgotten
+    again = RecordingClient()
+    publish_analysis(again, 5, {"title": "Pets"}, SPEC, tiny_analysis(), Settings(model_dir=str(tmp_path)), store,
+                     lambda *args: None)
+    assert 9 not in again.written and again.written[2]["dc_excluded"] == 1

@@ -268,6 +268,15 @@ def test_a_task_whose_fields_label_studio_refuses_does_not_stop_the_others(fake)
     assert [m for m, p, _ in fake.seen if p == "/api/tasks/5/"] == ["GET", "PATCH"]
 
 
+def test_a_task_deleted_before_its_fields_are_written_is_noted_not_refused(fake):
+    fake.answers["/api/tasks/1/"] = task_answers(refused=False)
+    fake.answers["/api/tasks/2/"] = [Answer(404, {"detail": "Not found."})]
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        assert client.write_task_fields(1, {task: {"dc_error_score": 0.5} for task in (1, 2)}) == 1
+        assert client.deleted_tasks == {2} and not client.refused_writes
+
+
 def test_field_writes_refused_for_every_task_are_an_error(fake):
     for task in range(1, 13):
         fake.answers[f"/api/tasks/{task}/"] = task_answers(refused=True)
