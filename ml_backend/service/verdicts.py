@@ -24,7 +24,7 @@ from ..pipeline import rerank
 from ..publish import holding, is_flagged, review_fields, saved_after_labels
 from ..reviews import Review
 from ..store import ProjectStore
-from ..vocabulary import VERDICT_CONTROL, Verdict
+from ..vocabulary import VERDICT_CONTROL, VERSION_FIELD, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,9 @@ def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectSto
     and so does a removed image the analysis left out whose removal was taken back, unranked until
     the next analysis. Tasks that already carry those fields are not written again."""
     verdicts, index = store.verdicts(), analysis.index_of_task()
-    updates = {t: review_fields(analysis, index.get(t), verdicts.get(str(t))) for t in task_ids}
+    updates = {t: review_fields(analysis, index[t], verdicts.get(str(t))) if t in index  # publishing gave the rest
+               else {**review_fields(analysis, None, verdicts.get(str(t))), VERSION_FIELD: analysis.model_version}
+               for t in task_ids}
     try:
         client.merge_task_fields(project_id, updates)
     except Exception as exc:  # the verdict is stored; a repeated event or the next analysis writes the fields

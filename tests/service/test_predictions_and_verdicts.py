@@ -201,6 +201,8 @@ def test_a_removal_the_next_analysis_left_out_can_be_taken_back_and_given_again(
     assert client.merged[9]["dc_excluded"] == 1
     assert record_verdicts(store, analysis, [annotation(32, 8, "cat")]) == []  # no verdict on a task never analysed
     assert record_verdicts(store, analysis, [annotation(33, 8, "cat", Verdict.REMOVED)]) == [8]  # but a removal
+    _mark_reviewed(client, PROJECT, store, analysis, [8])  # fields we can find and remove again: with our version
+    assert client.merged[8]["dc_excluded"] == 1 and client.merged[8]["dc_version"] == analysis.model_version
 
 
 class TaskAnnotations:
