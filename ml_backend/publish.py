@@ -97,6 +97,12 @@ def review_fields(analysis: Analysis, i: int | None, verdict: dict | None) -> di
             "dc_reviewed": reviewed, "dc_excluded": int(reviewed == Verdict.REMOVED)}
 
 
+def left_out_fields(analysis: Analysis, verdict: dict | None) -> dict:
+    """The fields of a task ``analysis`` left out (an image a reviewer removed, or whose removal
+    was taken back since), written with this version like every field we write."""
+    return {**review_fields(analysis, None, verdict), VERSION_FIELD: analysis.model_version}
+
+
 def leakage_members(analysis: Analysis) -> set[int]:
     return {idx for pair in analysis.duplicates if pair["cross_split"] for idx in (pair["a"], pair["b"])}
 
@@ -152,7 +158,7 @@ def desired_fields(
     for task, verdict in verdicts.items():
         task_id = int(task)
         if verdict["verdict"] == Verdict.REMOVED and task_id not in analysed and (tasks is None or task_id in tasks):
-            wanted[task_id] = {**review_fields(analysis, None, verdict), VERSION_FIELD: analysis.model_version}
+            wanted[task_id] = left_out_fields(analysis, verdict)
     return wanted
 
 

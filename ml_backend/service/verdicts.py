@@ -21,10 +21,10 @@ from ..errors import LabelStudioRejected
 from ..ls.client import LabelStudioClient, annotation_time
 from ..ls.schema import ClassSpec
 from ..pipeline import rerank
-from ..publish import holding, is_flagged, review_fields, saved_after_labels
+from ..publish import holding, is_flagged, left_out_fields, review_fields, saved_after_labels
 from ..reviews import Review
 from ..store import ProjectStore
-from ..vocabulary import VERDICT_CONTROL, VERSION_FIELD, Verdict
+from ..vocabulary import VERDICT_CONTROL, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +356,7 @@ def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectSto
     the next analysis. Tasks that already carry those fields are not written again."""
     verdicts, index = store.verdicts(), analysis.index_of_task()
     updates = {t: review_fields(analysis, index[t], verdicts.get(str(t))) if t in index  # publishing gave the rest
-               else {**review_fields(analysis, None, verdicts.get(str(t))), VERSION_FIELD: analysis.model_version}
-               for t in task_ids}
+               else left_out_fields(analysis, verdicts.get(str(t))) for t in task_ids}
     try:
         client.merge_task_fields(project_id, updates)
     except Exception as exc:  # the verdict is stored; a repeated event or the next analysis writes the fields
