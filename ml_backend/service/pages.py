@@ -75,7 +75,7 @@ def report_data(project_id: int):
 @pages.get("/report/<int:project_id>/chart/<name>.png")
 def chart(project_id: int, name: str):
     try:
-        png = report_chart_png(ProjectStore(backend().settings.model_dir, project_id).history(), name)
+        png = report_chart_png(_report_data(project_id)[0], name)  # the page's own figures, verdicts since included
     except ValueError as exc:
         abort(404, str(exc))
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-cache"})

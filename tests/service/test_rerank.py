@@ -211,9 +211,12 @@ def test_requests_during_a_rerank_coalesce_into_one_more_run():
     assert len(runs) == 2
 
 
-def test_the_report_counts_the_verdicts_given_since_the_analysis_ended(store, tmp_path):
+def test_the_report_counts_the_verdicts_given_since_the_analysis_ended(store, tmp_path, monkeypatch):
     from ml_backend.config import Settings
     from ml_backend.service.app import create_app
+    from ml_backend.views import report
+    charted, draw = {}, report.line_chart_png
+    monkeypatch.setattr(report, "line_chart_png", lambda series, **kw: charted.update(series) or draw(series, **kw))
     analysis = store.load_analysis()
     store.append_history({"iteration": 1, "model_version": VERSION, "candidates": 200, "verdicts": {}})
     for task, verdict in verdicts_on(analysis, ERRORS[:30], CONFUSION[:10]).items():
@@ -223,6 +226,10 @@ def test_the_report_counts_the_verdicts_given_since_the_analysis_ended(store, tm
     assert latest["candidates"] == 160  # 200 flagged, 40 of them decided since
     assert latest["verdicts"]["relabeled_to_model"] == 30 and latest["verdicts"]["kept"] == 10
     assert "<b>160</b> images still to review" in client.get("/report/5").get_data(as_text=True)
+    for name in ("candidates", "verdicts"):  # the page's charts show the same figures
+        assert client.get(f"/report/5/chart/{name}.png").status_code == 200
+    assert charted["images to review"] == [160]
+    assert charted[report.VERDICT_KINDS["relabeled_to_model"]] == [30] and charted[report.VERDICT_KINDS["kept"]] == [10]
 
 
 def test_the_history_keeps_the_images_not_analysed_and_the_tasks_whose_fields_were_refused(store):
