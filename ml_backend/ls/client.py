@@ -444,12 +444,17 @@ def labeling_annotations(annotations: list[dict], spec: ClassSpec) -> tuple[tupl
         label = None if annotation.get("was_cancelled") else _choice(annotation.get("result") or [], spec)
         if label is None:
             continue
-        author = annotation.get("completed_by")
-        author = author.get("id") if isinstance(author, dict) else author
-        author = int(author) if isinstance(author, int) and not isinstance(author, bool) else None
         key = (annotation_time(annotation), int(annotation.get("id") or 0))
-        found.append((key, (int(annotation.get("id") or 0), author, label)))
+        found.append((key, (int(annotation.get("id") or 0), annotation_author(annotation), label)))
     return tuple(entry for _, entry in sorted(found, key=lambda kv: kv[0]))
+
+
+def annotation_author(annotation: Mapping[str, Any]) -> int | None:
+    """Who made ``annotation``: ``completed_by`` as Label Studio exports it (an id, or a user
+    object with ``id``); None for a deleted user."""
+    author = annotation.get("completed_by")
+    author = author.get("id") if isinstance(author, dict) else author
+    return int(author) if isinstance(author, int) and not isinstance(author, bool) else None
 
 
 def _choice(result: list[dict], spec: ClassSpec) -> str | None:

@@ -133,13 +133,18 @@ def check_project_exists(settings: Settings, project_id: int) -> None:
 def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> dict[int, list[tuple[int | None, str]]]:
     """task id -> (annotator, label) of each annotator's newest labeling annotation. Reviewers'
     verdict annotations are left out first, so a labeler who later reviews the task keeps the label
-    they gave as a labeler."""
+    they gave as a labeler; a labeler's annotation a reviewer changed in place counts with the
+    label an analysis read from it (the verdict's ``read_labels``)."""
     reviews = {a for v in verdicts.values() for a in (v.get("annotation_id"), *v.get("earlier_annotations", []))}
+    read = {int(a): tuple(made) for v in verdicts.values() for a, made in v.get("read_labels", {}).items()}
     labelers = {}
     for record in records:
         newest: dict[int | None, str] = {}
         for annotation_id, annotator, label in record.annotations:  # oldest first: the last one stays
-            if annotation_id not in reviews:
+            if annotation_id in read:
+                annotator, label = read[annotation_id]
+                newest[annotator] = label
+            elif annotation_id not in reviews:
                 newest[annotator] = label
         labelers[record.task_id] = list(newest.items())
     return labelers

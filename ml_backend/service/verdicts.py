@@ -18,13 +18,14 @@ from ..config import Settings
 from ..dataset import ImageDataset
 from ..detectors.verifier import reordered_within
 from ..errors import LabelStudioRejected
-from ..ls.client import LabelStudioClient, annotation_time
+from ..ls.client import LabelStudioClient, annotation_author, annotation_time, timestamp
 from ..ls.schema import ClassSpec
 from ..pipeline import rerank
 from ..publish import holding, is_flagged, left_out_fields, review_fields, saved_after_labels
 from ..reviews import Review
-from ..store import ProjectStore
+from ..store import ProjectStore, read_json
 from ..vocabulary import VERDICT_CONTROL, Verdict
+from .crowd import CROWD_FILE, UNKNOWN_ANNOTATOR
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,8 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
         verdict = {"verdict": found[0], "label": found[1], "given": judged[0] or found[1],
                    "annotation_id": annotation["id"], "version": analysis.model_version,
                    "updated_at": annotation.get("updated_at") or annotation.get("created_at") or "",
-                   **_earlier_reviews(stored.get(str(task_id)), annotation["id"])}
+                   **_earlier_reviews(stored.get(str(task_id)), annotation["id"],
+                                      _label_read(store, analysis, annotation, judged[0]))}
         if task_id not in decided or _replaces(decided[task_id], verdict):
             decided[task_id] = verdict
     taken_back = []
@@ -280,13 +282,32 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
     return store.record_verdicts(decided, replaces=_replaces) + taken_back
 
 
-def _earlier_reviews(stored: dict | None, annotation_id: int) -> dict:
+def _earlier_reviews(stored: dict | None, annotation_id: int, read: dict) -> dict:
     """The ids of the annotations whose verdicts a new one on the task replaces (reviews, never a
-    labeler's label: ``service.analyze.labelers_annotations``), as the verdict's own field."""
+    labeler's label: ``service.analyze.labelers_annotations``), and the labels an analysis read
+    from annotations reviewers edited in place (``read``, see :func:`_label_read`), as the
+    verdict's own fields."""
     earlier = set(stored.get("earlier_annotations", [])) if stored else set()
     if stored and stored.get("annotation_id") != annotation_id:
         earlier.add(stored["annotation_id"])
-    return {"earlier_annotations": sorted(earlier)} if earlier else {}
+    read = {**read, **(stored or {}).get("read_labels", {})}  # the first reading is the labeler's
+    return {**({"earlier_annotations": sorted(earlier)} if earlier else {}), **({"read_labels": read} if read else {})}
+
+
+def _label_read(store: ProjectStore, analysis: Analysis, annotation: dict, label: str) -> dict:
+    """{annotation id: [author, label]} when ``annotation`` existed before ``analysis`` read the
+    labels: a reviewer (or its labeler) changed a label in place, and the annotation keeps its
+    author. That author made the label the analysis read (their row of its ``crowd.json``, else
+    the task's label ``label``), which the annotator table judges; {} for a new annotation."""
+    labels_as_of = analysis.summary.get("labels_as_of")
+    created = annotation.get("created_at")
+    if not (label and labels_as_of and created) or timestamp(created) > timestamp(labels_as_of):
+        return {}
+    author, task = annotation_author(annotation), int(annotation["task"])
+    rows = read_json(store.version_dir(analysis.model_version) / CROWD_FILE, {}).get("annotations") or []
+    key = UNKNOWN_ANNOTATOR if author is None else author
+    label = next((row[2] for row in rows if row[0] == task and row[1] == key), label)
+    return {str(annotation["id"]): [author, label]}
 
 
 def _replaces(stored: dict, new: dict) -> bool:

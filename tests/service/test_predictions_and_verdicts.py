@@ -17,7 +17,10 @@ from ml_backend.service.jobs import JobQueueUnavailable
 from ml_backend.service.verdicts import (
     VerdictHandler, _mark_reviewed, forget_verdicts, record_verdicts, retrain_due, reviews_left)
 from ml_backend.analysis import save
-from ml_backend.store import ProjectStore
+from ml_backend.dataset import Record
+from ml_backend.service.analyze import labelers_annotations
+from ml_backend.service.crowd import CROWD_FILE, annotator_report, crowd_summary
+from ml_backend.store import ProjectStore, write_json
 from ml_backend.vocabulary import UNTRAINED_VERSION, VERDICT_CONTROL, Verdict
 from tests.unit.test_analysis import tiny_analysis
 from tests.unit.test_model import make_squares
@@ -226,6 +229,30 @@ def test_a_task_whose_second_reviewer_annotation_is_deleted_keeps_the_first_revi
     assert store.verdicts()["2"]["annotation_id"] == 11 and store.verdicts()["2"]["verdict"] == "relabeled_to_model"
     assert forget_verdicts(store, {11}) == [2]
     assert reviews_left(TaskAnnotations([labeler]), analysis, [2]) == []  # only the labeler's: back in the queue
+
+
+def test_a_label_a_reviewer_changes_in_place_stays_its_labelers_in_the_annotator_table(store):
+    analysis = dataclasses.replace(store.load_analysis(), summary={"labels_as_of": "2026-12-05T09:00:00Z"})
+    # task 1: user 20 said dog, then user 10 cat (the label the analysis read); task 4: user 20 said dog
+    write_json(store.version_dir(analysis.model_version) / CROWD_FILE,
+               crowd_summary(analysis, {1: [(20, "dog"), (10, "cat")], 4: [(20, "dog")]}))
+
+    def in_place(annotation_id, task, label):  # Label Studio keeps the annotation's id and author on Update
+        return {**annotation(annotation_id, task, label), "created_at": "2026-12-05T08:00:00Z", "completed_by": 20}
+
+    record_verdicts(store, analysis, [in_place(7, 4, "cat"), in_place(6, 1, "cat")])
+    verdicts = store.verdicts()
+    assert verdicts["4"]["verdict"] == Verdict.RELABELED_TO_MODEL  # the model said cat
+    now = [Record("t1.png", b"", "cat", task_id=1, annotations=((6, 20, "cat"), (8, 10, "cat"))),
+           Record("t4.png", b"", "cat", task_id=4, annotations=((7, 20, "cat"),))]
+    labelers = labelers_annotations(now, verdicts)
+    assert labelers == {1: [(20, "dog"), (10, "cat")], 4: [(20, "dog")]}  # what user 20 labeled, not the fix
+    row = next(r for r in annotator_report(crowd_summary(analysis, labelers), verdicts, {}) if r["annotator"] == 20)
+    assert row["labels"] == 2 and row["judged"] == row["wrong"] == 2  # dog on task 1 (cat kept), on task 4 (fixed)
+    # a later review in an annotation of its own keeps what user 20 labeled
+    record_verdicts(store, analysis, [annotation(9, 4, "dog", saved="2026-12-05T11:00:00Z")])
+    later = [now[0], Record("t4.png", b"", "dog", task_id=4, annotations=((7, 20, "cat"), (9, 30, "dog")))]
+    assert labelers_annotations(later, store.verdicts())[4] == [(20, "dog")]
 
 
 def test_a_retraining_is_due_once_per_version_after_enough_verdicts(store):
