@@ -342,16 +342,27 @@ class LabelStudioClient:
 
     def _rewrite_data(self, task_id: int, change: Callable[[dict], dict]) -> bool:
         """Read the task's data now, PATCH ``change(data)`` if it differs; whether it changed.
+        A failed PATCH is retried by reading the data again: resent as it was, it would put back
+        what a user changed since the first read (seconds later, after Label Studio's 503).
         A task deleted meanwhile is left alone; one whose write Label Studio refuses (4xx) is
         recorded in ``refused_writes`` and left as it is, so it does not cost every other task
         its fields (a proxy's body-size limit on a task whose data embeds an image, a validation
         rule of a customised Label Studio)."""
+        for delay in self.transport.retry_delays:
+            try:
+                return self._rewrite_once(task_id, change)
+            except LabelStudioUnavailable as exc:
+                log.warning("task %s: %s; reading it again in %.1f s", task_id, exc, delay)
+                time.sleep(delay)
+        return self._rewrite_once(task_id, change)
+
+    def _rewrite_once(self, task_id: int, change: Callable[[dict], dict]) -> bool:
         try:
             before = self.get_task(task_id).get("data") or {}
             after = change(before)
             if after == before:
                 return False
-            self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after})
+            self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after}, once=True)
         except LabelStudioRejected as exc:
             if exc.status == 404:
                 log.info("task %s was deleted while we published; its fields are skipped", task_id)

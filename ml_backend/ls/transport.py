@@ -87,11 +87,12 @@ class Transport:
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
                 files: Mapping[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT,
-                retry_timeouts: bool = True) -> Any:
+                retry_timeouts: bool = True, once: bool = False) -> Any:
         """JSON of one Label Studio API call (None for an empty answer).
 
         Retried on connection errors and 5xx (a POST only when it cannot have run; with
-        ``retry_timeouts=False`` not after an answer that did not come in ``timeout``); then
+        ``retry_timeouts=False`` not after an answer that did not come in ``timeout``; with
+        ``once`` never: the caller retries, e.g. a read-modify-write that must read again); then
         LabelStudioUnavailable. 401/403 raise LabelStudioTokenRejected; other 4xx and redirects
         raise LabelStudioRejected with Label Studio's message.
         """
@@ -124,7 +125,7 @@ class Transport:
                     raise self._refused(resp, what)
                 last = f"HTTP {status}: {_detail(_json_or_text(resp))}"
                 retry = method in _SAFE_METHODS or status in _UNPROCESSED
-            if not retry or attempt == len(self.retry_delays):
+            if once or not retry or attempt == len(self.retry_delays):
                 break
             delay = self.retry_delays[attempt]
             log.warning("Label Studio %s: %s; retrying in %.1f s", what, last, delay)

@@ -40,6 +40,7 @@ class FakeLabelStudio:
     url: str = ""
     answers: dict[str, list[Answer]] = field(default_factory=dict)
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+    bodies: list[tuple[str, str, object]] = field(default_factory=list)  # (method, path, JSON sent)
 
     def tries(self, path: str) -> int:
         return sum(p == path for _, p, _ in self.seen)
@@ -51,9 +52,10 @@ def fake():
 
     class Handler(BaseHTTPRequestHandler):
         def answer(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             path = self.path.split("?")[0]
             script.seen.append((self.command, path, self.headers.get("Authorization")))
+            script.bodies.append((self.command, path, json.loads(sent) if sent else None))
             queue = script.answers.get(path) or [Answer(404, {"detail": "Not found."})]
             reply = queue.pop(0) if len(queue) > 1 else queue[0]
             time.sleep(reply.delay)
@@ -275,6 +277,19 @@ def test_a_task_deleted_before_its_fields_are_written_is_noted_not_refused(fake)
                            retry_delays=NO_WAIT) as client:
         assert client.write_task_fields(1, {task: {"dc_error_score": 0.5} for task in (1, 2)}) == 1
         assert client.deleted_tasks == {2} and not client.refused_writes
+
+
+def test_a_field_write_that_failed_is_retried_on_the_data_as_it_is_then(fake):
+    # the PATCH meets a 503; meanwhile a user edits the task: the retry must not put back the old note
+    fake.answers["/api/tasks/1/"] = [Answer(200, {"id": 1, "data": {"image": "x.png", "note": "original"}}),
+                                     Answer(503, {"detail": "restarting"}),
+                                     Answer(200, {"id": 1, "data": {"image": "x.png", "note": "user's edit"}}),
+                                     Answer(200, {"id": 1, "data": {}})]
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        assert client.write_task_fields(1, {1: {"dc_error_score": 0.5}}) == 1
+    assert [m for m, p, _ in fake.seen if p == "/api/tasks/1/"] == ["GET", "PATCH", "GET", "PATCH"]
+    assert fake.bodies[-1][2] == {"data": {"image": "x.png", "note": "user's edit", "dc_error_score": 0.5}}
 
 
 def test_field_writes_refused_for_every_task_are_an_error(fake):
