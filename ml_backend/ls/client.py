@@ -236,15 +236,32 @@ class LabelStudioClient:
     # --- predictions ------------------------------------------------------------------------
     def create_predictions(self, project_id: int, predictions: list[dict]) -> int:
         """Bulk-create predictions ``{"task", "result", "score", "model_version"}`` (``task_id``
-        is accepted for ``task``) through /api/projects/<id>/import/predictions. Returns the count."""
+        is accepted for ``task``) through /api/projects/<id>/import/predictions. Returns the count.
+        Tasks deleted since they were read are skipped and noted in ``deleted_tasks``."""
         items = [{**{k: v for k, v in p.items() if k != "task_id"}, "task": int(p.get("task", p.get("task_id")))}
                  for p in predictions]
-        created = 0
-        for start in range(0, len(items), PREDICTION_BATCH):
-            resp = self.request("POST", f"/api/projects/{int(project_id)}/import/predictions",
-                                json=items[start:start + PREDICTION_BATCH], timeout=BULK_TIMEOUT)
-            created += int((resp or {}).get("created", 0))
-        return created
+        return sum(self._import_predictions(project_id, items[start:start + PREDICTION_BATCH])
+                   for start in range(0, len(items), PREDICTION_BATCH))
+
+    def _import_predictions(self, project_id: int, batch: list[dict]) -> int:
+        """One import. Label Studio refuses a whole batch that names a task it no longer holds
+        (400): the batch goes again without the tasks the project's task list lacks."""
+        path = f"/api/projects/{int(project_id)}/import/predictions"
+        try:
+            resp = self.request("POST", path, json=batch, timeout=BULK_TIMEOUT)
+        except LabelStudioRejected as exc:
+            if exc.status != 400:
+                raise
+            held = {int(task["id"]) for task in self.paged_tasks({"project": int(project_id), "fields": "task_only"})}
+            gone = {p["task"] for p in batch} - held
+            if not gone:
+                raise
+            log.info("project %s: %d task(s) were deleted while we published; their predictions are skipped",
+                     project_id, len(gone))
+            self.deleted_tasks |= gone
+            batch = [p for p in batch if p["task"] in held]
+            resp = self.request("POST", path, json=batch, timeout=BULK_TIMEOUT) if batch else None
+        return int((resp or {}).get("created", 0))
 
     def model_versions(self, project_id: int) -> dict[str, int]:
         """Prediction counts by model_version (Label Studio also lists connected backends, at 0)."""

@@ -374,6 +374,18 @@ def test_predictions_are_created_in_bulk_and_only_ours_are_deleted(world):
         client.delete_predictions(pid, "")
 
 
+def test_predictions_of_tasks_deleted_since_the_analysis_read_them_are_skipped(world):
+    client = world["client"]
+    pid = client.create_project("deleted meanwhile", CONFIG)
+    tasks = client.import_tasks(pid, [{"data": {"img": f"/data/{n}.png"}} for n in range(3)])
+    client.request("DELETE", f"/api/tasks/{tasks[1]}/")  # a user deletes a task while the analysis runs
+    predictions = [{"task": t, "result": choice("circle"), "score": 0.5, "model_version": "deconfusion-v9"}
+                   for t in tasks]
+    assert client.create_predictions(pid, predictions) == 2  # Label Studio refuses the batch naming it
+    assert client.deleted_tasks & set(tasks) == {tasks[1]}
+    assert {v: n for v, n in client.model_versions(pid).items() if n} == {"deconfusion-v9": 2}
+
+
 def test_merged_task_fields_keep_user_keys(world):
     client, pid, task_id = world["client"], world["pid"], world["tasks"]["url-good"]
     # a user's own key that merely looks like ours is the user's: never rewritten or removed
