@@ -19,9 +19,9 @@ import numpy as np
 
 from .analysis import Analysis
 from .config import Settings
-from .errors import LabelStudioError
+from .errors import LabelConfigError, LabelStudioError
 from .ls.client import LabelStudioClient, annotation_time, timestamp
-from .ls.schema import ClassSpec
+from .ls.schema import ClassSpec, parse_label_config
 from .store import ProjectStore
 from .views.overview import all_clear_task_html, cell_task_html
 from .views.review import evidence_html
@@ -248,6 +248,20 @@ def unreviewed_candidates(analysis: Analysis, verdicts: dict[str, dict]) -> np.n
 def image_url(settings: Settings, project_id: int, version: str) -> Callable[[str, dict], str]:
     base = f"{settings.backend_url}/evidence/{project_id}/{version}"
     return lambda kind, params: f"{base}/{kind}.png?{urlencode(params)}"
+
+
+def check_classes_offered(project: dict, analysis: Analysis) -> None:
+    """LabelConfigError when a class of ``analysis`` is no longer a choice of ``project``'s
+    labeling config (as Label Studio holds it now): renamed or removed while the analysis ran,
+    Label Studio would drop every prediction of that class without a word, and the tabs would
+    still list those tasks."""
+    offered = set(parse_label_config(project.get("label_config", "")).labels)
+    gone = [name for name in analysis.class_names if name not in offered]
+    if gone:
+        raise LabelConfigError(
+            f"project {project.get('id', '')}: the labeling config no longer offers {', '.join(map(repr, gone))}, "
+            "which this analysis predicts: it changed while the analysis ran; nothing was published. Press Start "
+            "Training again to analyse the project as it is now")
 
 
 def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, spec: ClassSpec,

@@ -3,8 +3,10 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from ml_backend import publish
+from ml_backend.errors import LabelConfigError
 from ml_backend.ls.schema import ClassSpec
 from ml_backend.vocabulary import REVIEW_QUEUE_TAB, TAB_PREFIX, TASK_FIELDS
 from tests.unit.test_analysis import tiny_analysis
@@ -14,6 +16,17 @@ SPEC = ClassSpec(image_name="image", image_key="image", choices_name="label", la
 
 def with_duplicates(analysis, pairs, groups):
     return dataclasses.replace(analysis, duplicates=pairs, duplicate_group=np.array(groups))
+
+
+def config(*choices: str) -> str:
+    return ('<View><Image name="image" value="$image"/><Choices name="label" toName="image" choice="single">'
+            + "".join(f'<Choice value="{c}"/>' for c in choices) + "</Choices></View>")
+
+
+def test_a_class_renamed_while_the_analysis_ran_stops_publishing_with_what_to_do():
+    publish.check_classes_offered({"id": 5, "label_config": config("cat", "dog", "bird")}, tiny_analysis())
+    with pytest.raises(LabelConfigError, match=r"project 5: .* no longer offers 'dog'.*Press Start Training again"):
+        publish.check_classes_offered({"id": 5, "label_config": config("cat", "hound")}, tiny_analysis())
 
 
 def test_duplicate_groups_are_numbered_closest_copies_first():
