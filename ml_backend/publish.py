@@ -97,10 +97,11 @@ def review_fields(analysis: Analysis, i: int | None, verdict: dict | None) -> di
             "dc_reviewed": reviewed, "dc_excluded": int(reviewed == Verdict.REMOVED)}
 
 
-def left_out_fields(analysis: Analysis, verdict: dict | None) -> dict:
-    """The fields of a task ``analysis`` left out (an image a reviewer removed, or whose removal
-    was taken back since), written with this version like every field we write."""
-    return {**review_fields(analysis, None, verdict), VERSION_FIELD: analysis.model_version}
+def verdict_fields(analysis: Analysis, i: int | None, verdict: dict | None) -> dict:
+    """:func:`review_fields` with this version, as every field we write carries it: a verdict's
+    own write (on any task, flagged or not) and a task the analysis left out (``i`` None: an
+    image a reviewer removed, or whose removal was taken back since)."""
+    return {**review_fields(analysis, i, verdict), VERSION_FIELD: analysis.model_version}
 
 
 def leakage_members(analysis: Analysis) -> set[int]:
@@ -158,7 +159,7 @@ def desired_fields(
     for task, verdict in verdicts.items():
         task_id = int(task)
         if verdict["verdict"] == Verdict.REMOVED and task_id not in analysed and (tasks is None or task_id in tasks):
-            wanted[task_id] = left_out_fields(analysis, verdict)
+            wanted[task_id] = verdict_fields(analysis, None, verdict)
     return wanted
 
 

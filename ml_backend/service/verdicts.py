@@ -21,7 +21,7 @@ from ..errors import LabelStudioRejected
 from ..ls.client import LabelStudioClient, annotation_author, annotation_time, timestamp
 from ..ls.schema import ClassSpec
 from ..pipeline import rerank
-from ..publish import holding, is_flagged, left_out_fields, review_fields, saved_after_labels
+from ..publish import holding, is_flagged, saved_after_labels, verdict_fields
 from ..reviews import Review
 from ..store import ProjectStore, read_json
 from ..vocabulary import VERDICT_CONTROL, Verdict
@@ -372,12 +372,11 @@ def _in_project(client: LabelStudioClient, annotation: dict, project_id: int) ->
 def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectStore, analysis: Analysis,
                    task_ids: list[int]) -> None:
     """Reviewed tasks leave the review queue at once, removed ones go to the excluded tab; a task
-    whose verdict was forgotten comes back (``publish.review_fields`` as the verdicts stand now),
+    whose verdict was forgotten comes back (``publish.verdict_fields`` as the verdicts stand now),
     and so does a removed image the analysis left out whose removal was taken back, unranked until
     the next analysis. Tasks that already carry those fields are not written again."""
     verdicts, index = store.verdicts(), analysis.index_of_task()
-    updates = {t: review_fields(analysis, index[t], verdicts.get(str(t))) if t in index  # publishing gave the rest
-               else left_out_fields(analysis, verdicts.get(str(t))) for t in task_ids}
+    updates = {t: verdict_fields(analysis, index.get(t), verdicts.get(str(t))) for t in task_ids}
     try:
         client.merge_task_fields(project_id, updates)
     except Exception as exc:  # the verdict is stored; a repeated event or the next analysis writes the fields

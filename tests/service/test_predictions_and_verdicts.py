@@ -206,6 +206,10 @@ def test_a_removal_the_next_analysis_left_out_can_be_taken_back_and_given_again(
     assert record_verdicts(store, analysis, [annotation(33, 8, "cat", Verdict.REMOVED)]) == [8]  # but a removal
     _mark_reviewed(client, PROJECT, store, analysis, [8])  # fields we can find and remove again: with our version
     assert client.merged[8]["dc_excluded"] == 1 and client.merged[8]["dc_version"] == analysis.model_version
+    store.record_verdict(1, {"verdict": "kept", "label": "cat", "given": "cat", "annotation_id": 34,
+                             "version": analysis.model_version, "updated_at": "2026-12-05T11:10:00Z"})
+    _mark_reviewed(client, PROJECT, store, analysis, [1])  # an analysed task nothing flagged: our version too
+    assert client.merged[1]["dc_reviewed"] == "kept" and client.merged[1]["dc_version"] == analysis.model_version
 
 
 class TaskAnnotations:
