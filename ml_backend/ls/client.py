@@ -13,7 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 
 from ..config import Settings
 from ..dataset import SPLITS
@@ -26,6 +26,7 @@ from .transport import RETRY_DELAYS, Transport
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000  # tasks per /api/tasks page: ~3 ms per task on Label Studio's side
+LISTING_PASSES = 3  # passes over the task pages while tasks are deleted or added under them
 IMPORT_BATCH = 1000  # tasks per import request
 # Label Studio 1.23 recounts every task of the project after each prediction import request, so
 # predictions go in few, large requests: 20,000 on a 20,000-task project took 127 s in requests of
@@ -156,22 +157,40 @@ class LabelStudioClient:
 
     def paged_tasks(self, params: Mapping[str, Any], *, page_size: int = PAGE_SIZE) -> Iterator[dict]:
         """Label Studio's task list (/api/tasks/) for ``params`` (project, view, fields), page by
-        page, with raw data. Pages until ``total`` tasks came or a page is empty: Label Studio may
-        cap the page size (TASK_API_PAGE_SIZE_MAX), so a short page is not the last one."""
-        seen, page = 0, 1
+        page, with raw data, each task once. Tasks deleted or added while it pages shift the pages
+        under it (a task of page 2 moves to page 1, already read), so a pass that saw ``total``
+        change or a page go missing is followed by another from the first page, up to
+        LISTING_PASSES: else the tasks it skipped would keep an older analysis' fields."""
+        listed: set[int] = set()
+        for _ in range(LISTING_PASSES):
+            shifted = yield from self._listing_pass(params, page_size, listed)
+            if not shifted:
+                return
+
+    def _listing_pass(self, params: Mapping[str, Any], page_size: int, listed: set[int]
+                      ) -> Generator[dict, None, bool]:
+        """One pass over the pages, yielding the tasks not ``listed`` yet (and adding them); returns
+        whether the pages shifted under it. Pages until ``total`` tasks came or a page is empty:
+        Label Studio may cap the page size (TASK_API_PAGE_SIZE_MAX), so a short page is not the last."""
+        seen, page, first_total = 0, 1, None
         while True:
             try:
                 resp = self.request("GET", "/api/tasks/", params={
                     **params, "page": page, "page_size": page_size, "resolve_uri": "false"})
             except LabelStudioRejected as exc:
                 if exc.status == 404 and page > 1:  # past the last page: tasks deleted while paging
-                    return
+                    return True
                 raise
             tasks = resp.get("tasks", []) if isinstance(resp, dict) else []
-            yield from tasks
+            total = int(resp.get("total", 0)) if isinstance(resp, dict) else 0
+            first_total = total if first_total is None else first_total
+            for task in tasks:
+                if int(task["id"]) not in listed:
+                    listed.add(int(task["id"]))
+                    yield task
             seen += len(tasks)
-            if not tasks or seen >= int(resp.get("total", 0)):
-                return
+            if not tasks or seen >= total:
+                return total != first_total
             page += 1
 
     def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:

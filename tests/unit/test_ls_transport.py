@@ -226,11 +226,18 @@ def test_task_paging_goes_on_when_label_studio_caps_the_page_size(fake):
     assert fake.tries("/api/tasks/") == 3
 
 
-def test_task_paging_ends_at_a_missing_page_when_tasks_were_deleted_meanwhile(fake):
-    fake.answers["/api/tasks/"] = [tasks_page([1, 2], 5), Answer(404, {"detail": "Invalid page."})]
+def test_task_paging_reads_again_when_tasks_were_deleted_meanwhile(fake):
+    # task 2 is deleted after page 1 was read: task 3 moves to page 1, and page 2 holds task 4 only
+    fake.answers["/api/tasks/"] = [tasks_page([1, 2], 4), tasks_page([4], 3),
+                                   tasks_page([1, 3], 3), tasks_page([4], 3)]
     with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
                            retry_delays=NO_WAIT) as client:
-        assert [t["id"] for t in client.iter_tasks(1)] == [1, 2]
+        assert [t["id"] for t in client.iter_tasks(1)] == [1, 2, 4, 3]  # each once, none skipped
+        # a page gone missing (the last tasks deleted) also reads the pages again
+        fake.answers["/api/tasks/"] = [tasks_page([5, 6], 5), Answer(404, {"detail": "Invalid page."}),
+                                       tasks_page([5, 6], 2)]
+        assert [t["id"] for t in client.iter_tasks(1)] == [5, 6]
+    assert fake.tries("/api/tasks/") == 7
 
 
 def test_an_export_that_keeps_failing_falls_back_to_paging(fake):
