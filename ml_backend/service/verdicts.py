@@ -89,7 +89,8 @@ class VerdictHandler:
             found = client.find_annotations(annotation_ids)
             if action == "ANNOTATIONS_DELETED":
                 gone = {a for a, annotation in found.items() if annotation is None}
-                forgotten = forget_verdicts(store, gone)
+                forgotten = forget_verdicts(store, gone, held=lambda ids: {
+                    a for a, annotation in client.find_annotations(ids).items() if annotation is not None})
                 # another reviewer's annotation still speaks for the task; else it is back in the queue
                 record_verdicts(store, analysis, reviews_left(client, analysis, forgotten))
                 _mark_reviewed(client, project_id, store, analysis, forgotten)
@@ -284,14 +285,18 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
 
 def _earlier_reviews(stored: dict | None, annotation_id: int, read: dict) -> dict:
     """The ids of the annotations whose verdicts a new one on the task replaces (reviews, never a
-    labeler's label: ``service.analyze.labelers_annotations``), and the labels an analysis read
-    from annotations reviewers edited in place (``read``, see :func:`_label_read`), as the
-    verdict's own fields."""
-    earlier = set(stored.get("earlier_annotations", [])) if stored else set()
+    labeler's label: ``service.analyze.labelers_annotations``), the labels an analysis read from
+    annotations reviewers edited in place (``read``, see :func:`_label_read`), and the verdict
+    another annotation gave before (``replaced``: it speaks again if this annotation is
+    deleted, :func:`forget_verdicts`), as the verdict's own fields."""
+    stored = stored or {}
+    earlier, replaced = set(stored.get("earlier_annotations", [])), stored.get("replaced")
     if stored and stored.get("annotation_id") != annotation_id:
         earlier.add(stored["annotation_id"])
-    read = {**read, **(stored or {}).get("read_labels", {})}  # the first reading is the labeler's
-    return {**({"earlier_annotations": sorted(earlier)} if earlier else {}), **({"read_labels": read} if read else {})}
+        replaced = stored
+    read = {**read, **stored.get("read_labels", {})}  # the first reading is the labeler's
+    fields = {"earlier_annotations": sorted(earlier), "read_labels": read, "replaced": replaced}
+    return {key: value for key, value in fields.items() if value}
 
 
 def _label_read(store: ProjectStore, analysis: Analysis, annotation: dict, label: str) -> dict:
@@ -334,12 +339,26 @@ def reviews_left(client: LabelStudioClient, analysis: Analysis, task_ids: list[i
     return left
 
 
-def forget_verdicts(store: ProjectStore, deleted_annotations: set[int]) -> list[int]:
-    """Forget the verdicts of annotations Label Studio no longer holds; returns their task ids."""
-    forgotten = [int(t) for t, v in store.verdicts().items() if v.get("annotation_id") in deleted_annotations]
-    for task_id in forgotten:
-        store.forget_verdict(task_id)
-    return forgotten
+def forget_verdicts(store: ProjectStore, deleted_annotations: set[int],
+                    held: Callable[[list[int]], set[int]]) -> list[int]:
+    """Forget the verdicts of annotations Label Studio no longer holds; where such a verdict
+    replaced one whose annotation Label Studio still holds (``held``: the ids of those it holds;
+    an earlier iteration's review, which no later analysis' labels count as new), that one speaks
+    for the task again. Returns the ids of the tasks whose verdict went or came back."""
+    touched = [int(t) for t, v in store.verdicts().items() if v.get("annotation_id") in deleted_annotations]
+    for task_id in touched:
+        chain, verdict = [], store.verdicts()[str(task_id)].get("replaced")
+        while verdict:
+            chain.append(verdict)
+            verdict = verdict.get("replaced")
+        alive = held([v["annotation_id"] for v in chain if v["annotation_id"] not in deleted_annotations]) \
+            if chain else set()
+        standing = next((v for v in chain if v["annotation_id"] in alive), None)
+        if standing is None:
+            store.forget_verdict(task_id)
+        else:
+            store.record_verdict(task_id, standing)
+    return touched
 
 
 def retrain_due(store: ProjectStore, after_verdicts: int) -> bool:

@@ -150,7 +150,7 @@ def test_verdicts_are_recorded_once_per_decision_and_name_what_the_reviewer_did(
 
 def test_deleted_annotations_take_their_verdicts_with_them(store):
     record_verdicts(store, store.load_analysis(), [annotation(11, 2, "dog"), annotation(12, 1, "cat")])
-    assert forget_verdicts(store, {11, 404}) == [2]
+    assert forget_verdicts(store, {11, 404}, held=lambda ids: set()) == [2]
     assert list(store.verdicts()) == ["1"]
 
 
@@ -228,11 +228,28 @@ def test_a_task_whose_second_reviewer_annotation_is_deleted_keeps_the_first_revi
     first, second = annotation(11, 2, "dog", saved="2026-12-05T10:00:00Z"), annotation(12, 2, "cat",
                                                                                        saved="2026-12-05T10:30:00Z")
     record_verdicts(store, analysis, [first, second])
-    assert forget_verdicts(store, {12}) == [2]
+    assert forget_verdicts(store, {12}, held=lambda ids: {11} & set(ids)) == [2]
     record_verdicts(store, analysis, reviews_left(TaskAnnotations([labeler, first]), analysis, [2]))
     assert store.verdicts()["2"]["annotation_id"] == 11 and store.verdicts()["2"]["verdict"] == "relabeled_to_model"
-    assert forget_verdicts(store, {11}) == [2]
+    assert forget_verdicts(store, {11}, held=lambda ids: set()) == [2]
     assert reviews_left(TaskAnnotations([labeler]), analysis, [2]) == []  # only the labeler's: back in the queue
+
+
+def test_deleting_a_second_review_gives_the_task_back_the_earlier_iterations_review(store):
+    older = dataclasses.replace(store.load_analysis(), model_version="deconfusion-older",
+                                summary={"labels_as_of": "2026-12-05T08:00:00Z"})
+    record_verdicts(store, older, [annotation(11, 2, "dog", saved="2026-12-05T09:00:00Z")])  # relabeled on v1
+    first = store.verdicts()["2"]
+    # v2 read task 2 as dog (the relabel), and a second reviewer changed it to cat on v2
+    analysis = dataclasses.replace(store.load_analysis(), labels=np.array([0, 1, 1, 1]),
+                                   summary={"labels_as_of": "2026-12-05T09:30:00Z"})
+    record_verdicts(store, analysis, [annotation(12, 2, "cat", saved="2026-12-05T10:00:00Z")])
+    assert store.verdicts()["2"]["earlier_annotations"] == [11]
+    assert forget_verdicts(store, {12}, held=lambda ids: {11} & set(ids)) == [2]  # annotation 12 deleted
+    assert store.verdicts()["2"] == first  # the v1 review stands again
+    record = Record("t2.png", b"", "dog", task_id=2, annotations=((5, 10, "cat"), (11, 30, "dog")))
+    assert labelers_annotations([record], store.verdicts()) == {2: [(10, "cat")]}  # 11 stays a review
+    assert forget_verdicts(store, {11}, held=lambda ids: set()) == [2] and "2" not in store.verdicts()
 
 
 def test_a_label_a_reviewer_changes_in_place_stays_its_labelers_in_the_annotator_table(store):
