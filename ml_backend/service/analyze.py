@@ -140,14 +140,15 @@ def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> di
     read = {int(a): tuple(made) for v in verdicts.values() for a, made in v.get("read_labels", {}).items()}
     labelers = {}
     for record in records:
-        newest: dict[int | None, str] = {}
+        newest: dict[int | str, tuple[int | None, str]] = {}
         for annotation_id, annotator, label in record.annotations:  # oldest first: the last one stays
             if annotation_id in read:
                 annotator, label = read[annotation_id]
-                newest[annotator] = label
-            elif annotation_id not in reviews:
-                newest[annotator] = label
-        labelers[record.task_id] = list(newest.items())
+            elif annotation_id in reviews:
+                continue
+            # deleted users' annotations have no author: each is someone's label
+            newest[annotator if annotator is not None else f"unknown {annotation_id}"] = (annotator, label)
+        labelers[record.task_id] = list(newest.values())
     return labelers
 
 

@@ -27,24 +27,29 @@ def crowd_summary(analysis: Analysis, annotations: Mapping[int, Sequence[tuple[i
     """
     index, names = analysis.index_of_task(), analysis.class_names
     rows = []  # [task, annotator, label, gave the analysed label, flagged]
+    columns = []  # each row's annotator in the consensus: unknown authors of one task apart (-1, -2, ...)
     for task, labels in annotations.items():
         i = index.get(int(task))
         if i is None:
             continue
+        unknown = UNKNOWN_ANNOTATOR
         for annotator, label in labels:
             if label in names:
                 rows.append([int(task), UNKNOWN_ANNOTATOR if annotator is None else int(annotator), label,
                              label == names[analysis.labels[i]], bool(analysis.is_candidate[i])])
+                columns.append(rows[-1][1] if annotator is not None else unknown)
+                if annotator is None:
+                    unknown -= 1
     annotators = sorted({r[1] for r in rows})
     summary = {"annotations": rows, "annotators": annotators, "multi_annotated": 0, "disagreements": {},
                "annotator_quality": {}, "notes": []}
     if not rows:
         return summary
-    tasks = sorted({r[0] for r in rows})
-    row_of, col_of = {t: n for n, t in enumerate(tasks)}, {a: m for m, a in enumerate(annotators)}
-    matrix = np.full((len(tasks), len(annotators)), np.nan)
-    for task, annotator, label, _, _ in rows:
-        matrix[row_of[task], col_of[annotator]] = names.index(label)
+    tasks, consensus_annotators = sorted({r[0] for r in rows}), sorted(set(columns))
+    row_of, col_of = {t: n for n, t in enumerate(tasks)}, {a: m for m, a in enumerate(consensus_annotators)}
+    matrix = np.full((len(tasks), len(consensus_annotators)), np.nan)
+    for (task, _, label, _, _), column in zip(rows, columns):
+        matrix[row_of[task], col_of[column]] = names.index(label)
     probs = analysis.pred_probs[[index[t] for t in tasks]]
     consensus = consensus_labels(matrix, probs)
     order = disagreement_order(matrix, consensus.quality, consensus.agreement)
@@ -55,7 +60,7 @@ def crowd_summary(analysis: Analysis, annotations: Mapping[int, Sequence[tuple[i
                                        "agreement": round(float(consensus.agreement[n]), 4)}
                        for rank, n in enumerate(order, 1)},
         annotator_quality={str(a): None if np.isnan(q) else round(float(q), 4)
-                           for a, q in zip(annotators, consensus.annotator_quality)},
+                           for a, q in zip(consensus_annotators, consensus.annotator_quality) if a in annotators},
         notes=list(consensus.notes))
     return summary
 

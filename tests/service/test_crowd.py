@@ -50,6 +50,18 @@ def test_the_report_names_who_labeled_what_was_flagged_and_found_wrong():
     assert "ann@example.org" in page and "1 (50.0%)" in page
 
 
+def test_annotations_of_deleted_users_each_count_and_make_one_unknown_row():
+    # task 1: a deleted user said cat, another deleted user dog, user 10 cat (Label Studio exports no author)
+    record = Record("t1.png", b"", "cat", task_id=1, annotations=((5, None, "cat"), (6, None, "dog"), (7, 10, "cat")))
+    labelers = labelers_annotations([record], {})
+    assert labelers == {1: [(None, "cat"), (None, "dog"), (10, "cat")]}
+    crowd = crowd_summary(tiny_analysis(), labelers)
+    assert crowd["annotators"] == [-1, 10] and crowd["multi_annotated"] == 1
+    assert crowd["disagreements"]["1"]["agreement"] == round(2 / 3, 4)
+    table = {row["name"]: row for row in annotator_report(crowd, {}, {})}
+    assert table["unknown"]["labels"] == 2 and table["user 10"]["labels"] == 1
+
+
 def test_removing_a_copy_does_not_count_against_who_labeled_it():
     crowd = crowd_summary(tiny_analysis(), ANNOTATIONS)
     removed = {"3": {"verdict": "removed", "label": "dog", "given": "dog"}}  # user 10's dog on task 3: a copy
