@@ -384,21 +384,22 @@ class LabelStudioClient:
         recorded in ``refused_writes`` and left as it is, so it does not cost every other task
         its fields (a proxy's body-size limit on a task whose data embeds an image, a validation
         rule of a customised Label Studio)."""
-        for delay in self.transport.retry_delays:
-            try:
-                return self._rewrite_once(task_id, change)
-            except LabelStudioUnavailable as exc:
-                log.warning("task %s: %s; reading it again in %.1f s", task_id, exc, delay)
-                time.sleep(delay)
-        return self._rewrite_once(task_id, change)
-
-    def _rewrite_once(self, task_id: int, change: Callable[[dict], dict]) -> bool:
+        delays = iter(self.transport.retry_delays)
         try:
-            before = self.get_task(task_id).get("data") or {}
-            after = change(before)
-            if after == before:
-                return False
-            self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after}, once=True)
+            while True:
+                before = self.get_task(task_id).get("data") or {}  # the transport retries a read
+                after = change(before)
+                if after == before:
+                    return False
+                try:
+                    self.request("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": after}, once=True)
+                    break
+                except LabelStudioUnavailable as exc:
+                    delay = next(delays, None)
+                    if delay is None:
+                        raise
+                    log.warning("task %s: %s; reading it again in %.1f s", task_id, exc, delay)
+                    time.sleep(delay)
         except LabelStudioRejected as exc:
             if exc.status == 404:
                 log.info("task %s was deleted while we published; its fields are skipped", task_id)

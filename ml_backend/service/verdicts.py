@@ -271,7 +271,7 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
                    "annotation_id": annotation["id"], "version": analysis.model_version,
                    "updated_at": annotation.get("updated_at") or annotation.get("created_at") or "",
                    **_earlier_reviews(stored.get(str(task_id)), annotation["id"],
-                                      _label_read(store, analysis, annotation, judged[0]))}
+                                      _label_read(store, analysis, annotation, judged[0], stored.get(str(task_id))))}
         if task_id not in decided or _replaces(decided[task_id], verdict):
             decided[task_id] = verdict
     taken_back = []
@@ -287,32 +287,38 @@ def _earlier_reviews(stored: dict | None, annotation_id: int, read: dict) -> dic
     """The ids of the annotations whose verdicts a new one on the task replaces (reviews, never a
     labeler's label: ``service.analyze.labelers_annotations``), the labels an analysis read from
     annotations reviewers edited in place (``read``, see :func:`_label_read`), and the verdict
-    another annotation gave before (``replaced``: it speaks again if this annotation is
-    deleted, :func:`forget_verdicts`), as the verdict's own fields."""
+    other annotations gave before, newest first (``replaced``, one per annotation: the first whose
+    annotation Label Studio still holds speaks again if this one is deleted, :func:`forget_verdicts`),
+    as the verdict's own fields."""
     stored = stored or {}
-    earlier, replaced = set(stored.get("earlier_annotations", [])), stored.get("replaced")
+    earlier, replaced = set(stored.get("earlier_annotations", [])), stored.get("replaced", [])
     if stored and stored.get("annotation_id") != annotation_id:
         earlier.add(stored["annotation_id"])
-        replaced = stored
+        replaced = [{k: v for k, v in stored.items() if k != "replaced"},
+                    *(v for v in replaced if v["annotation_id"] != stored["annotation_id"])]
     read = {**read, **stored.get("read_labels", {})}  # the first reading is the labeler's
     fields = {"earlier_annotations": sorted(earlier), "read_labels": read, "replaced": replaced}
     return {key: value for key, value in fields.items() if value}
 
 
-def _label_read(store: ProjectStore, analysis: Analysis, annotation: dict, label: str) -> dict:
-    """{annotation id: [author, label]} when ``annotation`` existed before ``analysis`` read the
-    labels: a reviewer (or its labeler) changed a label in place, and the annotation keeps its
-    author. That author made the label the analysis read (their row of its ``crowd.json``, else
-    the task's label ``label``), which the annotator table judges; {} for a new annotation."""
+def _label_read(store: ProjectStore, analysis: Analysis, annotation: dict, label: str, stored: dict | None) -> dict:
+    """{annotation id: [author, label]} when ``annotation`` was a labeler's label ``analysis``
+    read: it existed before the analysis read the labels, was no review (``stored``: the task's
+    verdict), and a reviewer (or its labeler) changed it in place, the annotation keeping its
+    author. The label is that author's row of the analysis' ``crowd.json`` (the task's label
+    ``label`` for an analysis without one), which the annotator table judges; else {}."""
     labels_as_of = analysis.summary.get("labels_as_of")
     created = annotation.get("created_at")
-    if not (label and labels_as_of and created) or timestamp(created) > timestamp(labels_as_of):
+    reviews = {(stored or {}).get("annotation_id"), *(stored or {}).get("earlier_annotations", [])}
+    if not (label and labels_as_of and created) or timestamp(created) > timestamp(labels_as_of) \
+            or annotation["id"] in reviews:
         return {}
     author, task = annotation_author(annotation), int(annotation["task"])
-    rows = read_json(store.version_dir(analysis.model_version) / CROWD_FILE, {}).get("annotations") or []
-    key = UNKNOWN_ANNOTATOR if author is None else author
-    label = next((row[2] for row in rows if row[0] == task and row[1] == key), label)
-    return {str(annotation["id"]): [author, label]}
+    crowd = read_json(store.version_dir(analysis.model_version) / CROWD_FILE, None)
+    if crowd is not None:  # the labels it counted; none of this author's: a review of an older iteration
+        key = UNKNOWN_ANNOTATOR if author is None else author
+        label = next((row[2] for row in crowd.get("annotations") or [] if row[0] == task and row[1] == key), None)
+    return {str(annotation["id"]): [author, label]} if label else {}
 
 
 def _replaces(stored: dict, new: dict) -> bool:
@@ -347,17 +353,15 @@ def forget_verdicts(store: ProjectStore, deleted_annotations: set[int],
     for the task again. Returns the ids of the tasks whose verdict went or came back."""
     touched = [int(t) for t, v in store.verdicts().items() if v.get("annotation_id") in deleted_annotations]
     for task_id in touched:
-        chain, verdict = [], store.verdicts()[str(task_id)].get("replaced")
-        while verdict:
-            chain.append(verdict)
-            verdict = verdict.get("replaced")
-        alive = held([v["annotation_id"] for v in chain if v["annotation_id"] not in deleted_annotations]) \
-            if chain else set()
-        standing = next((v for v in chain if v["annotation_id"] in alive), None)
+        earlier = store.verdicts()[str(task_id)].get("replaced", [])
+        candidates = [v["annotation_id"] for v in earlier if v["annotation_id"] not in deleted_annotations]
+        alive = held(candidates) if candidates else set()
+        standing = next((n for n, v in enumerate(earlier) if v["annotation_id"] in alive), None)
         if standing is None:
             store.forget_verdict(task_id)
         else:
-            store.record_verdict(task_id, standing)
+            older = earlier[standing + 1:]
+            store.record_verdict(task_id, {**earlier[standing], **({"replaced": older} if older else {})})
     return touched
 
 
@@ -395,7 +399,9 @@ def _mark_reviewed(client: LabelStudioClient, project_id: int, store: ProjectSto
     and so does a removed image the analysis left out whose removal was taken back, unranked until
     the next analysis. Tasks that already carry those fields are not written again."""
     verdicts, index = store.verdicts(), analysis.index_of_task()
-    updates = {t: verdict_fields(analysis, index.get(t), verdicts.get(str(t))) for t in task_ids}
+    # as publishing reads them: an analysed task's verdict only where it still speaks for its label
+    updates = {t: verdict_fields(analysis, index.get(t), verdicts.get(str(t)) if t not in index
+                                 else holding(analysis, index[t], verdicts.get(str(t)))) for t in task_ids}
     try:
         client.merge_task_fields(project_id, updates)
     except Exception as exc:  # the verdict is stored; a repeated event or the next analysis writes the fields

@@ -250,6 +250,43 @@ def test_deleting_a_second_review_gives_the_task_back_the_earlier_iterations_rev
     record = Record("t2.png", b"", "dog", task_id=2, annotations=((5, 10, "cat"), (11, 30, "dog")))
     assert labelers_annotations([record], store.verdicts()) == {2: [(10, "cat")]}  # 11 stays a review
     assert forget_verdicts(store, {11}, held=lambda ids: set()) == [2] and "2" not in store.verdicts()
+    # three reviews: each verdict keeps the ones before it, one level deep, newest first
+    record_verdicts(store, older, [annotation(11, 2, "dog", saved="2026-12-05T09:00:00Z")])
+    record_verdicts(store, analysis, [annotation(12, 2, "cat", saved="2026-12-05T10:00:00Z")])
+    record_verdicts(store, analysis, [annotation(13, 2, "dog", saved="2026-12-05T10:30:00Z")])
+    assert [v["annotation_id"] for v in store.verdicts()["2"]["replaced"]] == [12, 11]
+    assert not any("replaced" in v for v in store.verdicts()["2"]["replaced"])
+    assert forget_verdicts(store, {13, 12}, held=lambda ids: {11} & set(ids)) == [2]
+    assert store.verdicts()["2"] == first
+
+
+def test_a_review_given_back_that_no_longer_speaks_for_the_label_puts_its_task_back_in_the_queue(store):
+    older = dataclasses.replace(store.load_analysis(), model_version="deconfusion-older",
+                                summary={"labels_as_of": "2026-12-05T08:00:00Z"})
+    record_verdicts(store, older, [annotation(11, 2, "dog", saved="2026-12-05T09:00:00Z")])  # relabeled on v1
+    middle = dataclasses.replace(older, model_version="deconfusion-middle", labels=np.array([0, 1, 1, 1]),
+                                 summary={"labels_as_of": "2026-12-05T09:30:00Z"})
+    record_verdicts(store, middle, [annotation(12, 2, "cat", saved="2026-12-05T10:00:00Z")])  # back to cat on v2
+    analysis = dataclasses.replace(store.load_analysis(), summary={"labels_as_of": "2026-12-05T10:30:00Z"})  # cat
+    assert forget_verdicts(store, {12}, held=lambda ids: {11} & set(ids)) == [2]
+    client = MergedFields()
+    _mark_reviewed(client, PROJECT, store, analysis, [2])  # v1's "dog" is not this analysis' label
+    assert client.merged[2]["dc_unreviewed"] == 1 and client.merged[2]["dc_reviewed"] == ""
+
+
+def test_a_reviewer_who_edits_an_earlier_iterations_review_in_place_is_no_labeler(store):
+    def by_30(label, saved):  # the review annotation, created at 09:00 and saved again in place later
+        return {**annotation(11, 2, label, saved=saved), "created_at": "2026-12-05T09:00:00Z", "completed_by": 30}
+    older = dataclasses.replace(store.load_analysis(), model_version="deconfusion-older",
+                                summary={"labels_as_of": "2026-12-05T08:00:00Z"})
+    record_verdicts(store, older, [by_30("dog", "2026-12-05T09:00:00Z")])
+    analysis = dataclasses.replace(store.load_analysis(), labels=np.array([0, 1, 1, 1]),
+                                   summary={"labels_as_of": "2026-12-05T09:30:00Z"})
+    write_json(store.version_dir(analysis.model_version) / CROWD_FILE, crowd_summary(analysis, {2: [(10, "cat")]}))
+    record_verdicts(store, analysis, [by_30("cat", "2026-12-05T10:00:00Z")])  # a change of mind, in place
+    assert "read_labels" not in store.verdicts()["2"]
+    record = Record("t2.png", b"", "cat", task_id=2, annotations=((5, 10, "cat"), (11, 30, "cat")))
+    assert labelers_annotations([record], store.verdicts()) == {2: [(10, "cat")]}
 
 
 def test_a_label_a_reviewer_changes_in_place_stays_its_labelers_in_the_annotator_table(store):

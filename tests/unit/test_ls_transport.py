@@ -299,6 +299,15 @@ def test_a_field_write_that_failed_is_retried_on_the_data_as_it_is_then(fake):
     assert fake.bodies[-1][2] == {"data": {"image": "x.png", "note": "user's edit", "dc_error_score": 0.5}}
 
 
+def test_a_field_write_to_a_label_studio_that_is_down_gives_up_after_the_usual_tries(fake):
+    fake.answers["/api/tasks/1/"] = [Answer(500, {"detail": "down"})]
+    with LabelStudioClient(Settings(label_studio_url=fake.url, label_studio_api_key="0" * 40),
+                           retry_delays=NO_WAIT) as client:
+        with pytest.raises(LabelStudioUnavailable, match="after 3 tries"):
+            client.write_task_fields(1, {1: {"dc_error_score": 0.5}})
+    assert fake.tries("/api/tasks/1/") == 3  # the read's own tries, not three times over
+
+
 def test_field_writes_refused_for_every_task_are_an_error(fake):
     for task in range(1, 13):
         fake.answers[f"/api/tasks/{task}/"] = task_answers(refused=True)
