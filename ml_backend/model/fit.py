@@ -10,8 +10,8 @@ analysis uses the same folds. Views (:func:`choose_views`), each a backbone:
 - ``small_cnn``, for images up to 64 px: a small CNN trained from scratch,
   ``epochs = clip(ceil(150_000 / training images), 3, 40)`` (MNIST, 52,500 training images
   per fold: 3 epochs);
-- a frozen ImageNet-pretrained backbone (``efficientnet_lite0`` by default, from the offline
-  weights package), for colour images of any size and for large grey ones: its pooled
+- frozen ImageNet-pretrained backbones (EfficientNet-Lite0 and Lite2, from the offline
+  weights packages), for colour images of any size and for large grey ones: their pooled
   features are computed once (small colour images upscaled to 160 px, small grey ones to
   64 px) and a multinomial logistic regression head (L-BFGS, L2 penalty HEAD_L2 on
   standardised features) is fitted per fold.
@@ -46,11 +46,12 @@ from .nets import SMALL_IMAGE_SIDE, FeatureHead, HeadOnFeatures, PretrainedFeatu
 log = logging.getLogger("ml_backend.model")
 
 HEAD_CHUNK = 8192  # images per head forward pass when scoring all images
-DEFAULT_PRETRAINED = "efficientnet_lite0"  # Lite1/Lite2 alone cost 1.5x the time for no better CIFAR features,
-# but as a second view beside Lite0 Lite2 adds what one network misses (CIFAR-10N, cached features,
-# combined AP aggre 0.649 -> 0.682, random1 0.801 -> 0.829; Lite0+Lite1+Lite2 0.687 for 1.5x more time;
-# Fashion-MNIST corruption at 64 px 0.610 -> 0.629).
-PRETRAINED_PAIR = (DEFAULT_PRETRAINED, "efficientnet_lite2")  # what 'auto' adds to a small CNN
+# The pretrained views of 'auto' for photos (beside a CNN on small ones). Lite1/Lite2 alone cost 1.5x
+# the time of Lite0 for no better CIFAR features, but as a second view beside Lite0 Lite2 adds what one
+# network misses (CIFAR-10N, cached features, combined AP aggre 0.649 -> 0.682, random1 0.801 -> 0.829;
+# at 224 px without the CNN 0.643 -> 0.719 and 0.795 -> 0.846; Lite0+Lite1+Lite2 0.687 for 1.5x more
+# time; Fashion-MNIST corruption at 64 px 0.610 -> 0.629). Lite0 comes first: it explains images.
+PRETRAINED_PAIR = ("efficientnet_lite0", "efficientnet_lite2")
 SMALL_CNN_SAMPLES = 150_000  # training images seen per fold model (auto epochs)
 SMALL_CNN_EPOCHS = (3, 40)
 # A first look (the pipeline's question: does a lone CNN already tell grey images apart?) sees a
@@ -102,10 +103,12 @@ def choose_views(image_shape: tuple[int, int, int], requested: str = "auto") -> 
         ``torchvision:<arch>``, ``hub:<repo>:<model>``), or several joined by '+'
         (e.g. 'small_cnn+efficientnet_lite2'). 'auto': grey images up to 64 px (digits)
         -> ['small_cnn']; colour images up to 64 px (CIFAR-like photos) -> ['small_cnn',
-        'efficientnet_lite0', 'efficientnet_lite2'] (PRETRAINED_PAIR); larger images -> ['efficientnet_lite0']
-        (a CNN from scratch on photos is weak and slow on a CPU). Measured on CIFAR-10N: the Lite0 view
-        alone ranks errors with AP 0.62, the CNN alone 0.43, both (with kNN and consensus) 0.65, with
-        Lite2 as a third view 0.68. For grey images the pipeline adds the two pretrained views only
+        'efficientnet_lite0', 'efficientnet_lite2'] (PRETRAINED_PAIR); larger images -> the two
+        pretrained views (a CNN from scratch on photos is weak and slow on a CPU). Measured on CIFAR-10N:
+        the Lite0 view alone ranks errors with AP 0.62, the CNN alone 0.43, both (with kNN and consensus)
+        0.65, with Lite2 as a third view 0.68; at 224 px, as larger photos are seen, Lite0 alone 0.643,
+        with Lite2 0.719 (majority-vote labels; one annotator's 0.795 -> 0.846). For grey images the
+        pipeline adds the two pretrained views only
         when the CNN turns out to confuse classes beyond the label noise
         (``pipeline.CONFUSION_FOR_PRETRAINED``): Fashion-MNIST yes, digits no.
     """
@@ -114,7 +117,7 @@ def choose_views(image_shape: tuple[int, int, int], requested: str = "auto") -> 
     small = max(image_shape[:2]) <= SMALL_IMAGE_SIDE
     if small and image_shape[2] == 1:
         return ["small_cnn"]
-    return ["small_cnn", *PRETRAINED_PAIR] if small else [DEFAULT_PRETRAINED]
+    return ["small_cnn", *PRETRAINED_PAIR] if small else list(PRETRAINED_PAIR)
 
 
 def choose_backbone(num_images: int, image_shape: tuple[int, int, int], requested: str = "auto") -> str:

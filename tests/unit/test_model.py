@@ -226,7 +226,8 @@ def test_choose_backbone_auto_rule(shape, expected):
 
 @pytest.mark.parametrize("shape, expected", [
     ((28, 28, 1), ["small_cnn"]), ((32, 32, 3), ["small_cnn", "efficientnet_lite0", "efficientnet_lite2"]),
-    ((160, 120, 1), ["efficientnet_lite0"]), ((160, 120, 3), ["efficientnet_lite0"])])
+    ((160, 120, 1), ["efficientnet_lite0", "efficientnet_lite2"]),
+    ((160, 120, 3), ["efficientnet_lite0", "efficientnet_lite2"])])
 def test_auto_views_add_pretrained_features_to_colour_photos_of_any_size(shape, expected):
     assert choose_views(shape) == expected
     assert choose_views(shape, "small_cnn+efficientnet_lite2") == ["small_cnn", "efficientnet_lite2"]
