@@ -251,18 +251,20 @@ def image_url(settings: Settings, project_id: int, version: str) -> Callable[[st
     return lambda kind, params: f"{base}/{kind}.png?{urlencode(params)}"
 
 
-def check_classes_offered(project: dict, analysis: Analysis) -> None:
-    """LabelConfigError when a class of ``analysis`` is no longer a choice of ``project``'s
-    labeling config (as Label Studio holds it now): renamed or removed while the analysis ran,
-    Label Studio would drop every prediction of that class without a word, and the tabs would
-    still list those tasks."""
-    offered = set(parse_label_config(project.get("label_config", "")).labels)
-    gone = [name for name in analysis.class_names if name not in offered]
+def check_config_unchanged(project: dict, spec: ClassSpec, analysis: Analysis) -> None:
+    """LabelConfigError when ``project``'s labeling config (as Label Studio holds it now) no
+    longer takes the predictions of ``analysis``, made for ``spec`` (the config when it began): a
+    class, the Choices or the Image renamed or removed while it ran. Label Studio would drop those
+    predictions without a word, and the tabs would still list their tasks."""
+    now = parse_label_config(project.get("label_config", ""))
+    gone = [repr(name) for name in analysis.class_names if name not in now.labels]
+    gone += [f"{tag} {old!r}" for tag, old, new in (("<Choices name>", spec.choices_name, now.choices_name),
+                                                     ("<Image name>", spec.image_name, now.image_name)) if old != new]
     if gone:
         raise LabelConfigError(
-            f"project {project.get('id', '')}: the labeling config no longer offers {', '.join(map(repr, gone))}, "
-            "which this analysis predicts: it changed while the analysis ran; nothing was published. Press Start "
-            "Training again to analyse the project as it is now")
+            f"project {project.get('id', '')}: the labeling config no longer offers {', '.join(gone)}, which "
+            "this analysis' predictions name: it changed while the analysis ran; nothing was published. Press "
+            "Start Training again to analyse the project as it is now")
 
 
 def publish_analysis(client: LabelStudioClient, project_id: int, project: dict, spec: ClassSpec,

@@ -66,7 +66,7 @@ def _analyze_and_publish(client: LabelStudioClient, project_id: int, settings: S
     analysis.summary["labels_as_of"] = downloads.labels_as_of  # a verdict saved later is newer than its labels
     crowd = crowd_summary(analysis, labelers_annotations(records, verdicts))
     crowd["user_names"] = client.user_names()
-    publish.check_classes_offered(client.get_project(project_id), analysis)  # as the config is now
+    publish.check_config_unchanged(client.get_project(project_id), spec, analysis)  # as the config is now
     with store.new_version(version) as folder:
         save(analysis, folder)
         write_exports(analysis, folder)

@@ -18,15 +18,19 @@ def with_duplicates(analysis, pairs, groups):
     return dataclasses.replace(analysis, duplicates=pairs, duplicate_group=np.array(groups))
 
 
-def config(*choices: str) -> str:
-    return ('<View><Image name="image" value="$image"/><Choices name="label" toName="image" choice="single">'
-            + "".join(f'<Choice value="{c}"/>' for c in choices) + "</Choices></View>")
+def config(*choices: str, choices_name: str = "label") -> str:
+    return (f'<View><Image name="image" value="$image"/><Choices name="{choices_name}" toName="image" '
+            'choice="single">' + "".join(f'<Choice value="{c}"/>' for c in choices) + "</Choices></View>")
 
 
 def test_a_class_renamed_while_the_analysis_ran_stops_publishing_with_what_to_do():
-    publish.check_classes_offered({"id": 5, "label_config": config("cat", "dog", "bird")}, tiny_analysis())
+    spec = ClassSpec(image_key="image", image_name="image", choices_name="label", labels=["cat", "dog"])
+    publish.check_config_unchanged({"id": 5, "label_config": config("cat", "dog", "bird")}, spec, tiny_analysis())
     with pytest.raises(LabelConfigError, match=r"project 5: .* no longer offers 'dog'.*Press Start Training again"):
-        publish.check_classes_offered({"id": 5, "label_config": config("cat", "hound")}, tiny_analysis())
+        publish.check_config_unchanged({"id": 5, "label_config": config("cat", "hound")}, spec, tiny_analysis())
+    with pytest.raises(LabelConfigError, match=r"no longer offers <Choices name> 'label'"):
+        publish.check_config_unchanged({"id": 5, "label_config": config("cat", "dog", choices_name="class")}, spec,
+                                       tiny_analysis())
 
 
 def test_duplicate_groups_are_numbered_closest_copies_first():
