@@ -115,14 +115,18 @@ def plant_copies(x, noisy, y, split, kind, *, seed: int):
     return x, noisy, y, split, kind, pairs[:DUPLICATES], pairs[DUPLICATES:]
 
 
-def load_cifar10n(folder: Path, label_set: str, *, seed: int):
+def load_cifar10n(folder: Path, label_set: str, *, seed: int, side: int = 0):
     """CIFAR-10N photos with one set of human labels; every label that differs from CIFAR-10's
-    is a (real) error. One image in seven is put in val."""
+    is a (real) error. One image in seven is put in val. ``side``: photos (copies planted) resized
+    to side x side px, as a project of larger photos holds them (0: as they are, 32 px)."""
     with np.load(folder / "cifar10n_dev.npz") as npz:
         x, clean, noisy = npz["x"], npz["clean_label"].astype(np.int64), npz[CIFAR_LABEL_SETS[label_set]].astype(np.int64)
     split = np.where(np.random.default_rng(seed).random(len(x)) < 1 / 7, "val", "train")
     kind = np.where(noisy != clean, "instance", "")
-    return plant_copies(x, noisy, clean, split, kind, seed=seed)
+    x, *rest = plant_copies(x, noisy, clean, split, kind, seed=seed)
+    if side:
+        x = np.stack([np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR)) for img in x])
+    return (x, *rest)
 
 
 def write_folder(x, labels, split, root: Path) -> list[str]:
@@ -324,6 +328,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar10n", type=Path, help="folder with cifar10n_dev.npz")
     parser.add_argument("--cifar-labels", nargs="+", default=list(CIFAR_LABEL_SETS), choices=list(CIFAR_LABEL_SETS))
+    parser.add_argument("--cifar-side", type=int, default=0,
+                        help="resize the photos to this side first, as larger photos (> 64 px) are analysed")
     parser.add_argument("--mnist", type=Path, help="folder with MNIST idx .gz files")
     parser.add_argument("--fashion", type=Path, help="folder with Fashion-MNIST idx .gz files")
     parser.add_argument("--workdir", default="/tmp/deconfusion-bench")
@@ -340,9 +346,11 @@ def main() -> None:
     if not (args.mnist or args.fashion or args.cifar10n):
         parser.error("give --cifar10n, --mnist and/or --fashion")
     if args.cifar10n:
+        resized = f", resized to {args.cifar_side} px" if args.cifar_side else ""
         for label_set in args.cifar_labels:
-            evaluate(f"CIFAR-10N ({label_set} labels)", f"cifar10n-{label_set}",
-                     lambda: load_cifar10n(args.cifar10n, label_set, seed=args.seed), args)
+            evaluate(f"CIFAR-10N ({label_set} labels{resized})",
+                     f"cifar10n-{label_set}" + (f"-{args.cifar_side}px" if args.cifar_side else ""),
+                     lambda: load_cifar10n(args.cifar10n, label_set, seed=args.seed, side=args.cifar_side), args)
     for folder, title, slug, swaps in ((args.mnist, "MNIST (paper's corruption)", "mnist", MNIST_SWAPS),
                                        (args.fashion, "Fashion-MNIST (our corruption)", "fashion", FASHION_SWAPS)):
         if folder:
