@@ -108,9 +108,8 @@ def choose_views(image_shape: tuple[int, int, int], requested: str = "auto") -> 
         the Lite0 view alone ranks errors with AP 0.62, the CNN alone 0.43, both (with kNN and consensus)
         0.65, with Lite2 as a third view 0.68; at 224 px, as larger photos are seen, Lite0 alone 0.643,
         with Lite2 0.719 (majority-vote labels; one annotator's 0.795 -> 0.846). For grey images the
-        pipeline adds the two pretrained views only
-        when the CNN turns out to confuse classes beyond the label noise
-        (``pipeline.CONFUSION_FOR_PRETRAINED``): Fashion-MNIST yes, digits no.
+        pipeline adds the two pretrained views only when the CNN turns out to confuse classes beyond
+        the label noise (``pipeline.CONFUSION_FOR_PRETRAINED``): Fashion-MNIST yes, digits no.
     """
     if requested != "auto":
         return [check_backbone(name) for name in requested.split("+")]
