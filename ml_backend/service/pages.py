@@ -31,6 +31,13 @@ def _report_data(project_id: int) -> tuple[list[dict], list[dict]]:
     """The report's iterations (with what reviewers found on each) and its annotators' table,
     from one read of the project's verdicts."""
     store = ProjectStore(backend().settings.model_dir, project_id)
+    history, verdicts = _report_history(store, project_id)
+    crowd = read_json(store.version_dir(history[-1]["model_version"]) / CROWD_FILE, {})
+    return history, annotator_report(crowd, verdicts, crowd.get("user_names") or {})
+
+
+def _report_history(store: ProjectStore, project_id: int) -> tuple[list[dict], dict[str, dict]]:
+    """The report's iterations, with what reviewers found on each, and the verdicts they were read from."""
     history = store.history()
     if not history:
         abort(404, f"project {project_id} has no analysis yet: press Start Training in Label Studio")
@@ -41,9 +48,7 @@ def _report_data(project_id: int) -> tuple[list[dict], list[dict]]:
         history[-1] = {**latest, **review_progress(analysis, verdicts)}
     except ArtefactError:
         pass  # its files were removed: the counts as recorded stand
-    crowd = read_json(store.version_dir(latest["model_version"]) / CROWD_FILE, {})
-    return (with_review_outcomes(history, verdicts, store.reranks()),
-            annotator_report(crowd, verdicts, crowd.get("user_names") or {}))
+    return with_review_outcomes(history, verdicts, store.reranks()), verdicts
 
 
 @pages.get(EVIDENCE_PATH + "<int:project_id>/<version>/<kind>.png")
@@ -75,7 +80,8 @@ def report_data(project_id: int):
 @pages.get("/report/<int:project_id>/chart/<name>.png")
 def chart(project_id: int, name: str):
     try:
-        png = report_chart_png(_report_data(project_id)[0], name)  # the page's own figures, verdicts since included
+        history, _ = _report_history(ProjectStore(backend().settings.model_dir, project_id), project_id)
+        png = report_chart_png(history, name)  # the page's own figures, verdicts since included
     except ValueError as exc:
         abort(404, str(exc))
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-cache"})
