@@ -24,7 +24,7 @@ from ..store import ProjectStore, write_json
 from ..vocabulary import VERSION_PREFIX, Progress, Verdict
 from .crowd import CROWD_FILE, crowd_summary
 from .jobs import update_job
-from .verdicts import rerank_after_publishing, reviews_from_verdicts
+from .verdicts import rerank_after_publishing, review_annotations, reviews_from_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def labelers_annotations(records: list[Record], verdicts: dict[str, dict]) -> di
     verdict annotations are left out first, so a labeler who later reviews the task keeps the label
     they gave as a labeler; a labeler's annotation a reviewer changed in place counts with the
     label an analysis read from it (the verdict's ``read_labels``)."""
-    reviews = {a for v in verdicts.values() for a in (v.get("annotation_id"), *v.get("earlier_annotations", []))}
+    reviews = {a for v in verdicts.values() for a in review_annotations(v)}
     read = {int(a): tuple(made) for v in verdicts.values() for a, made in v.get("read_labels", {}).items()}
     labelers = {}
     for record in records:

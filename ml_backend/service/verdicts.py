@@ -5,6 +5,7 @@ to the next analysis as reviews (:func:`reviews_from_verdicts`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -259,6 +260,7 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
     taken back (its verdict forgotten: the next analysis ranks the image)."""
     index, spec = analysis.index_of_task(), ClassSpec(**store.project_info()["spec"])
     names, stored = analysis.class_names, store.verdicts()
+    crowd_labels = functools.cache(lambda: _crowd_labels(store, analysis))  # read once, if a label was edited
     decided: dict[int, dict] = {}
     for annotation in annotations:
         task_id = int(annotation["task"])
@@ -270,8 +272,8 @@ def record_verdicts(store: ProjectStore, analysis: Analysis, annotations: list[d
         verdict = {"verdict": found[0], "label": found[1], "given": judged[0] or found[1],
                    "annotation_id": annotation["id"], "version": analysis.model_version,
                    "updated_at": annotation.get("updated_at") or annotation.get("created_at") or "",
-                   **_earlier_reviews(stored.get(str(task_id)), annotation["id"],
-                                      _label_read(store, analysis, annotation, judged[0], stored.get(str(task_id))))}
+                   **_earlier_reviews(stored.get(str(task_id)), annotation["id"], _label_read(
+                       crowd_labels, analysis, annotation, judged[0], stored.get(str(task_id))))}
         if task_id not in decided or _replaces(decided[task_id], verdict):
             decided[task_id] = verdict
     taken_back = []
@@ -301,24 +303,35 @@ def _earlier_reviews(stored: dict | None, annotation_id: int, read: dict) -> dic
     return {key: value for key, value in fields.items() if value}
 
 
-def _label_read(store: ProjectStore, analysis: Analysis, annotation: dict, label: str, stored: dict | None) -> dict:
+def _label_read(crowd_labels: Callable[[], dict | None], analysis: Analysis, annotation: dict, label: str,
+                stored: dict | None) -> dict:
     """{annotation id: [author, label]} when ``annotation`` was a labeler's label ``analysis``
     read: it existed before the analysis read the labels, was no review (``stored``: the task's
     verdict), and a reviewer (or its labeler) changed it in place, the annotation keeping its
-    author. The label is that author's row of the analysis' ``crowd.json`` (the task's label
-    ``label`` for an analysis without one), which the annotator table judges; else {}."""
+    author. The label is that author's in the analysis' ``crowd.json`` (``crowd_labels``, see
+    :func:`_crowd_labels`; the task's label ``label`` for an analysis without one), which the
+    annotator table judges; else {}."""
     labels_as_of = analysis.summary.get("labels_as_of")
     created = annotation.get("created_at")
-    reviews = {(stored or {}).get("annotation_id"), *(stored or {}).get("earlier_annotations", [])}
     if not (label and labels_as_of and created) or timestamp(created) > timestamp(labels_as_of) \
-            or annotation["id"] in reviews:
+            or annotation["id"] in review_annotations(stored or {}):
         return {}
-    author, task = annotation_author(annotation), int(annotation["task"])
-    crowd = read_json(store.version_dir(analysis.model_version) / CROWD_FILE, None)
-    if crowd is not None:  # the labels it counted; none of this author's: a review of an older iteration
-        key = UNKNOWN_ANNOTATOR if author is None else author
-        label = next((row[2] for row in crowd.get("annotations") or [] if row[0] == task and row[1] == key), None)
+    author, counted = annotation_author(annotation), crowd_labels()
+    if counted is not None:  # the labels it counted; none of this author's: a review of an older iteration
+        label = counted.get((int(annotation["task"]), UNKNOWN_ANNOTATOR if author is None else author))
     return {str(annotation["id"]): [author, label]} if label else {}
+
+
+def _crowd_labels(store: ProjectStore, analysis: Analysis) -> dict[tuple[int, int], str] | None:
+    """(task, annotator) -> the label ``analysis`` counted as that annotator's (its ``crowd.json``);
+    None for an analysis without one."""
+    crowd = read_json(store.version_dir(analysis.model_version) / CROWD_FILE, None)
+    return None if crowd is None else {(row[0], row[1]): row[2] for row in crowd.get("annotations") or []}
+
+
+def review_annotations(verdict: Mapping) -> set[int]:
+    """The annotations that gave ``verdict`` or a verdict it replaced: reviews, never a labeler's label."""
+    return {verdict.get("annotation_id"), *verdict.get("earlier_annotations", [])} - {None}
 
 
 def _replaces(stored: dict, new: dict) -> bool:
